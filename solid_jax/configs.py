@@ -37,6 +37,8 @@ class ModelConfig:
     consistency_weight: lambda of the stage-2 consistency loss.
     commitment_weight: beta of the straight-through commitment loss.
     ema_decay: decay of the EMA codebook statistics.
+    ema_dead_steps: in ``ema`` mode, a code selected by no query for this many
+      consecutive training steps is re-seeded from a random current query.
     paper_compat: freeze the generators' final projections at their
       ``fmod(randn, 2)`` init, as the authors' code does by accident.
     num_heads, ff_dim: transformer settings of SASRec and BERT4Rec.
@@ -59,6 +61,7 @@ class ModelConfig:
   consistency_weight: float = 0.1
   commitment_weight: float = 0.25
   ema_decay: float = 0.99
+  ema_dead_steps: int = 100
   paper_compat: bool = False
   num_heads: int = 4
   ff_dim: int = 128
