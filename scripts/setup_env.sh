@@ -20,11 +20,15 @@ stamp="$venv/.solid_jax_installed"
 want="$(cat "$repo/pyproject.toml" "$repo/scripts/setup_env.sh" | sha256sum | cut -c1-32) $torch_req"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing dependencies into $venv (first run takes a few minutes)" >&2
-  pip_q=(-q --disable-pip-version-check)
-  "$venv/bin/python" -m pip install "${pip_q[@]}" "$torch_req" >&2
-  "$venv/bin/python" -m pip install "${pip_q[@]}" -e "$repo[test,tensorboard,plot]" >&2
+  pip_install() {
+    # pip's notes about unused local index folders are noise; real errors still fail the script.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+      | { grep -v '^WARNING: Location' || true; } >&2
+  }
+  pip_install "$torch_req"
+  pip_install -e "$repo[test,tensorboard,plot]"
   # Data only: the wheel ships recbole/dataset_example/ml-100k; recbole itself is never imported.
-  "$venv/bin/python" -m pip install "${pip_q[@]}" --no-deps "recbole==1.2.1" >&2
+  pip_install --no-deps "recbole==1.2.1"
   echo "$want" > "$stamp"
 fi
 echo "$venv/bin/python"
