@@ -16,3 +16,6 @@ from solid_jax.version import __version__
 from solid_jax.configs import ModelConfig
 from solid_jax import data
 from solid_jax import metrics
+from solid_jax import nn
+from solid_jax.models import Model, make_model
+from solid_jax.nn import codebook

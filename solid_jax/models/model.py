@@ -1,0 +1,191 @@
+"""``make_model(cfg) -> Model``: the model zoo behind pure functions over plain dict parameters.
+
+See the docstring of ``solid_jax.models`` and ``docs/MODELS.md`` for the parameter tree and equations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from solid_jax.configs import ModelConfig
+from solid_jax.nn import codebook as codebook_lib
+from solid_jax.nn import dynamic
+from solid_jax.nn import encoders
+from solid_jax.nn import hypernet
+from solid_jax.nn import layers
+
+Array = jax.Array
+Params = dict
+Batch = dict
+
+GENERATOR_KEYS = ("generator", "item_generator", "semantic_generator")
+
+
+class Model(NamedTuple):
+  """A model as a tuple of pure functions (jittable, differentiable, vmappable; no Python-side state).
+
+  Attributes:
+    init: ``init(key, *, codebook_init=None) -> params``, a nested dict of float32 arrays.
+      ``codebook_init``: float[codebook_size, d] initial codes (``head="solid"`` only), e.g. the
+      stage-1 metacode.
+    apply: ``apply(params, batch, *, train=False, key=None) -> (logits float32[B], aux)``.
+      ``aux["aux_loss"]`` is the weighted sum of the auxiliary losses (0.0 for non-SOLID heads); SOLID adds
+      ``"consistency_loss"``, ``"codebook_loss"``, ``"commitment_loss"`` (unweighted),
+      ``"codebook/perplexity"``, ``"codebook/usage"`` and, in ``ema`` mode, ``"codebook_state"`` (the new
+      codebook subtree). ``train`` has no effect (no dropout); ``key`` seeds the EMA dead-code revival
+      (None: derived from the state's seed and step).
+    generate: ``generate(params, batch) -> weights``, the per-user dynamic weights, leading axis B
+      (``{}`` for ``head="static"``).
+    score: ``score(params, weights, batch) -> logits float32[B]``; recomputes the backbone and the
+      target tower and applies the head with ``weights``.
+    trainable: ``trainable(params) -> pytree of bool`` with the structure of ``params``; False for the
+      frozen codebook, the EMA codebook and statistics and, with ``paper_compat``, the generators'
+      projections A, a, B, c.
+    update_state: ``update_state(params, aux) -> params``: writes the EMA codebook state of ``aux``;
+      identity for every other model.
+    config: the ``ModelConfig``.
+  """
+
+  init: Callable[..., Params]
+  apply: Callable[..., tuple[Array, dict]]
+  generate: Callable[[Params, Batch], Params]
+  score: Callable[[Params, Params, Batch], Array]
+  trainable: Callable[[Params], Any]
+  update_state: Callable[[Params, dict], Params]
+  config: ModelConfig
+
+
+def _masked_mse(a: Array, b: Array, mask: Array) -> Array:
+  """``sum(mask * (a - b)^2) / max(sum(mask) * D, 1)``: a, b float[B, L, D], mask float[B, L]."""
+  denom = jnp.maximum(jnp.sum(mask) * a.shape[-1], 1.0)
+  return jnp.sum(jnp.square(a - b) * mask[..., None]) / denom
+
+
+def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
+  """Builds the model described by ``cfg``.
+
+  Args:
+    cfg: the architecture (backbone, head, generator, codebook mode, sizes).
+    scan_unroll: unroll factor of the GRU scans (True: fully unrolled, fastest for L = 10).
+
+  Returns:
+    A ``Model`` of pure functions.
+  """
+  specs = hypernet.layer_specs(cfg)
+  kind = cfg.generator if cfg.head == "solid" else cfg.head
+  unroll = scan_unroll
+
+  def init(key: Array, *, codebook_init: Array | None = None) -> Params:
+    if codebook_init is not None and cfg.head != "solid":
+      raise ValueError("codebook_init is only meaningful for head='solid'")
+    keys = jax.random.split(key, 10)
+    params = encoders.init(keys[0], cfg)
+    if cfg.head == "static":
+      sizes = [specs[0][0]] + [n_out for _, n_out, _ in specs]
+      params["head"] = layers.mlp_init(keys[1], sizes)
+      return params
+    if kind == "apg":
+      params["head"] = hypernet.apg_shared_init(keys[1], cfg)
+    if cfg.head in ("duet", "apg"):
+      params["generator"] = hypernet.init(keys[2], cfg, kind)
+      return params
+    d = cfg.dim
+    params["item_generator"] = hypernet.init(keys[3], cfg, kind)
+    params["semantic_generator"] = hypernet.init(keys[4], cfg, kind)
+    params["semantic_embedding"] = layers.embedding_init(keys[5], cfg.num_semantics, d)
+    params["semantic_position_embedding"] = layers.xavier_uniform(keys[6], (cfg.seq_len, d))
+    params["semantic_seq_trans"] = layers.dense_init(keys[7], d, d)
+    params["codebook"] = codebook_lib.init(
+        keys[8], cfg.codebook_size, d, mode=cfg.codebook, table=codebook_init
+    )
+    params["decoder"] = layers.mlp_init(keys[9], (d, cfg.codebook_hidden, d))
+    return params
+
+  def _generate(params: Params, batch: Batch, key: Array | None = None) -> tuple[Params, dict]:
+    zero = jnp.zeros((), jnp.float32)
+    if cfg.head == "static":
+      return {}, {"aux_loss": zero}
+    items = jnp.asarray(batch["items"])
+    lengths = encoders.lengths_of(items)
+    seq_emb = encoders.sequence_embedding(params, items, cfg)
+    if cfg.head in ("duet", "apg"):
+      (weights,) = hypernet.generate([params["generator"]], [seq_emb], lengths, cfg, kind,
+                                     unroll=unroll)
+      return weights, {"aux_loss": zero}
+
+    mask = (items != 0).astype(jnp.float32)
+    if "weight" in batch:
+      mask = mask * jnp.asarray(batch["weight"], jnp.float32)[:, None]
+    quant, info = codebook_lib.quantize(
+        params["codebook"], seq_emb, mask, mode=cfg.codebook, decay=cfg.ema_decay,
+        dead_steps=cfg.ema_dead_steps, key=key,
+    )
+    decoded = layers.mlp(params["decoder"], quant, ("leaky_relu", None))
+    semantics = jnp.asarray(batch["semantics"])
+    sem = layers.embed(params["semantic_embedding"], semantics)
+    sem = sem + params["semantic_position_embedding"][: semantics.shape[-1]]
+    sem = jnp.tanh(layers.dense(params["semantic_seq_trans"], sem))
+    w_item, w_sem = hypernet.generate(
+        [params["item_generator"], params["semantic_generator"]], [decoded, sem], lengths, cfg,
+        kind, unroll=unroll,
+    )
+    weights = hypernet.combine(w_item, w_sem, cfg.clip_t)
+    consistency = _masked_mse(sem, info["selected"], mask)
+    aux = {
+        "aux_loss": cfg.consistency_weight * consistency + info["codebook_loss"]
+        + cfg.commitment_weight * info["commitment_loss"],
+        "consistency_loss": consistency,
+        "codebook_loss": info["codebook_loss"],
+        "commitment_loss": info["commitment_loss"],
+        "codebook/perplexity": info["perplexity"],
+        "codebook/usage": info["usage"],
+    }
+    if cfg.codebook == "ema":
+      aux["codebook_state"] = info["state"]
+    return weights, aux
+
+  def generate(params: Params, batch: Batch) -> Params:
+    return _generate(params, batch)[0]
+
+  def score(params: Params, weights: Params, batch: Batch) -> Array:
+    items = jnp.asarray(batch["items"])
+    seq_emb = encoders.sequence_embedding(params, items, cfg)
+    target_vec = encoders.target_embedding(params, jnp.asarray(batch["target"]), cfg)
+    x = encoders.head_input(params, seq_emb, items, target_vec, cfg, unroll=unroll)
+    if cfg.head == "static":
+      y = layers.mlp(params["head"], x, [act for _, _, act in specs])
+    else:
+      y = dynamic.head(weights, params.get("head") if kind == "apg" else None, x, specs)
+    if cfg.backbone == "din":
+      return y[:, 0]
+    return jnp.sum(y * target_vec, axis=-1)
+
+  def apply(
+      params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
+  ) -> tuple[Array, dict]:
+    del train  # No dropout or other train-only behaviour.
+    weights, aux = _generate(params, batch, key)
+    return score(params, weights, batch), aux
+
+  def trainable(params: Params) -> Any:
+    def mark(path, _):
+      names = [getattr(p, "key", None) for p in path]
+      if names[0] == "codebook" and cfg.codebook in ("frozen", "ema"):
+        return False
+      if (cfg.paper_compat and names[0] in GENERATOR_KEYS and len(names) > 1
+          and names[1] == "proj"):
+        return False
+      return True
+
+    return jax.tree_util.tree_map_with_path(mark, params)
+
+  def update_state(params: Params, aux: dict) -> Params:
+    if cfg.head == "solid" and cfg.codebook == "ema" and "codebook_state" in aux:
+      return {**params, "codebook": aux["codebook_state"]}
+    return params
+
+  return Model(init, apply, generate, score, trainable, update_state, cfg)

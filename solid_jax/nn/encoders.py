@@ -1,0 +1,157 @@
+"""Static backbones (Θ_s): SASRec, GRU4Rec, DIN target attention, BERT4Rec.
+
+Each backbone contributes top-level entries to the model's parameter dict (``init``) and provides three
+pure functions over a batch:
+
+- ``sequence_embedding(params, items, cfg) -> float[B, L, d]``: the sequence embeddings every generator
+  consumes (item embedding, + position embedding for SASRec/BERT4Rec, then ``seq_trans`` = dense + tanh);
+- ``target_embedding(params, target, cfg) -> float[B, d]``: the target tower;
+- ``head_input(params, seq_emb, items, target_vec, cfg) -> float[B, N_in]``: the input of the head (the
+  user state at position n-1, or DIN's ``concat(target, pooled)``).
+
+The exact equations and parameter names are in ``docs/MODELS.md``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from solid_jax.configs import ModelConfig
+from solid_jax.nn import layers
+
+Array = jax.Array
+Params = dict
+
+
+def lengths_of(items: Array) -> Array:
+  """n, the number of real (non-zero) items of every row: int[B, L] -> int32[B]."""
+  return jnp.sum(items != 0, axis=-1).astype(jnp.int32)
+
+
+def last_index(lengths: Array) -> Array:
+  """The index ``max(n - 1, 0)`` where the user state is read: int[B] -> int32[B]."""
+  return jnp.maximum(lengths - 1, 0).astype(jnp.int32)
+
+
+def head_in_dim(cfg: ModelConfig) -> int:
+  """Width of the head input: 2d for DIN (target and pooled history), d otherwise."""
+  return 2 * cfg.dim if cfg.backbone == "din" else cfg.dim
+
+
+def init(key: Array, cfg: ModelConfig) -> Params:
+  """The backbone's parameters (top-level entries of the model's parameter dict).
+
+  Args:
+    key: PRNG key.
+    cfg: model configuration.
+
+  Returns:
+    ``{"item_embedding": [num_items, d], "seq_trans", "target_trans", ...}``, see ``docs/MODELS.md``.
+  """
+  d = cfg.dim
+  keys = jax.random.split(key, 8)
+  params = {
+      "item_embedding": layers.embedding_init(keys[0], cfg.num_items, d),
+      "seq_trans": layers.dense_init(keys[1], d, d),
+  }
+  if cfg.backbone == "din":
+    params["target_trans"] = layers.mlp_init(keys[2], (d, d))
+    ka, kk, kv = jax.random.split(keys[3], 3)
+    params["attention"] = {
+        "query": layers.dense_init(ka, d, d, bias=False),
+        "key": layers.dense_init(kk, d, d, bias=False),
+        "value": layers.dense_init(kv, d, d, bias=False),
+    }
+  else:
+    params["target_trans"] = layers.mlp_init(keys[2], (d, d, d))
+  if cfg.backbone in ("sasrec", "bert4rec"):
+    params["position_embedding"] = layers.xavier_uniform(keys[4], (cfg.seq_len, d))
+    num_layers = 1 if cfg.backbone == "sasrec" else cfg.bert_layers
+    layer_keys = jax.random.split(keys[5], num_layers)
+    params["transformer"] = {
+        f"layer_{i}": layers.transformer_layer_init(k, d, cfg.ff_dim) for i, k in enumerate(layer_keys)
+    }
+  if cfg.backbone == "gru4rec":
+    params["gru"] = layers.gru_init(keys[6], d, d)
+  return params
+
+
+def sequence_embedding(params: Params, items: Array, cfg: ModelConfig) -> Array:
+  """``tanh((E[items] (+ P)) @ seq_trans)``: int[B, L] -> float32[B, L, d]."""
+  x = layers.embed(params["item_embedding"], items)
+  if cfg.backbone in ("sasrec", "bert4rec"):
+    x = x + params["position_embedding"][: items.shape[-1]]
+  return jnp.tanh(layers.dense(params["seq_trans"], x))
+
+
+def target_embedding(params: Params, target: Array, cfg: ModelConfig) -> Array:
+  """The target tower: int[B] -> float32[B, d] (DIN: one tanh layer; others: tanh layer then linear)."""
+  acts = ("tanh",) if cfg.backbone == "din" else ("tanh", None)
+  return layers.mlp(params["target_trans"], layers.embed(params["item_embedding"], target), acts)
+
+
+def din_pool(params: Params, seq_emb: Array, valid: Array, target_vec: Array) -> Array:
+  """DIN target attention (single head, no projection bias, scaled dot product, masked softmax).
+
+  Args:
+    params: the model parameters (uses ``params["attention"]``).
+    seq_emb: float[B, L, d] history.
+    valid: bool[B, L] real positions.
+    target_vec: float[B, d] target tower output.
+
+  Returns:
+    float[B, d] attention-pooled history.
+  """
+  att = params["attention"]
+  q = layers.dense(att["query"], target_vec)
+  k = layers.dense(att["key"], seq_emb)
+  v = layers.dense(att["value"], seq_emb)
+  scores = jnp.einsum("bd,bld->bl", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  probs = layers.masked_softmax(scores, valid)
+  return jnp.einsum("bl,bld->bd", probs, v)
+
+
+def head_input(
+    params: Params,
+    seq_emb: Array,
+    items: Array,
+    target_vec: Array,
+    cfg: ModelConfig,
+    *,
+    unroll: int = 1,
+) -> Array:
+  """The head's input.
+
+  Args:
+    params: model parameters.
+    seq_emb: float[B, L, d] from ``sequence_embedding``.
+    items: int[B, L] item ids (padding 0), for the mask and n.
+    target_vec: float[B, d] from ``target_embedding`` (used by DIN only).
+    cfg: model configuration.
+    unroll: unroll factor of the GRU scan.
+
+  Returns:
+    float[B, d] user state at position n-1 (SASRec, BERT4Rec, GRU4Rec) or float[B, 2d]
+    ``concat(target_vec, pooled)`` (DIN).
+  """
+  valid = items != 0
+  lengths = lengths_of(items)
+  if cfg.backbone == "gru4rec":
+    return layers.gru_last_state(params["gru"], seq_emb, lengths, unroll=unroll)
+  if cfg.backbone == "din":
+    return jnp.concatenate([target_vec, din_pool(params, seq_emb, valid, target_vec)], axis=-1)
+  ff_act = "relu" if cfg.backbone == "sasrec" else "gelu"
+  blocks = params["transformer"]
+  x = seq_emb
+  for i in range(len(blocks)):
+    last = i == len(blocks) - 1
+    x = layers.transformer_layer(
+        blocks[f"layer_{i}"],
+        x,
+        valid,
+        num_heads=cfg.num_heads,
+        ff_activation=ff_act,
+        query_index=last_index(lengths) if last else None,
+    )
+  return x

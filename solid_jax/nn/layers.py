@@ -1,0 +1,301 @@
+"""Pure-function layers over plain dict parameters.
+
+Every layer is a pair ``<name>_init(key, ...) -> params`` / ``<name>(params, x, ...) -> y``. Parameters are
+nested dicts of float32 arrays; row vectors throughout, so a dense kernel is ``[in, out]`` (a PyTorch
+``nn.Linear`` stores its transpose). The exact equations are in ``docs/MODELS.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict
+
+LAYER_NORM_EPS = 1e-5
+LEAKY_SLOPE = 0.1
+
+ACTIVATIONS: dict[str | None, Callable[[Array], Array]] = {
+    None: lambda x: x,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, LEAKY_SLOPE),
+}
+
+
+def activation(name: str | None) -> Callable[[Array], Array]:
+  """The activation function called ``name`` (``None``: identity)."""
+  return ACTIVATIONS[name]
+
+
+def xavier_uniform(key: Array, shape: Sequence[int]) -> Array:
+  """Xavier/Glorot uniform for a 2-D ``[fan_in, fan_out]`` shape (symmetric in the two)."""
+  fan_in, fan_out = shape
+  limit = (6.0 / (fan_in + fan_out)) ** 0.5
+  return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+
+
+def fmod_normal(key: Array, shape: Sequence[int]) -> Array:
+  """``fmod(normal(0, 1), 2)``: a standard normal folded into (-2, 2), the DUET projection init."""
+  return jnp.fmod(jax.random.normal(key, shape, jnp.float32), 2.0)
+
+
+# ----------------------------------------------------------------------------------------------- dense
+
+
+def dense_init(key: Array, n_in: int, n_out: int, *, bias: bool = True) -> Params:
+  """Dense layer parameters: ``{"kernel": [n_in, n_out]}`` (Xavier uniform) and ``"bias": [n_out]`` (0)."""
+  params = {"kernel": xavier_uniform(key, (n_in, n_out))}
+  if bias:
+    params["bias"] = jnp.zeros((n_out,), jnp.float32)
+  return params
+
+
+def dense(params: Params, x: Array) -> Array:
+  """``x @ kernel (+ bias)``: ``[..., n_in] -> [..., n_out]``."""
+  y = x @ params["kernel"]
+  if "bias" in params:
+    y = y + params["bias"]
+  return y
+
+
+def mlp_init(key: Array, sizes: Sequence[int]) -> Params:
+  """A stack of dense layers ``{"dense_0": sizes[0]->sizes[1], "dense_1": ..., ...}``."""
+  keys = jax.random.split(key, len(sizes) - 1)
+  return {
+      f"dense_{i}": dense_init(k, n_in, n_out)
+      for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+  }
+
+
+def mlp(params: Params, x: Array, activations: Sequence[str | None]) -> Array:
+  """Applies ``dense_j`` then ``activations[j]`` for every layer j: ``[..., sizes[0]] -> [..., sizes[-1]]``."""
+  for j, act in enumerate(activations):
+    x = activation(act)(dense(params[f"dense_{j}"], x))
+  return x
+
+
+# ------------------------------------------------------------------------------------------ embedding
+
+
+def embedding_init(key: Array, num: int, dim: int, *, zero_padding: bool = True) -> Array:
+  """An embedding table ``float32[num, dim]``, Xavier uniform, row 0 (padding) zeroed if asked."""
+  table = xavier_uniform(key, (num, dim))
+  if zero_padding:
+    table = table.at[0].set(0.0)
+  return table
+
+
+def embed(table: Array, ids: Array) -> Array:
+  """Rows of ``table: [num, dim]`` at ``ids: int[...]`` -> ``[..., dim]``."""
+  return jnp.take(table, ids, axis=0)
+
+
+# ------------------------------------------------------------------------------------------ layer norm
+
+
+def layer_norm_init(dim: int) -> Params:
+  """``{"scale": ones[dim], "bias": zeros[dim]}``."""
+  return {"scale": jnp.ones((dim,), jnp.float32), "bias": jnp.zeros((dim,), jnp.float32)}
+
+
+def layer_norm(params: Params, x: Array) -> Array:
+  """Layer norm over the last axis, biased variance, epsilon ``LAYER_NORM_EPS`` (1e-5)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  centred = x - mean
+  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+  return centred * jax.lax.rsqrt(var + LAYER_NORM_EPS) * params["scale"] + params["bias"]
+
+
+# ------------------------------------------------------------------------------------------- attention
+
+
+def masked_softmax(scores: Array, mask: Array, axis: int = -1) -> Array:
+  """Softmax of ``scores`` over ``axis`` where ``mask`` is True; masked entries get weight exactly 0.
+
+  A slice with no True entry gets all-zero weights (never NaN), and gradients stay finite.
+
+  Args:
+    scores: float[...], any shape.
+    mask: bool, broadcastable to ``scores``.
+    axis: the softmax axis.
+
+  Returns:
+    float[...] of the shape of ``scores``.
+  """
+  masked = jnp.where(mask, scores, -jnp.inf)
+  top = jax.lax.stop_gradient(jnp.max(masked, axis=axis, keepdims=True))
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  e = jnp.exp(masked - top)
+  total = jnp.sum(e, axis=axis, keepdims=True)
+  return e / jnp.where(total > 0, total, 1.0)
+
+
+def attention_init(key: Array, dim: int) -> Params:
+  """Multi-head attention: ``{"query", "key", "value", "out"}``, each a dense ``dim -> dim`` with bias."""
+  kq, kk, kv, ko = jax.random.split(key, 4)
+  return {
+      "query": dense_init(kq, dim, dim),
+      "key": dense_init(kk, dim, dim),
+      "value": dense_init(kv, dim, dim),
+      "out": dense_init(ko, dim, dim),
+  }
+
+
+def multi_head_attention(
+    params: Params, x_q: Array, x_kv: Array, key_mask: Array, num_heads: int
+) -> Array:
+  """Scaled dot-product multi-head attention with a key-padding mask.
+
+  Args:
+    params: from ``attention_init``.
+    x_q: float[B, Q, d] queries.
+    x_kv: float[B, L, d] keys and values.
+    key_mask: bool[B, L], True for keys that may be attended to.
+    num_heads: H; head h uses features ``h*d/H:(h+1)*d/H`` of the projections.
+
+  Returns:
+    float[B, Q, d].
+  """
+  b, nq, d = x_q.shape
+  nk = x_kv.shape[1]
+  dh = d // num_heads
+  q = dense(params["query"], x_q).reshape(b, nq, num_heads, dh)
+  k = dense(params["key"], x_kv).reshape(b, nk, num_heads, dh)
+  v = dense(params["value"], x_kv).reshape(b, nk, num_heads, dh)
+  scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(jnp.float32(dh))
+  probs = masked_softmax(scores, key_mask[:, None, None, :])
+  out = jnp.einsum("bhqk,bkhe->bqhe", probs, v).reshape(b, nq, d)
+  return dense(params["out"], out)
+
+
+def transformer_layer_init(key: Array, dim: int, ff_dim: int) -> Params:
+  """Post-norm encoder layer: ``{"attention", "norm_1", "ff_1": d->ff, "ff_2": ff->d, "norm_2"}``."""
+  ka, k1, k2 = jax.random.split(key, 3)
+  return {
+      "attention": attention_init(ka, dim),
+      "norm_1": layer_norm_init(dim),
+      "ff_1": dense_init(k1, dim, ff_dim),
+      "ff_2": dense_init(k2, ff_dim, dim),
+      "norm_2": layer_norm_init(dim),
+  }
+
+
+def transformer_layer(
+    params: Params,
+    x: Array,
+    key_mask: Array,
+    *,
+    num_heads: int,
+    ff_activation: str = "relu",
+    query_index: Array | None = None,
+) -> Array:
+  """A post-norm transformer encoder layer (dropout 0), PyTorch ``TransformerEncoderLayer`` semantics.
+
+  ``y = norm_1(x + attention(x)); out = norm_2(y + ff_2(act(ff_1(y))))``.
+
+  Args:
+    params: from ``transformer_layer_init``.
+    x: float[B, L, d].
+    key_mask: bool[B, L], True for real (non-padding) positions.
+    num_heads: number of attention heads.
+    ff_activation: "relu" or "gelu" (exact erf form).
+    query_index: optional int[B]; when given only that row is computed, for every user.
+
+  Returns:
+    float[B, L, d], or float[B, d] when ``query_index`` is given.
+  """
+  if query_index is None:
+    x_q = x
+  else:
+    x_q = jnp.take_along_axis(x, query_index[:, None, None], axis=1)
+  y = layer_norm(params["norm_1"], x_q + multi_head_attention(
+      params["attention"], x_q, x, key_mask, num_heads))
+  ff = dense(params["ff_2"], activation(ff_activation)(dense(params["ff_1"], y)))
+  out = layer_norm(params["norm_2"], y + ff)
+  return out if query_index is None else out[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------- GRU
+
+
+def gru_init(key: Array, n_in: int, hidden: int) -> Params:
+  """GRU parameters, gate blocks ordered (r, z, n) along the last axis, PyTorch's uniform init.
+
+  Returns:
+    ``{"w_ih": [n_in, 3h], "w_hh": [h, 3h], "b_ih": [3h], "b_hh": [3h]}``.
+  """
+  bound = hidden ** -0.5
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  u = lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound)  # noqa: E731
+  return {
+      "w_ih": u(k1, (n_in, 3 * hidden)),
+      "w_hh": u(k2, (hidden, 3 * hidden)),
+      "b_ih": u(k3, (3 * hidden,)),
+      "b_hh": u(k4, (3 * hidden,)),
+  }
+
+
+def gru_cell(params: Params, gi: Array, h: Array) -> Array:
+  """One GRU step from the precomputed input projection ``gi = x @ w_ih + b_ih``.
+
+  Args:
+    params: from ``gru_init``.
+    gi: float[..., 3h], the input projection of this step.
+    h: float[..., h], the previous state.
+
+  Returns:
+    float[..., h], the new state ``(1 - z) * n + z * h``.
+  """
+  gh = h @ params["w_hh"] + params["b_hh"]
+  i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+  h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+  r = jax.nn.sigmoid(i_r + h_r)
+  z = jax.nn.sigmoid(i_z + h_z)
+  n = jnp.tanh(i_n + r * h_n)
+  return (1.0 - z) * n + z * h
+
+
+def gru_last_states(
+    params_list: Sequence[Params], xs_list: Sequence[Array], lengths: Array, *, unroll: int = 1
+) -> list[Array]:
+  """Runs several GRUs over their sequences in ONE ``lax.scan`` and returns each state at ``n-1``.
+
+  Steps ``t >= lengths`` leave the state unchanged, so the final carry is the state after the last real
+  item (zeros when ``lengths == 0``). Input projections are computed for all steps with one matmul before
+  the scan; the scan only does the recurrent matmuls.
+
+  Args:
+    params_list: one ``gru_init`` dict per GRU.
+    xs_list: float[B, L, n_in] inputs, one per GRU (same B and L).
+    lengths: int[B], the number of real items n of each row.
+    unroll: ``lax.scan`` unroll factor.
+
+  Returns:
+    A list of float[B, h], the state at position ``n-1`` of each GRU.
+  """
+  gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
+  steps = jnp.arange(gis[0].shape[0])
+  h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype) for p, xs in zip(params_list, xs_list)]
+
+  def step(hs, inputs):
+    t, gi_t = inputs
+    live = (t < lengths)[:, None]
+    return [jnp.where(live, gru_cell(p, g, h), h) for p, g, h in zip(params_list, gi_t, hs)], None
+
+  final, _ = jax.lax.scan(step, h0, (steps, gis), unroll=unroll)
+  return final
+
+
+def gru_last_state(params: Params, xs: Array, lengths: Array, *, unroll: int = 1) -> Array:
+  """A single GRU's state at ``n-1``: float[B, L, n_in] -> float[B, h] (see ``gru_last_states``)."""
+  return gru_last_states([params], [xs], lengths, unroll=unroll)[0]
+
+
+def gather_rows(x: Array, index: Array) -> Array:
+  """``x[b, index[b]]`` for every b: float[B, L, d], int[B] -> float[B, d]."""
+  return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
