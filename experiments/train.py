@@ -1,0 +1,41 @@
+r"""Trains one method on one dataset, every stage it needs, in one resumable workdir.
+
+  python -m experiments.train --dataset=ml-100k --backbone=sasrec --method=solid \
+      --workdir=/tmp/solid_ml100k --epochs=5 --seed=0
+
+Flags override the fields of ``--config`` (a file in experiments/configs/, default ``default``);
+``--flagfile=FILE`` reads flags from a file. Relaunching the same command on the same workdir
+resumes from the latest checkpoint; a finished workdir is only reported. See experiments/README.md.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+from solid_jax.train import cli
+from solid_jax.train import stages
+
+FLAGS = flags.FLAGS
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+cli.define_flags(FLAGS)
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = cli.config_from_flags(FLAGS, CONFIGS_DIR)
+  logging.info("JAX %s on %s; config %s", jax.__version__, jax.devices(), config)
+  results = stages.run_experiment(config, FLAGS.workdir)
+  print(stages.summary_table({config.method: results}))
+  print(f"results: {os.path.join(os.path.abspath(FLAGS.workdir), stages.RESULTS_FILE)}")
+  logging.info("%s", json.dumps({k: results[k] for k in ("valid", "test", "selected_epoch")}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,198 @@
+"""TrainConfig: everything that fixes a training run (pure data, no absl, no JAX).
+
+One run = one method on one dataset with one seed. The defaults are the SOLID authors' settings
+(SPEC section 2 and 3); ``experiments/configs/*.py`` start from them and launcher flags override single
+fields. Every field carries its help text in ``metadata["help"]``; the launcher turns each field into an
+absl flag of the same name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from solid_jax import configs as model_configs
+
+METHODS = ("static", "duet", "apg", "solid", "solid_apg")
+SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
+SELECT_ON = ("valid", "test")
+
+# Fields that change how a run is displayed, not what it computes: they may differ between the
+# launch and a relaunch on the same workdir.
+DISPLAY_FIELDS = ("progress", "tensorboard")
+
+
+def _field(default, help_text: str, **kwargs):
+  return dataclasses.field(default=default, metadata={"help": help_text, **kwargs})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A training run: data, method, model, optimisation and bookkeeping settings."""
+
+  # Data.
+  dataset: str = _field("ml-100k", "registered dataset name or path of a dataset folder")
+  seq_len: int = _field(10, "history length L")
+  train_negatives: int = _field(4, "negatives per training positive, resampled every epoch")
+  eval_negatives: int = _field(99, "negatives per validation/test positive, fixed by the seed")
+  seed: int = _field(0, "seed of the splits, the negatives, the batch order and the init")
+
+  # Method and model.
+  method: str = _field("solid", "static | duet | apg | solid (DUET generator) | solid_apg",
+                       choices=METHODS)
+  backbone: str = _field("sasrec", "sequence encoder", choices=model_configs.BACKBONES)
+  dim: int = _field(32, "embedding width d")
+  codebook: str = _field("straight_through", "SOLID codebook mode",
+                         choices=model_configs.CODEBOOK_MODES)
+  num_codes: int = _field(0, "SOLID codebook size; 0 = number of semantic ids incl. padding")
+  codebook_hidden: int = _field(64, "width of the decoder after the codebook")
+  consistency_weight: float = _field(0.1, "lambda, weight of the stage-2 consistency loss")
+  commitment_weight: float = _field(0.25, "beta, straight-through commitment loss weight")
+  clip_t: float = _field(0.01, "t, the item-branch weights are clipped to [-t, t]")
+  ema_decay: float = _field(0.99, "decay of the EMA codebook statistics (codebook=ema)")
+  apg_rank: int = _field(16, "K of the APG low-rank cores")
+  paper_compat: bool = _field(False, "freeze the generators' final projections at their init, as "
+                              "the authors' code does")
+
+  # Semantics (SOLID methods only).
+  semantics: str = _field("labels", "where semantic ids come from: the dataset's category labels, "
+                          "or k-means over id embeddings (stage 0), CLIP text/image features or "
+                          "concatenations", choices=SEMANTIC_SOURCES)
+  num_clusters: int = _field(0, "k of the k-means semantics; 0 = the dataset's number of label "
+                             "classes")
+  kmeans_iters: int = _field(50, "Lloyd iterations of the k-means semantics")
+  stage1_dir: str = _field("", "reuse the finished stage 1 of another workdir (its DIR/stage1) "
+                           "instead of training one; the vocabulary must match")
+
+  # Optimisation.
+  epochs: int = _field(10, "epochs of the main stage (stage 2, or the single stage)")
+  stage0_epochs: int = _field(0, "epochs of stage 0 (id-embedding DUET); 0 = epochs")
+  stage1_epochs: int = _field(0, "epochs of stage 1 (semantic metacode); 0 = epochs")
+  batch_size: int = _field(1024, "training batch size (the last batch is padded, weight 0)")
+  eval_batch_size: int = _field(8192, "rows per evaluation batch")
+  lr: float = _field(1e-3, "Adam learning rate")
+  select_on: str = _field("valid", "split whose UAUC selects the epoch; 'test' only to compare "
+                          "with the authors' protocol (optimistic)", choices=SELECT_ON)
+
+  # Bookkeeping.
+  checkpoint_every_steps: int = _field(0, "also checkpoint every N optimizer steps within an "
+                                       "epoch (0 = only at the end of each epoch)")
+  check_every_steps: int = _field(50, "check the loss for NaN/inf every N steps (and before "
+                                  "every checkpoint)")
+  prefetch: int = _field(2, "batches transferred to the device ahead of the step")
+  progress: bool = _field(True, "progress bar (only when stderr is a terminal)")
+  tensorboard: bool = _field(True, "write TensorBoard event files when tensorboardX is installed")
+
+  def __post_init__(self):
+    def check(name, allowed):
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"TrainConfig.{name}={value!r}; expected one of {allowed}")
+
+    check("method", METHODS)
+    check("backbone", model_configs.BACKBONES)
+    check("codebook", model_configs.CODEBOOK_MODES)
+    check("semantics", SEMANTIC_SOURCES)
+    check("select_on", SELECT_ON)
+    for name in ("seq_len", "dim", "batch_size", "eval_batch_size", "kmeans_iters"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+    for name in ("epochs", "stage0_epochs", "stage1_epochs", "num_clusters", "num_codes",
+                 "train_negatives", "checkpoint_every_steps", "prefetch"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
+    if self.eval_negatives < 1:
+      raise ValueError(f"TrainConfig.eval_negatives={self.eval_negatives} must be >= 1")
+    if self.check_every_steps < 1:
+      raise ValueError(f"TrainConfig.check_every_steps={self.check_every_steps} must be >= 1")
+    if not self.lr > 0:
+      raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
+
+  # -- derived ------------------------------------------------------------------------------------
+
+  @property
+  def is_solid(self) -> bool:
+    return self.method in ("solid", "solid_apg")
+
+  @property
+  def generator(self) -> str:
+    """The generator family of the dynamic head ("duet" or "apg")."""
+    return "apg" if self.method in ("apg", "solid_apg") else "duet"
+
+  @property
+  def needs_stage0(self) -> bool:
+    """Whether semantic ids come from the item-id embeddings of a stage-0 DUET model."""
+    return self.is_solid and self.semantics.startswith("id")
+
+  def stages(self) -> tuple[str, ...]:
+    """Stage names in training order; each is a sub-directory of the workdir."""
+    if not self.is_solid:
+      return ("main",)
+    return (("stage0",) if self.needs_stage0 else ()) + ("stage1", "stage2")
+
+  def epochs_of(self, stage: str) -> int:
+    if stage == "stage0":
+      return self.stage0_epochs or self.epochs
+    if stage == "stage1":
+      return self.stage1_epochs or self.epochs
+    return self.epochs
+
+  def model_config(self, stage: str, *, num_items: int, num_semantics: int
+                   ) -> model_configs.ModelConfig:
+    """The ModelConfig of one stage.
+
+    Args:
+      stage: "stage0" (item-level DUET), "stage1" (the generator trained on semantic sequences:
+        ``num_items = num_semantics``), "stage2" (the dual SOLID model) or "main" (the single
+        stage of static / duet / apg).
+      num_items: item vocabulary size incl. padding.
+      num_semantics: semantic vocabulary size incl. padding.
+
+    Returns:
+      The frozen model configuration.
+    """
+    common = dict(backbone=self.backbone, seq_len=self.seq_len, dim=self.dim,
+                  apg_rank=self.apg_rank, paper_compat=self.paper_compat)
+    if stage == "stage0":
+      return model_configs.ModelConfig(head="duet", num_items=num_items,
+                                       num_semantics=num_semantics, **common)
+    if stage == "stage1":
+      return model_configs.ModelConfig(head=self.generator, num_items=num_semantics,
+                                       num_semantics=num_semantics, **common)
+    if stage == "stage2":
+      return model_configs.ModelConfig(
+          head="solid", generator=self.generator, num_items=num_items,
+          num_semantics=num_semantics, codebook=self.codebook,
+          num_codes=self.num_codes or None, codebook_hidden=self.codebook_hidden,
+          clip_t=self.clip_t, consistency_weight=self.consistency_weight,
+          commitment_weight=self.commitment_weight, ema_decay=self.ema_decay, **common)
+    if stage == "main":
+      return model_configs.ModelConfig(head=self.method, num_items=num_items,
+                                       num_semantics=num_semantics, **common)
+    raise ValueError(f"unknown stage {stage!r}")
+
+  # -- (de)serialisation ----------------------------------------------------------------------------
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"unknown TrainConfig fields: {unknown}")
+    return cls(**values)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       ignore: tuple[str, ...] = DISPLAY_FIELDS) -> list[str]:
+  """Human-readable differences between two configuration dicts (``name: saved -> current``)."""
+  out = []
+  for name in sorted(set(saved) | set(current)):
+    if name in ignore:
+      continue
+    a, b = saved.get(name, "<absent>"), current.get(name, "<absent>")
+    if a != b:
+      out.append(f"{name}: {a!r} -> {b!r}")
+  return out

@@ -1,0 +1,332 @@
+"""train_stage: the one training loop (every stage of every method goes through it).
+
+Sections: restore or initialise -> per epoch: train steps (prefetched batches, NaN/inf checks,
+mid-epoch checkpoints) -> evaluate -> checkpoint + record -> at the end: restore the selected epoch,
+evaluate test once, write ``result.json``.
+
+Determinism and resume: the training rows of an epoch are a pure function of (seed, epoch), the
+batch order a pure function of (seed, epoch, step) and per-step keys ``fold_in(key(seed), step)``.
+A checkpoint stores the parameters, the optimizer state, the position (epoch, step within the
+epoch) and the running sums of the epoch, so a run restarted from any checkpoint computes exactly
+what the uninterrupted run computes after it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from absl import logging
+import jax
+import numpy as np
+
+from solid_jax.train import checkpoint as checkpoint_lib
+from solid_jax.train import step as step_lib
+from solid_jax.train import writers
+
+try:
+  import tqdm
+except ImportError:  # pragma: no cover - tqdm is a dependency; progress bars are optional
+  tqdm = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageData:
+  """The data of one stage.
+
+  Attributes:
+    train_rows: ``epoch -> dict of numpy arrays``, the training rows of an epoch (negatives
+      resampled as a pure function of (seed, epoch)).
+    valid: the validation split (dict of numpy arrays).
+    test: the test split.
+    batches: ``(rows, batch_size, *, seed, epoch, shuffle, start_step) -> iterator of batches``
+      (``solid_jax.data.batches``); every batch carries ``weight``.
+  """
+
+  train_rows: Callable[[int], dict[str, np.ndarray]]
+  valid: dict[str, np.ndarray]
+  test: dict[str, np.ndarray]
+  batches: Callable[..., Iterable[dict[str, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """What a stage trains.
+
+  Attributes:
+    name: stage name ("stage0", "stage1", "stage2", "main").
+    directory: where its checkpoints, ``metrics.jsonl`` and ``result.json`` go.
+    model: the Model (NamedTuple of pure functions).
+    init: ``key -> params`` (e.g. ``model.init`` with ``codebook_init`` bound).
+    epochs: number of epochs.
+    transform: batch rewrite applied inside the compiled functions (``semantic_view`` in stage 1).
+  """
+
+  name: str
+  directory: str
+  model: Any
+  init: Callable[[jax.Array], Any]
+  epochs: int
+  transform: Callable[[dict], dict] | None = None
+
+
+RESULT_FILE = "result.json"
+
+
+def stage_result(directory: str) -> dict[str, Any] | None:
+  """The result of a finished stage (``None`` when the stage has not finished)."""
+  path = os.path.join(directory, RESULT_FILE)
+  if not os.path.exists(path):
+    return None
+  import json  # pylint: disable=import-outside-toplevel
+  with open(path) as f:
+    return json.load(f)
+
+
+def prefetch_to_device(iterator: Iterable[dict], size: int) -> Iterator[dict]:
+  """Yields the batches of ``iterator`` after transferring them, ``size`` batches ahead.
+
+  ``jax.device_put`` is asynchronous, so the next batches travel to the device while the current
+  step computes.
+  """
+  queue = collections.deque()
+  iterator = iter(iterator)
+  def enqueue(n):
+    for batch in iterator:
+      queue.append(jax.device_put(batch))
+      n -= 1
+      if n <= 0:
+        return
+  enqueue(max(size, 1))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+def _host_copy(tree):
+  # Independent host buffers: the donated device buffers are reused by the next step while an
+  # asynchronous save may still be writing.
+  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def _progress_bar(total_rows, initial_rows, desc, enabled):
+  if not enabled or tqdm is None or not sys.stderr.isatty():
+    return None
+  return tqdm.tqdm(total=total_rows, initial=initial_rows, desc=desc, unit="sample",
+                   unit_scale=True, dynamic_ncols=True, leave=False)
+
+
+class _Running:
+  """Sums of the step scalars over an epoch (host float64, in step order)."""
+
+  def __init__(self, state: dict[str, Any] | None = None):
+    state = state or {}
+    self.sums = dict(state.get("sums", {}))
+    self.count = int(state.get("count", 0))
+    self.weight = float(state.get("weight", 0.0))
+
+  def add(self, scalars: dict[str, np.ndarray]) -> None:
+    weights = scalars["weight"].astype(np.float64)
+    for key, values in scalars.items():
+      if key == "weight":
+        continue
+      values = values.astype(np.float64)
+      # The loss is averaged over rows (weighted), the statistics over steps.
+      total = np.sum(values * weights) if key in ("loss", "bce") else np.sum(values)
+      self.sums[key] = self.sums.get(key, 0.0) + float(total)
+    self.count += len(weights)
+    self.weight += float(np.sum(weights))
+
+  def means(self) -> dict[str, float]:
+    out = {}
+    for key, total in self.sums.items():
+      denom = self.weight if key in ("loss", "bce") else self.count
+      out[key] = total / denom if denom else float("nan")
+    return out
+
+  def state(self) -> dict[str, Any]:
+    return {"sums": self.sums, "count": self.count, "weight": self.weight}
+
+
+def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int, lr: float,
+                eval_batch_size: int = 8192, select_on: str = "valid",
+                checkpoint_every_steps: int = 0, check_every_steps: int = 50,
+                prefetch: int = 2, progress: bool = True, tensorboard: bool = True
+                ) -> tuple[dict[str, Any], Any]:
+  """Trains one stage, resuming from its latest checkpoint, and returns its result.
+
+  Args:
+    spec: what to train and where.
+    data: the stage's data.
+    seed: seed of the init, the batch order and the per-step keys.
+    batch_size: training rows per step.
+    lr: Adam learning rate.
+    eval_batch_size: rows per evaluation batch.
+    select_on: "valid" (select the epoch on validation UAUC, evaluate test once at the end) or
+      "test" (the authors' protocol: test is evaluated every epoch and selects the epoch).
+    checkpoint_every_steps: also checkpoint every N global steps within an epoch (0: never).
+    check_every_steps: fetch and check the step losses every N steps.
+    prefetch: batches transferred ahead of the step.
+    progress: show a progress bar when stderr is a terminal.
+    tensorboard: also write TensorBoard event files.
+
+  Returns:
+    (result, params): the stage result dict (as written to ``result.json``: selected epoch and
+    step, valid and test metrics there, history, timing) and the parameters of the selected epoch.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf; the message names the global step and the epoch;
+      the checkpoints written before stay as they are.
+  """
+  os.makedirs(spec.directory, exist_ok=True)
+  model = spec.model
+  root = jax.random.key(seed)
+  params = spec.init(jax.random.fold_in(root, 0))
+  tx = step_lib.make_optimizer(model, params, lr)
+  opt_state = tx.init(params)
+  step_fn = step_lib.make_train_step(model, tx, seed=seed, transform=spec.transform)
+  scorer = step_lib.make_scorer(model, transform=spec.transform)
+  valid_eval = step_lib.Evaluator(model, data.valid, eval_batch_size, scorer=scorer)
+  test_eval = step_lib.Evaluator(model, data.test, eval_batch_size, scorer=scorer)
+
+  ckpts = checkpoint_lib.StageCheckpoints(spec.directory)
+  latest = ckpts.latest_step()
+  if latest is not None:
+    params, opt_state, meta = ckpts.restore(latest, params, opt_state)
+    logging.info("%s: resuming from the checkpoint at step %d (epoch %d, step %d of the epoch)",
+                 spec.name, latest, meta["epoch"], meta["step_in_epoch"])
+  else:
+    meta = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_done": False,
+            "running": None, "history": [], "train_seconds": 0.0, "train_samples": 0,
+            "eval_seconds": 0.0}
+  history = list(meta["history"])
+  writer = writers.StageWriter(spec.directory, spec.name, history, tensorboard=tensorboard)
+
+  epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
+  if meta["epoch_done"]:
+    epoch, start_step = epoch + 1, 0
+  global_step = int(meta["global_step"])
+  train_seconds, train_samples = float(meta["train_seconds"]), int(meta["train_samples"])
+  eval_seconds = float(meta["eval_seconds"])
+  running = _Running(meta["running"] if start_step else None)
+
+  def snapshot(epoch_done):
+    partial = 0.0 if epoch_done else time.perf_counter() - epoch_start
+    return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "epoch_done": epoch_done, "running": running.state(), "history": history,
+            "train_seconds": train_seconds + partial,
+            "train_samples": train_samples + (0 if epoch_done else epoch_samples),
+            "eval_seconds": eval_seconds}
+
+  try:
+    for epoch in range(epoch, spec.epochs):
+      rows = data.train_rows(epoch)
+      num_rows = len(rows["label"])
+      steps_per_epoch = max(1, -(-num_rows // batch_size))
+      batches = data.batches(rows, batch_size, seed=seed, epoch=epoch, shuffle=True,
+                             start_step=start_step)
+      bar = _progress_bar(num_rows, min(start_step * batch_size, num_rows),
+                          f"{spec.name} epoch {epoch + 1}/{spec.epochs}", progress)
+      pending, pending_base = [], global_step
+      epoch_start, epoch_samples = time.perf_counter(), 0
+      step_in_epoch = start_step
+
+      def flush():
+        nonlocal pending, pending_base
+        if not pending:
+          return
+        fetched = jax.device_get(pending)
+        scalars = {k: np.asarray([s[k] for s in fetched]) for k in fetched[0]}
+        bad = np.flatnonzero(~np.isfinite(scalars["loss"]))
+        if bad.size:
+          first = int(bad[0])
+          bad_global = pending_base + first + 1
+          bad_in_epoch = step_in_epoch - len(pending) + first + 1
+          ckpts.wait()
+          raise NonFiniteLossError(
+              f"{spec.name}: non-finite training loss {scalars['loss'][first]} at optimizer step "
+              f"{bad_global} (epoch {epoch + 1}, step {bad_in_epoch} of {steps_per_epoch} in the "
+              f"epoch); training stopped; the last good checkpoint (step {ckpts.latest_step()}) "
+              f"is kept in {spec.directory}")
+        running.add(scalars)
+        pending, pending_base = [], global_step
+
+      for batch in prefetch_to_device(batches, prefetch):
+        params, opt_state, scalars = step_fn(params, opt_state, batch, np.int32(global_step))
+        pending.append(scalars)
+        global_step += 1
+        step_in_epoch += 1
+        rows_done = min(batch_size, num_rows - (step_in_epoch - 1) * batch_size)
+        epoch_samples += rows_done
+        if bar is not None:
+          bar.update(rows_done)
+        if len(pending) >= check_every_steps:
+          flush()
+        if (checkpoint_every_steps and global_step % checkpoint_every_steps == 0
+            and step_in_epoch < steps_per_epoch):
+          flush()
+          ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(False))
+      flush()
+      if step_in_epoch != steps_per_epoch:
+        raise RuntimeError(f"{spec.name}: the batch iterator of epoch {epoch} stopped at step "
+                           f"{step_in_epoch}, expected {steps_per_epoch}")
+      jax.block_until_ready(params)
+      seconds = time.perf_counter() - epoch_start
+      rate = epoch_samples / seconds if seconds > 0 else float("nan")
+      train_seconds += seconds
+      train_samples += epoch_samples
+      epoch_start, epoch_samples = time.perf_counter(), 0
+      if bar is not None:
+        bar.close()
+
+      eval_start = time.perf_counter()
+      record = {"epoch": epoch + 1, "step": global_step}
+      record["valid"] = valid_eval(params)
+      if select_on == "test":
+        record["test"] = test_eval(params)
+      eval_seconds += time.perf_counter() - eval_start
+      means = running.means()
+      record["train_loss"] = means.pop("loss")
+      record["train"] = means
+      record["samples_per_s"] = rate
+      record["seconds"] = seconds + time.perf_counter() - eval_start
+      history.append(record)
+      selection = record[select_on]["uauc"]
+      ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(True),
+                 selection=selection if math.isfinite(selection) else -math.inf)
+      writer.write_epoch(record)
+      running = _Running()
+      start_step = 0
+    ckpts.wait()
+  finally:
+    writer.close()
+
+  if not history:
+    raise ValueError(f"{spec.name}: no epoch was trained (epochs={spec.epochs})")
+  best = max(history, key=lambda r: (_finite(r[select_on]["uauc"]), -r["step"]))
+  params = ckpts.restore_params(best["step"], params)
+  test = best["test"] if select_on == "test" else test_eval(params)
+  ckpts.close()
+  result = {
+      "stage": spec.name, "selected_epoch": best["epoch"], "selected_step": best["step"],
+      "valid": best["valid"], "test": test, "epochs": spec.epochs,
+      "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+      "train_samples": train_samples,
+      "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
+      "history": history,
+  }
+  writers.write_json_atomic(os.path.join(spec.directory, RESULT_FILE), result)
+  return result, params
+
+
+def _finite(x: float) -> float:
+  return x if math.isfinite(x) else -math.inf

@@ -1,0 +1,445 @@
+"""run_experiment: every stage a method needs, in one workdir, resumable.
+
+Workdir layout (``DIR``):
+
+- ``config.json``: the run's full TrainConfig; a relaunch with a different configuration is refused.
+- ``dataset.json``: name, source, fingerprint and counts of the data; a relaunch on changed data is
+  refused.
+- ``semantics.npz`` + ``semantics.json`` (SOLID methods): the item -> semantic id table and its
+  provenance.
+- One directory per stage, each with orbax checkpoints, ``metrics.jsonl``, ``result.json`` and
+  TensorBoard files:
+
+  ========================  =====================================================================
+  method                    stages
+  ========================  =====================================================================
+  static, duet, apg         ``main``: the single model
+  solid, solid_apg          [``stage0``: item-level DUET whose id embeddings are clustered, only
+                            for ``--semantics=id*``], ``stage1``: the generator ("duet" / "apg")
+                            trained on semantic sequences (its item table is the metacode),
+                            ``stage2``: the dual SOLID model, codebook initialised from the metacode
+  ========================  =====================================================================
+
+- ``results.json``: valid and test metrics of the final stage at the selected epoch, per-stage
+  timing, the config. Its presence marks the run finished.
+
+A killed run relaunched with the same command continues from the latest checkpoint of the first
+unfinished stage (finished stages are read back from their ``result.json`` and selected
+checkpoint) and ends with the same metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Mapping
+
+from absl import logging
+import numpy as np
+
+from solid_jax import semantics as semantics_lib
+from solid_jax.train import checkpoint as checkpoint_lib
+from solid_jax.train import loop
+from solid_jax.train import step as step_lib
+from solid_jax.train import writers
+from solid_jax.train.config import TrainConfig, config_differences
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+SEMANTICS_PREFIX = "semantics"
+SELECTION_LABELS = {"valid": "valid UAUC",
+                    "test": "test (authors' protocol; optimistic)"}
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used for this run (unwritable, other config, other data)."""
+
+
+class Stage1MismatchError(ValueError):
+  """A stage-1 checkpoint does not fit the stage-2 data (vocabulary or width)."""
+
+
+# ------------------------------------------------------------------------------------------ workdir
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates ``workdir`` and checks that files can be written there.
+
+  Raises:
+    WorkdirError: it cannot be created or written (the message names the path and the reason).
+  """
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+      pass
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
+  return workdir
+
+
+def check_config(workdir: str, config: TrainConfig) -> None:
+  """Writes ``config.json``, or checks that the saved one equals ``config``.
+
+  Raises:
+    WorkdirError: the workdir holds a run with a different configuration (the fields that differ
+      are listed).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = config.to_dict()
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = config_differences(saved, current)
+    if diffs:
+      raise WorkdirError(
+          f"workdir {workdir} holds a run with a different configuration ({CONFIG_FILE}); use "
+          f"another workdir or the same flags. Differences (saved -> now): " + "; ".join(diffs))
+  writers.write_json_atomic(path, current)
+
+
+def _check_dataset(workdir: str, ds) -> dict[str, Any]:
+  record = {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
+            "num_users": ds.num_users, "num_items": ds.num_items,
+            "num_semantics": ds.num_semantics, "interactions": ds.num_interactions}
+  path = os.path.join(workdir, DATASET_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get("fingerprint") != ds.fingerprint:
+      raise WorkdirError(
+          f"workdir {workdir} was trained on data with fingerprint {saved.get('fingerprint')} "
+          f"({saved.get('source')}), but {ds.source} now has fingerprint {ds.fingerprint}; the "
+          "data changed: use another workdir")
+  writers.write_json_atomic(path, record)
+  return record
+
+
+def load_data(config: TrainConfig):
+  """Loads the dataset of a run, with a clear error when it cannot be found."""
+  from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
+  try:
+    return sj_data.load_dataset(config.dataset)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"dataset {config.dataset!r} not found: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------- semantics
+
+
+def with_semantics(rows: Mapping[str, np.ndarray], table: np.ndarray) -> dict[str, np.ndarray]:
+  """Rows with ``semantics`` / ``target_semantic`` recomputed from a semantic table.
+
+  Args:
+    rows: a split (``items`` int32[N, L], ``target`` int32[N], ...).
+    table: int32[num_items], 0 at padding.
+
+  Returns:
+    A new dict with ``semantics = table[items]`` and ``target_semantic = table[target]``.
+  """
+  out = dict(rows)
+  out["semantics"] = table[rows["items"]]
+  out["target_semantic"] = table[rows["target"]]
+  return out
+
+
+def _num_clusters(config: TrainConfig, ds) -> int:
+  return config.num_clusters or (ds.num_semantics - 1)
+
+
+def _semantic_provenance(config: TrainConfig, ds) -> dict[str, Any]:
+  out = {"source": config.semantics, "seed": config.seed, "dataset": ds.name,
+         "dataset_fingerprint": ds.fingerprint}
+  if config.semantics == "labels":
+    out["labels"] = ds.semantic_source
+  else:
+    out.update(k=_num_clusters(config, ds), kmeans_iters=config.kmeans_iters,
+               algorithm="k-means (k-means++ seeding, Lloyd) over L2-normalised parts")
+  if config.needs_stage0:
+    out.update(stage0_backbone=config.backbone, stage0_epochs=config.epochs_of("stage0"),
+               dim=config.dim)
+  return out
+
+
+def _kmeans_table(config: TrainConfig, ds, id_embedding: np.ndarray | None) -> np.ndarray:
+  parts = semantics_lib.dataset_vectors(ds)
+  if id_embedding is not None:
+    parts["id"] = np.asarray(id_embedding, np.float32)
+  vectors = semantics_lib.item_vectors(parts, config.semantics)
+  return semantics_lib.cluster_items(vectors, _num_clusters(config, ds), seed=config.seed,
+                                     iters=config.kmeans_iters)
+
+
+def _check_semantic_source(config: TrainConfig, ds) -> None:
+  """Errors that would otherwise surface only after training (missing features, bad k)."""
+  if not config.is_solid:
+    return
+  if config.semantics == "labels":
+    if config.num_clusters:
+      raise ValueError("--num_clusters applies to k-means semantics only, not --semantics=labels")
+    return
+  need = [p for p in semantics_lib.KMEANS_SOURCES[config.semantics] if p != "id"]
+  have = semantics_lib.dataset_vectors(ds)
+  missing = [semantics_lib.FEATURE_KEYS[p] for p in need if p not in have]
+  if missing:
+    raise ValueError(f"--semantics={config.semantics} needs item features {missing}, which "
+                     f"dataset {ds.name!r} does not have (side information: {sorted(ds.side)})")
+  k = _num_clusters(config, ds)
+  if not 1 <= k <= ds.num_items - 1:
+    raise ValueError(f"--num_clusters={k}: expected 1..{ds.num_items - 1} (the number of items)")
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+def _stage_data(splits, ds, table: np.ndarray, batches) -> loop.StageData:
+  from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
+
+  def train_rows(epoch):
+    rows = splits["train"] if epoch == 0 else sj_data.resample_train(ds, splits, epoch)
+    return with_semantics(rows, table)
+
+  return loop.StageData(train_rows=train_rows, valid=with_semantics(splits["valid"], table),
+                        test=with_semantics(splits["test"], table), batches=batches)
+
+
+def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
+  return dict(seed=config.seed, batch_size=config.batch_size, lr=config.lr,
+              eval_batch_size=config.eval_batch_size, select_on=config.select_on,
+              checkpoint_every_steps=config.checkpoint_every_steps,
+              check_every_steps=config.check_every_steps, prefetch=config.prefetch,
+              progress=config.progress, tensorboard=config.tensorboard)
+
+
+def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:
+  result = loop.stage_result(stage1_dir)
+  if result is None:
+    raise Stage1MismatchError(f"--stage1_dir={stage1_dir} holds no finished stage 1 "
+                              f"({loop.RESULT_FILE} missing)")
+  ckpts = checkpoint_lib.StageCheckpoints(stage1_dir, read_only=True)
+  try:
+    shapes = ckpts.param_shapes(result["selected_step"])
+  finally:
+    ckpts.close()
+  if "item_embedding" not in shapes:
+    raise Stage1MismatchError(f"the stage-1 checkpoint in {stage1_dir} has no item_embedding "
+                              f"(parameters: {sorted(shapes)})")
+  return tuple(shapes["item_embedding"]), result
+
+
+def check_stage1(stage1_dir: str, *, num_semantics: int, dim: int,
+                 table: np.ndarray | None = None) -> None:
+  """Checks that a finished stage 1 fits the stage-2 data before anything is trained.
+
+  Args:
+    stage1_dir: the stage-1 directory.
+    num_semantics: the semantic vocabulary of this run (incl. padding).
+    dim: this run's embedding width.
+    table: this run's semantic table, compared with the one saved next to ``stage1_dir`` if any.
+
+  Raises:
+    Stage1MismatchError: no finished stage 1, a metacode of another vocabulary size or width, or
+      a different semantic table.
+  """
+  shape, _ = _stage1_metacode_shape(stage1_dir)
+  if shape != (num_semantics, dim):
+    raise Stage1MismatchError(
+        f"the stage-1 checkpoint in {stage1_dir} has a metacode of {shape[0]} semantic ids x "
+        f"{shape[1]} (incl. padding), but this run's data has {num_semantics} semantic ids and "
+        f"dim {dim}: it was trained on another vocabulary")
+  prefix = os.path.join(os.path.dirname(os.path.abspath(stage1_dir)), SEMANTICS_PREFIX)
+  if table is not None and os.path.exists(prefix + ".json"):
+    theirs, _ = semantics_lib.load_table(prefix)
+    if theirs.shape != table.shape or not np.array_equal(theirs, table):
+      raise Stage1MismatchError(
+          f"the semantic table next to {stage1_dir} ({prefix}.npz) differs from this run's: the "
+          "metacode rows would mean other semantic ids")
+
+
+def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes, or reads back) every stage of ``config.method`` in ``workdir``.
+
+  Args:
+    config: the run's configuration.
+    workdir: its directory (created if missing).
+
+  Returns:
+    The results dict, as written to ``DIR/results.json``: "valid" and "test" metric dicts of the
+    final stage at the selected epoch (keys of ``solid_jax.metrics.evaluate``), "selected_epoch",
+    "selection", per-stage results and timing under "stages", "semantics" (SOLID), "dataset" and
+    "config".
+
+  Raises:
+    WorkdirError: unwritable workdir, or it holds a run with another configuration or data.
+    FileNotFoundError: the dataset does not exist.
+    Stage1MismatchError: ``--stage1_dir`` does not fit this run's data.
+    loop.NonFiniteLossError: the loss became NaN/inf (checkpoints before it are kept).
+  """
+  start = time.perf_counter()
+  workdir = prepare_workdir(workdir)
+  check_config(workdir, config)
+  results_path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(results_path):
+    logging.info("already finished; results in %s", results_path)
+    with open(results_path) as f:
+      return json.load(f)
+
+  from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
+  import solid_jax as sj  # pylint: disable=import-outside-toplevel
+
+  ds = load_data(config)
+  dataset_record = _check_dataset(workdir, ds)
+  _check_semantic_source(config, ds)
+  if config.is_solid and config.num_codes and config.num_codes != ds.num_semantics \
+      and config.semantics == "labels":
+    raise ValueError(f"--num_codes={config.num_codes} differs from the {ds.num_semantics} "
+                     "semantic ids of the metacode that initialises the codebook; use 0")
+
+  # Semantic table: known now unless it comes from stage-0 id embeddings.
+  sem_prefix = os.path.join(workdir, SEMANTICS_PREFIX)
+  provenance = _semantic_provenance(config, ds)
+  table, sem_seconds = None, 0.0
+  if config.is_solid:
+    if os.path.exists(sem_prefix + ".json"):
+      table, _ = semantics_lib.load_table(sem_prefix, provenance)
+    elif config.stage1_dir and config.needs_stage0:
+      other = os.path.join(os.path.dirname(os.path.abspath(config.stage1_dir)), SEMANTICS_PREFIX)
+      table, _ = semantics_lib.load_table(other, provenance)
+      semantics_lib.save_table(sem_prefix, table, provenance)
+    elif config.semantics == "labels":
+      table = ds.item_semantic
+      semantics_lib.save_table(sem_prefix, table, provenance)
+    elif not config.needs_stage0:
+      t0 = time.perf_counter()
+      table = _kmeans_table(config, ds, None)
+      sem_seconds = time.perf_counter() - t0
+      semantics_lib.save_table(sem_prefix, table, provenance)
+  if config.stage1_dir:
+    if not config.is_solid:
+      raise ValueError(f"--stage1_dir applies to SOLID methods only, not --method={config.method}")
+    check_stage1(config.stage1_dir, num_semantics=int(table.max()) + 1, dim=config.dim,
+                 table=table)
+  elif table is not None and loop.stage_result(os.path.join(workdir, "stage1")) is not None:
+    check_stage1(os.path.join(workdir, "stage1"), num_semantics=int(table.max()) + 1,
+                 dim=config.dim)
+
+  splits = sj_data.make_splits(ds, seq_len=config.seq_len, train_negatives=config.train_negatives,
+                               eval_negatives=config.eval_negatives, seed=config.seed)
+  batches = sj_data.batches
+  kwargs = _train_kwargs(config)
+  stage_results: dict[str, Any] = {}
+
+  def run_stage(name, model_cfg, data, *, transform=None, codebook_init=None):
+    model = sj.make_model(model_cfg)
+    init = model.init if codebook_init is None else functools.partial(
+        model.init, codebook_init=codebook_init)
+    spec = loop.StageSpec(name=name, directory=os.path.join(workdir, name), model=model,
+                          init=init, epochs=config.epochs_of(name), transform=transform)
+    logging.info("%s: %s", name, model_cfg)
+    result, params = loop.train_stage(spec, data, **kwargs)
+    stage_results[name] = {k: v for k, v in result.items() if k != "history"}
+    return params
+
+  if not config.is_solid:
+    label_table = ds.item_semantic
+    run_stage("main", config.model_config("main", num_items=ds.num_items,
+                                          num_semantics=ds.num_semantics),
+              _stage_data(splits, ds, label_table, batches))
+    final = "main"
+  else:
+    if table is None:  # id semantics: stage 0, then k-means over its item embeddings
+      params0 = run_stage("stage0", config.model_config(
+          "stage0", num_items=ds.num_items, num_semantics=ds.num_semantics),
+                          _stage_data(splits, ds, ds.item_semantic, batches))
+      t0 = time.perf_counter()
+      table = _kmeans_table(config, ds, np.asarray(params0["item_embedding"]))
+      sem_seconds = time.perf_counter() - t0
+      semantics_lib.save_table(sem_prefix, table, provenance)
+    num_semantics = int(table.max()) + 1
+    data = _stage_data(splits, ds, table, batches)
+    if config.stage1_dir:
+      metacode = _load_metacode(config.stage1_dir)
+      stage_results["stage1"] = {k: v for k, v in loop.stage_result(config.stage1_dir).items()
+                                 if k != "history"}
+      stage_results["stage1"]["reused_from"] = os.path.abspath(config.stage1_dir)
+    else:
+      params1 = run_stage("stage1", config.model_config(
+          "stage1", num_items=ds.num_items, num_semantics=num_semantics), data,
+                          transform=step_lib.semantic_view)
+      metacode = np.asarray(params1["item_embedding"])
+    run_stage("stage2", config.model_config("stage2", num_items=ds.num_items,
+                                            num_semantics=num_semantics),
+              data, codebook_init=metacode)
+    final = "stage2"
+
+  main = stage_results[final]
+  results = {
+      "method": config.method, "final_stage": final,
+      "selection": SELECTION_LABELS[config.select_on],
+      "selected_epoch": main["selected_epoch"], "valid": main["valid"], "test": main["test"],
+      "stages": stage_results, "dataset": dataset_record, "config": config.to_dict(),
+      "seconds_this_launch": time.perf_counter() - start,
+      "train_seconds": sum(r["train_seconds"] for r in stage_results.values()),
+      "train_samples_per_s": main["train_samples_per_s"],
+  }
+  if config.is_solid:
+    _, info = semantics_lib.load_table(sem_prefix)
+    results["semantics"] = {**info, "seconds": sem_seconds}
+  writers.write_json_atomic(results_path, results)
+  logging.info("finished; results in %s", results_path)
+  return results
+
+
+def _load_metacode(stage1_dir: str) -> np.ndarray:
+  result = loop.stage_result(stage1_dir)
+  ckpts = checkpoint_lib.StageCheckpoints(stage1_dir, read_only=True)
+  try:
+    params = ckpts.restore_params(result["selected_step"])
+  finally:
+    ckpts.close()
+  return np.asarray(params["item_embedding"])
+
+
+# -------------------------------------------------------------------------------------------- table
+
+_TABLE_METRICS = ("auc", "uauc", "ndcg@10", "hr@10")
+
+
+def summary_table(results_by_method: Mapping[str, Mapping[str, Any]]) -> str:
+  """A plain-text table of valid and test metrics per method (static / DUET / SOLID rows ...).
+
+  Args:
+    results_by_method: method label -> results dict of ``run_experiment``.
+
+  Returns:
+    The table, one line per method, with valid and test AUC, UAUC, NDCG@10 and HR@10, the
+    selected epoch and the training minutes of all stages.
+  """
+  head = ["method", "epoch"] + [f"valid {m.upper()}" for m in _TABLE_METRICS] + \
+         [f"test {m.upper()}" for m in _TABLE_METRICS] + ["train min"]
+  rows = []
+  selections = set()
+  for label, res in results_by_method.items():
+    selections.add(res.get("selection", SELECTION_LABELS["valid"]))
+    cells = [str(label), str(res.get("selected_epoch", ""))]
+    for split in ("valid", "test"):
+      cells += [_fmt(res.get(split, {}).get(m)) for m in _TABLE_METRICS]
+    cells.append(_fmt(res.get("train_seconds", float("nan")) / 60, 2))
+    rows.append(cells)
+  widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+  line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths)))
+  out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+  out.append(f"epoch selected on: {', '.join(sorted(selections))}")
+  return "\n".join(out)
+
+
+def _fmt(value, digits: int = 4) -> str:
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return "n/a"
+  return f"{value:.{digits}f}"
