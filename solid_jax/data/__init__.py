@@ -1,0 +1,44 @@
+"""Data: loaders for every supported format, Arrow caching, leave-last-out splits, batches.
+
+  ds = sj.data.load_dataset("ml-100k")          # embedded default (recbole wheel files)
+  ds.num_items, ds.num_semantics                # 1683, 20 (both include the padding id 0)
+  ds.item_semantic                              # int32[num_items], 0 only at padding
+  splits = sj.data.make_splits(ds, seq_len=10, train_negatives=4, eval_negatives=99, seed=0)
+  splits["train"]["items"]                      # int32[N, 10], right-padded with 0
+  for batch in sj.data.batches(splits["train"], 1024, seed=0, epoch=0):
+    batch["weight"]                             # float32[1024], 0 on padding rows
+
+Public names:
+  Dataset            loaded data set (CSR sequences, vocabularies, semantics, side information).
+  DataError          ValueError naming file, line and field of bad input.
+  load_dataset       registered name or folder -> Dataset (format detected, Arrow-cached).
+  registered_datasets  name -> folder path or "embedded".
+  from_interactions  raw columns (user, item, timestamp) -> Dataset (e.g. a Hugging Face Hub set).
+  make_splits        Dataset -> {"train", "valid", "test": row dicts, "meta": counts, seed, CSR}.
+  resample_train     training rows of another epoch (negatives a pure function of seed, epoch).
+  batches            fixed-shape batches, order a pure function of (seed, epoch), resumable.
+  num_batches        ceil(N / batch_size).
+  prefetch           background-thread prefetching of any iterator.
+  read_authors_file / write_authors_file   the authors' `user;target;trigger;click;label` files.
+
+See docs/DATASETS.md for the formats, semantics and per-data-set statistics.
+"""
+
+from solid_jax.data.dataset import Dataset
+from solid_jax.data.dataset import from_interactions
+from solid_jax.data.errors import DataError
+from solid_jax.data.formats import read_authors_file
+from solid_jax.data.formats import write_authors_file
+from solid_jax.data.pipeline import batches
+from solid_jax.data.pipeline import num_batches
+from solid_jax.data.pipeline import prefetch
+from solid_jax.data.registry import load_dataset
+from solid_jax.data.registry import registered_datasets
+from solid_jax.data.splits import make_splits
+from solid_jax.data.splits import resample_train
+
+__all__ = [
+    "Dataset", "DataError", "load_dataset", "from_interactions", "make_splits", "resample_train",
+    "batches", "num_batches", "prefetch", "read_authors_file", "write_authors_file",
+    "registered_datasets",
+]

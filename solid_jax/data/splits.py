@@ -1,0 +1,234 @@
+"""Leave-last-out splits with sampled negatives (SPEC section 3).
+
+For a user with chronologically sorted events e_0..e_{n-1} (users with n < 3 are dropped and
+counted in the log):
+
+- test: target e_{n-1}, history = the <= seq_len items before it (so it includes e_{n-2});
+- valid: target e_{n-2}, history = the <= seq_len items before it;
+- train: targets e_1..e_{n-3} (n-3 positives), each with the <= seq_len previous items.
+
+Histories run oldest to newest and are right-padded with zeros (`items[b, :n]` real,
+`items[b, n:] == 0`). Every positive row is followed by its negatives, which share its user and
+history: `train_negatives` per training positive (resampled every epoch) and `eval_negatives` per
+validation/test positive (fixed by the seed). Negatives are drawn uniformly from the items the user
+never interacted with (in any split), without replacement within one positive's list.
+
+Randomness: `np.random.default_rng([seed, stream, ...])` with a separate stream per use, so the
+rows of every split are a pure function of (data, seed) and training rows of (data, seed, epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from solid_jax.data.dataset import Dataset
+from solid_jax.data.errors import DataError
+
+ROW_KEYS = ("user", "items", "semantics", "target", "target_semantic", "label")
+_STREAM_TRAIN, _STREAM_VALID, _STREAM_TEST = 1, 2, 3
+_MAX_REJECTION_ROUNDS = 64
+
+
+def seen_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """CSR of every user's distinct interacted items.
+
+  Args:
+    ds: the Dataset.
+
+  Returns:
+    (offsets int64[num_users + 1], items int32[total]): user u's distinct items, sorted, are
+    `items[offsets[u]:offsets[u + 1]]`.
+  """
+  users = np.repeat(np.arange(ds.num_users, dtype=np.int64), ds.seq_lengths)
+  keys = np.unique(users * ds.num_items + ds.seq_items)
+  counts = np.bincount(keys // ds.num_items, minlength=ds.num_users)
+  return (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+          (keys % ds.num_items).astype(np.int32))
+
+
+def sample_negatives(rng: np.random.Generator, users: np.ndarray, k: int,
+                     seen_offsets: np.ndarray, seen: np.ndarray, num_items: int) -> np.ndarray:
+  """Uniform negatives, without replacement per row, among the items each user never saw.
+
+  Rejection sampling, vectorised: draw all, redraw the entries that hit a seen item or repeat an
+  earlier entry of their row, until none is left (rows of users who saw most items finish with an
+  exact draw from their unseen items).
+
+  Args:
+    rng: the generator (consumed deterministically).
+    users: int[P], internal user id of every row.
+    k: negatives per row.
+    seen_offsets: int64[num_users + 1], seen: int32[...]: from `seen_items`.
+    num_items: vocabulary size incl. padding (candidates are 1..num_items-1).
+
+  Returns:
+    int32[P, k].
+
+  Raises:
+    DataError: a user has fewer than k unseen items.
+  """
+  users = np.asarray(users, np.int64)
+  out = np.zeros((users.size, k), np.int64)
+  if k == 0 or users.size == 0:
+    return out.astype(np.int32)
+  counts = np.diff(seen_offsets)
+  available = (num_items - 1) - counts[users]
+  if (available < k).any():
+    bad = int(users[np.flatnonzero(available < k)[0]])
+    raise DataError(f"user {bad} has only {int((num_items - 1) - counts[bad])} items never "
+                    f"interacted with, fewer than the {k} negatives asked for")
+  seen_keys = np.repeat(np.arange(counts.size, dtype=np.int64), counts) * num_items + seen
+  rows = np.arange(users.size)
+  out[:] = rng.integers(1, num_items, size=(users.size, k))
+  for _ in range(_MAX_REJECTION_ROUNDS):
+    bad = _invalid(out[rows], users[rows], seen_keys, num_items)
+    if not bad.any():
+      rows = rows[:0]
+      break
+    keep_rows = bad.any(axis=1)
+    rows, bad = rows[keep_rows], bad[keep_rows]
+    block = out[rows]
+    block[bad] = rng.integers(1, num_items, size=int(bad.sum()))
+    out[rows] = block
+  for r in rows.tolist():  # Users who saw almost everything: exact draw.
+    u = users[r]
+    unseen = np.setdiff1d(np.arange(1, num_items), seen[seen_offsets[u]:seen_offsets[u + 1]])
+    out[r] = rng.choice(unseen, size=k, replace=False)
+  return out.astype(np.int32)
+
+
+def _invalid(cand: np.ndarray, users: np.ndarray, seen_keys: np.ndarray, num_items: int
+             ) -> np.ndarray:
+  """bool[R, k]: seen by the row's user, or equal to an earlier entry of the same row."""
+  keys = users[:, None] * num_items + cand
+  pos = np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)
+  hit = seen_keys[pos] == keys if seen_keys.size else np.zeros(keys.shape, bool)
+  order = np.argsort(cand, axis=1, kind="stable")
+  sorted_cand = np.take_along_axis(cand, order, axis=1)
+  dup_sorted = np.zeros(cand.shape, bool)
+  dup_sorted[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]
+  dup = np.zeros(cand.shape, bool)
+  np.put_along_axis(dup, order, dup_sorted, axis=1)
+  return hit | dup
+
+
+def histories(ds: Dataset, positions: np.ndarray, users: np.ndarray, seq_len: int) -> np.ndarray:
+  """History windows of events.
+
+  Args:
+    ds: the Dataset.
+    positions: int64[P], global indices into ds.seq_items of the target events.
+    users: int[P], the owner of every position.
+    seq_len: L.
+
+  Returns:
+    int32[P, L]: the <= L items before each target, oldest first, right-padded with 0.
+  """
+  start = ds.seq_offsets[np.asarray(users, np.int64)]
+  n = np.minimum(seq_len, positions - start)
+  cols = np.arange(seq_len)[None, :]
+  idx = positions[:, None] - n[:, None] + cols
+  valid = cols < n[:, None]
+  return np.where(valid, ds.seq_items[np.where(valid, idx, 0)], 0).astype(np.int32)
+
+
+def _rows(ds: Dataset, users: np.ndarray, hist: np.ndarray, target: np.ndarray,
+          negatives: np.ndarray) -> dict[str, np.ndarray]:
+  """Positive rows followed by their negatives: P * (1 + k) rows."""
+  k = negatives.shape[1]
+  per = 1 + k
+  candidates = np.concatenate([target[:, None], negatives], axis=1).reshape(-1).astype(np.int32)
+  items = np.repeat(hist, per, axis=0)
+  label = np.tile(np.concatenate([[1.0], np.zeros(k)]).astype(np.float32), target.size)
+  return {"user": np.repeat(users, per).astype(np.int32), "items": items,
+          "semantics": ds.item_semantic[items], "target": candidates,
+          "target_semantic": ds.item_semantic[candidates], "label": label}
+
+
+def make_splits(ds: Dataset, seq_len: int = 10, train_negatives: int = 4,
+                eval_negatives: int = 99, seed: int = 0) -> dict[str, Any]:
+  """Builds train (epoch 0), valid and test rows, SPEC section 3.
+
+  Args:
+    ds: the Dataset.
+    seq_len: L, history length.
+    train_negatives: negatives per training positive (resampled per epoch by `resample_train`).
+    eval_negatives: negatives per validation/test positive (fixed by the seed).
+    seed: the seed of every random draw.
+
+  Returns:
+    dict with "train", "valid", "test": dicts of numpy arrays with N rows: user int32[N],
+    items int32[N, L], semantics int32[N, L], target int32[N], target_semantic int32[N],
+    label float32[N] (each positive row followed by its negatives); and "meta": counts, the
+    options, the dataset fingerprint, `train_positions` int64[P] (global event index of every
+    training target) and the seen-item CSR `seen_offsets` int64[num_users + 1] / `seen_items`.
+  """
+  if seq_len < 1 or train_negatives < 0 or eval_negatives < 0:
+    raise DataError(f"need seq_len >= 1 and non-negative negatives, got seq_len={seq_len}, "
+                    f"train_negatives={train_negatives}, eval_negatives={eval_negatives}")
+  lengths = ds.seq_lengths
+  real_users = np.arange(1, ds.num_users)
+  kept = real_users[lengths[1:] >= 3]
+  dropped = int(real_users.size - kept.size)
+  if dropped:
+    logging.info("make_splits(%s): dropped %d of %d users with fewer than 3 events", ds.name,
+                 dropped, real_users.size)
+  if kept.size == 0:
+    raise DataError(f"data set {ds.name!r} has no user with at least 3 events")
+  start, n = ds.seq_offsets[kept], lengths[kept]
+  train_counts = n - 3
+  total = int(train_counts.sum())
+  first = np.repeat(start + 1, train_counts)
+  train_positions = first + (np.arange(total) - np.repeat(np.cumsum(train_counts) - train_counts,
+                                                         train_counts))
+  seen_offsets, seen = seen_items(ds)
+  meta = {
+      "dataset": ds.name, "fingerprint": ds.fingerprint, "seed": int(seed), "seq_len": int(seq_len),
+      "train_negatives": int(train_negatives), "eval_negatives": int(eval_negatives),
+      "num_users": int(kept.size), "dropped_users": dropped, "num_items": ds.num_items,
+      "num_semantics": ds.num_semantics, "train_positives": total,
+      "valid_positives": int(kept.size), "test_positives": int(kept.size),
+      "train_rows": total * (1 + train_negatives),
+      "valid_rows": int(kept.size) * (1 + eval_negatives),
+      "test_rows": int(kept.size) * (1 + eval_negatives),
+      "train_positions": train_positions.astype(np.int64), "seen_offsets": seen_offsets,
+      "seen_items": seen,
+  }
+  out: dict[str, Any] = {"meta": meta}
+  for name, offset, stream in (("valid", 2, _STREAM_VALID), ("test", 1, _STREAM_TEST)):
+    positions = start + n - offset
+    rng = np.random.default_rng([seed, stream])
+    negatives = sample_negatives(rng, kept, eval_negatives, seen_offsets, seen, ds.num_items)
+    out[name] = _rows(ds, kept, histories(ds, positions, kept, seq_len), ds.seq_items[positions],
+                      negatives)
+  out["train"] = resample_train(ds, out, 0)
+  return out
+
+
+def resample_train(ds: Dataset, splits: dict[str, Any], epoch: int) -> dict[str, np.ndarray]:
+  """Training rows of `epoch`: the fixed positives with fresh negatives.
+
+  A pure function of (data, splits["meta"]["seed"], epoch); epoch 0 equals splits["train"].
+
+  Args:
+    ds: the Dataset the splits were made from.
+    splits: output of `make_splits` (only "meta" is read).
+    epoch: epoch number (>= 0).
+
+  Returns:
+    dict of numpy arrays as splits["train"] (P * (1 + train_negatives) rows).
+  """
+  meta = splits["meta"]
+  if meta["fingerprint"] != ds.fingerprint or meta["num_items"] != ds.num_items:
+    raise DataError(f"these splits were made from another data set ({meta['dataset']}, "
+                    f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}")
+  positions = meta["train_positions"]
+  users = np.searchsorted(ds.seq_offsets, positions, side="right") - 1
+  rng = np.random.default_rng([meta["seed"], _STREAM_TRAIN, int(epoch)])
+  negatives = sample_negatives(rng, users, meta["train_negatives"], meta["seen_offsets"],
+                               meta["seen_items"], ds.num_items)
+  return _rows(ds, users, histories(ds, positions, users, meta["seq_len"]),
+               ds.seq_items[positions], negatives)
