@@ -80,7 +80,8 @@ class Dataset:
       raise DataError(f"{where}: item_vocab[0] must be '' (padding)")
     off = self.seq_offsets
     if off.shape != (self.num_users + 1,):
-      raise DataError(f"{where}: seq_offsets has shape {off.shape}, expected ({self.num_users + 1},)")
+      raise DataError(f"{where}: seq_offsets has shape {off.shape}, expected "
+                      f"({self.num_users + 1},)")
     if off[0] != 0 or off[1] != 0 or off[-1] != self.seq_items.shape[0] or np.any(np.diff(off) < 0):
       raise DataError(f"{where}: seq_offsets is not a CSR offset array with an empty row 0")
     if self.seq_items.size and (self.seq_items.min() < 1 or self.seq_items.max() >= self.num_items):

@@ -1,8 +1,9 @@
 """The one exception type of the data package, and the checked readers that raise it.
 
-Every problem with input data (a malformed line, a non-integer id, an id out of range, an empty file,
-text that is not UTF-8, arrays of the wrong shape) raises `DataError`, a `ValueError` whose message
-names the file, the line (1-based) and the field, so the user can open the file at the right place.
+Every problem with input data (a malformed line, a non-integer id, an id out of range, an empty
+file, text that is not UTF-8, arrays of the wrong shape) raises `DataError`, a `ValueError` whose
+message names the file, the line (1-based) and the field, so the user can open the file at the
+right place.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def read_text(path: Any) -> str:
     The decoded text.
 
   Raises:
-    DataError: the file is missing, empty (only whitespace) or not valid UTF-8 (the message gives the
-      line and the byte offset of the first bad byte).
+    DataError: the file is missing, empty (only whitespace) or not valid UTF-8 (the message gives
+      the line and the byte offset of the first bad byte).
   """
   try:
     with open(path, "rb") as f:

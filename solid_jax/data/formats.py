@@ -78,7 +78,8 @@ def _single(candidates: list[str], what: str, folder: pathlib.Path) -> str:
   return candidates[0]
 
 
-def inspect_folder(folder: Any, format: str | None = None) -> FolderSpec:  # pylint: disable=redefined-builtin
+def inspect_folder(folder: Any,
+                   format: str | None = None) -> FolderSpec:  # pylint: disable=redefined-builtin
   """Detects the format of a dataset folder and lists the files to read.
 
   Args:
@@ -175,7 +176,8 @@ def _to_int(tokens: Sequence[str], path: Any, lines: Sequence[int], fields: Sequ
     try:
       int(token)
     except (ValueError, OverflowError):
-      raise DataError(f"{token!r} is not an integer id", path=path, line=line, field=field) from None
+      raise DataError(f"{token!r} is not an integer id", path=path, line=line,
+                      field=field) from None
   raise DataError("integer conversion failed", path=path)  # Unreachable in practice.
 
 
@@ -374,7 +376,7 @@ def _parse_recbole(spec: FolderSpec, name: str, source: str) -> Dataset:
 
 
 def _atomic_side(fields, rows, numbers, key, index, size, path, rename) -> dict:
-  """Columns of a RecBole .item/.user file, aligned to internal ids (rows of unknown ids skipped)."""
+  """Columns of a RecBole .item/.user file, aligned to internal ids (unknown ids skipped)."""
   names = [f[0] for f in fields]
   key_col = names.index(key)
   targets = np.array([index.get(r[key_col], 0) for r in rows], np.int64)
@@ -768,7 +770,60 @@ def _csv_ints(cells: Sequence[str], path: Any, numbers: Sequence[int], field: st
   return flat, counts
 
 
+def _parse_authors_fast(path: Any) -> dict[str, Any] | None:
+  """Arrow CSV reading of a well-formed file; None (use the checked reader) on any irregularity."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  from pyarrow import csv  # pylint: disable=import-outside-toplevel
+  text = read_text(path)
+  lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+  try:
+    table = csv.read_csv(
+        pa.py_buffer(text.encode("utf-8")),
+        read_options=csv.ReadOptions(column_names=list(_AUTHORS_FIELDS)),
+        parse_options=csv.ParseOptions(delimiter=";", quote_char=False, ignore_empty_lines=False),
+        convert_options=csv.ConvertOptions(
+            column_types={k: pa.string() for k in _AUTHORS_FIELDS}))
+    if table.num_rows != lines:
+      return None
+    columns = {k: table.column(k).combine_chunks() for k in _AUTHORS_FIELDS}
+    if any(pc.any(pc.equal(columns[k], "")).as_py() for k in _AUTHORS_FIELDS):
+      return None
+    user = pc.cast(columns["user"], pa.int64()).to_numpy()
+    target = pc.cast(columns["target"], pa.int64()).to_numpy()
+    label = pc.cast(columns["label"], pa.float64()).to_numpy()
+    pc.cast(pc.list_flatten(pc.split_pattern(columns["trigger_seq"], ",")), pa.int64())
+    click = pc.split_pattern(columns["click_seq"], ",")
+    counts = pc.list_value_length(click).to_numpy().astype(np.int64)
+    flat = pc.cast(pc.list_flatten(click), pa.int64()).to_numpy()
+  except (pa.ArrowException, ValueError):
+    return None
+  if not np.all((label == 0) | (label == 1)):
+    return None
+  return {"user": user, "target": target, "label": label, "counts": counts, "flat": flat,
+          "lines": list(range(1, lines + 1))}
+
+
 def _parse_authors_lines(path: Any) -> dict[str, Any]:
+  """Parses a file of the authors' format; the checked reader runs when the fast one declines."""
+  parsed = _parse_authors_fast(path)
+  if parsed is None:
+    parsed = _parse_authors_checked(path)
+  counts, flat, n = parsed["counts"], parsed["flat"], parsed["user"].size
+  width = int(counts.max()) if n else 0
+  if n and counts.min() == width:  # Fixed-length click_seq: the usual case.
+    parsed["dense"] = flat.reshape(n, width)
+    return parsed
+  rows = np.repeat(np.arange(n), counts)
+  cols = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
+  dense = np.zeros((n, width), np.int64)
+  dense[rows, cols] = flat
+  parsed["dense"] = dense
+  return parsed
+
+
+def _parse_authors_checked(path: Any) -> dict[str, Any]:
+  """Line-by-line reading that names the line and field of the first error."""
   lines = _lines(pathlib.Path(path))
   columns: list[list[str]] = [[] for _ in _AUTHORS_FIELDS]
   numbers = []
@@ -791,11 +846,7 @@ def _parse_authors_lines(path: Any) -> dict[str, Any]:
   if bad.size:
     raise DataError(f"label must be 0 or 1, got {columns[4][bad[0]]!r}", path=path,
                     line=numbers[bad[0]], field="label")
-  rows = np.repeat(np.arange(n), counts)
-  cols = np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)
-  dense = np.zeros((n, int(counts.max()) if n else 0), np.int64)
-  dense[rows, cols] = flat
-  return {"user": user, "target": target, "label": label, "counts": counts, "dense": dense,
+  return {"user": user, "target": target, "label": label, "counts": counts, "flat": flat,
           "lines": numbers}
 
 
@@ -841,7 +892,9 @@ def read_authors_file(path: Any, semantics_path: Any = None, *, seq_len: int | N
   width = dense.shape[1] if seq_len is None else int(seq_len)
   mask = dense != 0
   n_real = mask.sum(axis=1)
-  items = _newest(_left_align(dense, mask), n_real, width)
+  right_padded = dense.shape[1] == width and np.array_equal(
+      mask, np.arange(width)[None, :] < n_real[:, None])
+  items = dense if right_padded else _newest(_left_align(dense, mask), n_real, width)
   semantics = np.zeros_like(items)
   target_semantic = np.zeros_like(main["target"])
   if semantics_path is not None:
@@ -866,12 +919,24 @@ def read_authors_file(path: Any, semantics_path: Any = None, *, seq_len: int | N
       bad = int(np.flatnonzero(stray.any(axis=1))[0])
       raise DataError("semantic id at a padding position of the item file", path=semantics_path,
                       line=sem["lines"][bad], field="click_seq")
-    semantics = _newest(_left_align(sem_dense, mask), n_real, width)
+    semantics = sem_dense if right_padded else _newest(_left_align(sem_dense, mask), n_real,
+                                                       width)
     target_semantic = sem["target"]
   return {"user": main["user"].astype(np.int32), "items": items.astype(np.int32),
           "semantics": semantics.astype(np.int32), "target": main["target"].astype(np.int32),
           "target_semantic": target_semantic.astype(np.int32),
           "label": main["label"].astype(np.float32)}
+
+
+def _joined(matrix: np.ndarray, sep: str):
+  """int[N, W] -> pyarrow string array of N rows, the W decimal values joined by `sep`."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
+  columns = [pc.cast(pa.array(np.ascontiguousarray(matrix[:, j])), pa.string())
+             for j in range(matrix.shape[1])]
+  if len(columns) == 1:
+    return columns[0]
+  return pc.binary_join_element_wise(*columns, sep)
 
 
 def write_authors_file(split: Mapping[str, np.ndarray], path: Any, semantics_path: Any = None, *,
@@ -891,6 +956,7 @@ def write_authors_file(split: Mapping[str, np.ndarray], path: Any, semantics_pat
     semantics_path: optional output semantic file, line-aligned (ids replaced by semantic ids).
     trigger: "previous" or "zeros".
   """
+  import pyarrow.compute as pc  # pylint: disable=import-outside-toplevel
   if trigger not in ("previous", "zeros"):
     raise DataError(f"trigger must be 'previous' or 'zeros', got {trigger!r}")
   items = np.asarray(split["items"], np.int64)
@@ -906,10 +972,12 @@ def write_authors_file(split: Mapping[str, np.ndarray], path: Any, semantics_pat
       prev = np.where(np.arange(width)[None, :] < (lengths - 1)[:, None], seq, 0)
     else:
       prev = np.zeros_like(seq)
-    table = np.concatenate([user[:, None], np.asarray(target, np.int64)[:, None], prev, seq,
-                            label.astype(np.int64)[:, None]], axis=1)
-    fmt = "%d;%d;" + ",".join(["%d"] * width) + ";" + ",".join(["%d"] * width) + ";%d"
-    np.savetxt(out, table, fmt=fmt, encoding="utf-8")
+    fields = [_joined(user[:, None], ","), _joined(np.asarray(target, np.int64)[:, None], ","),
+              _joined(prev, ","), _joined(seq, ","), _joined(label.astype(np.int64)[:, None], ",")]
+    lines = pc.binary_join_element_wise(*fields, ";")
+    with open(out, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines.to_pylist()))
+      f.write("\n")
 
   write(items, split["target"], path)
   if semantics_path is not None:

@@ -62,7 +62,7 @@ import numpy as np
 from solid_jax.data.dataset import Dataset
 from solid_jax.data.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # Bump whenever a reader's output changes: old entries are then ignored.
 CACHE_ENV = "SOLID_JAX_CACHE"
 
 

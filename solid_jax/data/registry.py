@@ -95,7 +95,8 @@ def _resolve(path_or_name: Any) -> tuple[pathlib.Path, str, str, formats.FolderS
   return folder, folder.resolve().name, str(folder.resolve()), None
 
 
-def load_dataset(path_or_name: Any = "ml-100k", *, format: str | None = None,  # pylint: disable=redefined-builtin
+def load_dataset(path_or_name: Any = "ml-100k", *,
+                 format: str | None = None,  # pylint: disable=redefined-builtin
                  cache_dir: Any = None, use_cache: bool = True, semantics: str | None = None,
                  category_depth: int = 2, category_split: str = "auto", codes: str = "text",
                  code_levels: int = 1) -> Dataset:

@@ -26,5 +26,6 @@ def test_generator_on_a_shared_dataset(shared_data, tmp_path):
   # Leave-last-out: n - 3 training positives per user, 1 + 4 rows each; 100 rows per user to test.
   assert row["train_rows"] == (19712 - 3 * 2928) * 5 and row["test_rows"] == 2928 * 100
   text = output.read_text()
-  assert "| unisrec | 2,928 | 1,585 | 19,712 | 6.73 | category path truncated at depth 2 | 24 |" in text
+  assert ("| unisrec | 2,928 | 1,585 | 19,712 | 6.73 | category path truncated at depth 2 | 24 |"
+          in text)
   assert "features/clip_image" in text

@@ -225,3 +225,16 @@ def test_from_interactions_rejects_bad_columns():
     data.from_interactions([1, 2], [1, 2], ["a", "b"])
   with pytest.raises(data.DataError, match="no interactions"):
     data.from_interactions([], [])
+
+
+def test_authors_fast_and_checked_readers_agree(tmp_path):
+  path = tmp_path / "a.txt"
+  path.write_text("4;9;1,2;1,2,3;1\n4;8;0;1,2,3;0\n7;5;3;6,0;1.0\n")
+  fast, checked = formats._parse_authors_fast(path), formats._parse_authors_checked(path)
+  assert fast is not None
+  for key in checked:
+    np.testing.assert_array_equal(np.asarray(fast[key]), np.asarray(checked[key]), err_msg=key)
+  for broken in ("4;9;;1;1\n", "4;9;1;1\n", "4;x;1;1;1\n", "4;9;1;1;2\n",
+                 "4;9;1;1;1\n\n5;1;1;1;0\n"):
+    path.write_text(broken)
+    assert formats._parse_authors_fast(path) is None, broken
