@@ -194,6 +194,11 @@ def _to_float(tokens: Sequence[str], path: Any, lines: Sequence[int], field: str
   raise DataError("float conversion failed", path=path)
 
 
+def _missing(names: Sequence[str], found: int) -> str:
+  """The field at fault when a line has `found` fields instead of len(names)."""
+  return names[found] if found < len(names) else f"after {names[-1]}"
+
+
 def _read_atomic(path: pathlib.Path, required: Sequence[str]
                  ) -> tuple[list[tuple[str, str]], list[list[str]], list[int]]:
   """RecBole atomic TSV -> (fields [(name, type)], rows [[str]], line numbers)."""
@@ -216,8 +221,7 @@ def _read_atomic(path: pathlib.Path, required: Sequence[str]
     parts = line.split("\t")
     if len(parts) != len(fields):
       raise DataError(f"expected {len(fields)} tab-separated fields ({', '.join(names)}), found "
-                      f"{len(parts)}", path=path, line=number, field=names[min(len(parts),
-                                                                                len(names)) - 1])
+                      f"{len(parts)}", path=path, line=number, field=_missing(names, len(parts)))
     rows.append(parts)
     numbers.append(number)
   if not rows:
@@ -832,7 +836,7 @@ def _parse_authors_checked(path: Any) -> dict[str, Any]:
     if len(parts) != 5:
       raise DataError(f"expected 5 ';'-separated fields ({';'.join(_AUTHORS_FIELDS)}), found "
                       f"{len(parts)}", path=path, line=number,
-                      field=_AUTHORS_FIELDS[min(len(parts), 5) - 1])
+                      field=_missing(_AUTHORS_FIELDS, len(parts)))
     for column, part in zip(columns, parts):
       column.append(part)
     numbers.append(number)
