@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from solid_jax.train import checkpoint
 from solid_jax.train import cli
 from solid_jax.train import stages
 
@@ -33,6 +34,7 @@ flags.DEFINE_bool("progress", True, "progress bars (only when stderr is a termin
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoint.quiet_orbax_logging()
   base = dataclasses.replace(cli.load_config_file(FLAGS.config, CONFIGS_DIR),
                              dataset=FLAGS.dataset, backbone=FLAGS.backbone,
                              epochs=FLAGS.epochs, seed=FLAGS.seed, progress=FLAGS.progress)

@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from solid_jax.train import checkpoint
 from solid_jax.train import cli
 from solid_jax.train import stages
 
@@ -29,6 +30,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoint.quiet_orbax_logging()
   config = cli.config_from_flags(FLAGS, CONFIGS_DIR)
   logging.info("JAX %s on %s; config %s", jax.__version__, jax.devices(), config)
   results = stages.run_experiment(config, FLAGS.workdir)

@@ -16,15 +16,15 @@ invisible to ``latest_step`` and ``restore``; such leftovers are removed when th
 
 from __future__ import annotations
 
+import logging as logging_std
 import math
 import os
 import shutil
 from typing import Any
 
+from absl import logging as absl_logging
 import jax
 import orbax.checkpoint as ocp
-
-_ITEMS = ("params", "opt_state", "meta")
 
 
 def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
@@ -32,6 +32,23 @@ def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
   # checkpoints carry ``selection=None`` and rank below every epoch end.
   selection = metrics["selection"]
   return (-math.inf if selection is None else float(selection), -int(metrics["step"]))
+
+
+class _OrbaxInfoFilter(logging_std.Filter):
+  """Drops orbax's INFO/DEBUG records (several per save); its warnings and errors pass."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or _ORBAX_DIR not in record.pathname
+
+
+_ORBAX_DIR = os.sep + "orbax" + os.sep
+
+
+def quiet_orbax_logging() -> None:
+  """Keeps orbax's per-save INFO lines out of the absl log (idempotent; for launchers)."""
+  logger = absl_logging.get_absl_logger()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxInfoFilter())
 
 
 def _remove_uncommitted(directory: str) -> None:
@@ -65,7 +82,10 @@ class StageCheckpoints:
         create=not read_only, read_only=read_only,
         save_interval_steps=0 if read_only else 1, enable_async_checkpointing=True,
         save_root_metadata=False)
-    self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
+    handlers = {"params": ocp.StandardCheckpointHandler(),
+                "opt_state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   # -- queries --------------------------------------------------------------------------------------
 
@@ -84,8 +104,9 @@ class StageCheckpoints:
   def param_shapes(self, step: int) -> dict[str, Any]:
     """Shapes of the saved parameters, a nested dict of tuples, read without loading arrays."""
     meta = self._manager.item_metadata(step)["params"]
-    return jax.tree.map(lambda m: tuple(m.shape), dict(meta.tree) if hasattr(meta, "tree")
-                        else dict(meta))
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    return jax.tree.map(lambda m: tuple(m.shape), dict(tree),
+                        is_leaf=lambda m: hasattr(m, "shape"))
 
   # -- save / restore -------------------------------------------------------------------------------
 

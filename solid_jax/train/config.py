@@ -44,7 +44,6 @@ class TrainConfig:
   dim: int = _field(32, "embedding width d")
   codebook: str = _field("straight_through", "SOLID codebook mode",
                          choices=model_configs.CODEBOOK_MODES)
-  num_codes: int = _field(0, "SOLID codebook size; 0 = number of semantic ids incl. padding")
   codebook_hidden: int = _field(64, "width of the decoder after the codebook")
   consistency_weight: float = _field(0.1, "lambda, weight of the stage-2 consistency loss")
   commitment_weight: float = _field(0.25, "beta, straight-through commitment loss weight")
@@ -71,6 +70,9 @@ class TrainConfig:
   batch_size: int = _field(1024, "training batch size (the last batch is padded, weight 0)")
   eval_batch_size: int = _field(8192, "rows per evaluation batch")
   lr: float = _field(1e-3, "Adam learning rate")
+  group_candidates: bool = _field(True, "train on whole candidate groups (a positive and its "
+                                  "negatives share one history, encoded once per group); a batch "
+                                  "then holds round(batch_size / (1 + train_negatives)) groups")
   select_on: str = _field("valid", "split whose UAUC selects the epoch; 'test' only to compare "
                           "with the authors' protocol (optimistic)", choices=SELECT_ON)
 
@@ -97,7 +99,7 @@ class TrainConfig:
     for name in ("seq_len", "dim", "batch_size", "eval_batch_size", "kmeans_iters"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
-    for name in ("epochs", "stage0_epochs", "stage1_epochs", "num_clusters", "num_codes",
+    for name in ("epochs", "stage0_epochs", "stage1_epochs", "num_clusters",
                  "train_negatives", "checkpoint_every_steps", "prefetch"):
       if getattr(self, name) < 0:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
@@ -163,7 +165,7 @@ class TrainConfig:
       return model_configs.ModelConfig(
           head="solid", generator=self.generator, num_items=num_items,
           num_semantics=num_semantics, codebook=self.codebook,
-          num_codes=self.num_codes or None, codebook_hidden=self.codebook_hidden,
+          codebook_hidden=self.codebook_hidden,
           clip_t=self.clip_t, consistency_weight=self.consistency_weight,
           commitment_weight=self.commitment_weight, ema_decay=self.ema_decay, **common)
     if stage == "main":

@@ -160,15 +160,16 @@ class _Running:
 def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int, lr: float,
                 eval_batch_size: int = 8192, select_on: str = "valid",
                 checkpoint_every_steps: int = 0, check_every_steps: int = 50,
-                prefetch: int = 2, progress: bool = True, tensorboard: bool = True
-                ) -> tuple[dict[str, Any], Any]:
+                prefetch: int = 2, progress: bool = True, tensorboard: bool = True,
+                group_candidates: bool = True) -> tuple[dict[str, Any], Any]:
   """Trains one stage, resuming from its latest checkpoint, and returns its result.
 
   Args:
     spec: what to train and where.
     data: the stage's data.
     seed: seed of the init, the batch order and the per-step keys.
-    batch_size: training rows per step.
+    batch_size: training rows per step (with ``group_candidates``: ``round(batch_size / G)``
+      histories of G candidates each).
     lr: Adam learning rate.
     eval_batch_size: rows per evaluation batch.
     select_on: "valid" (select the epoch on validation UAUC, evaluate test once at the end) or
@@ -178,6 +179,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     prefetch: batches transferred ahead of the step.
     progress: show a progress bar when stderr is a terminal.
     tensorboard: also write TensorBoard event files.
+    group_candidates: when the training rows come in groups (a positive and its negatives share
+      one history, ``step.candidate_groups``), batch whole groups and encode each history once
+      (``step.make_train_step(grouped=True)``); otherwise batch single rows.
 
   Returns:
     (result, params): the stage result dict (as written to ``result.json``: selected epoch and
@@ -190,13 +194,22 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   os.makedirs(spec.directory, exist_ok=True)
   model = spec.model
   root = jax.random.key(seed)
-  params = spec.init(jax.random.fold_in(root, 0))
+  # One compiled init instead of many small eager dispatches.
+  params = jax.jit(spec.init)(jax.random.fold_in(root, 0))
   tx = step_lib.make_optimizer(model, params, lr)
   opt_state = tx.init(params)
-  step_fn = step_lib.make_train_step(model, tx, seed=seed, transform=spec.transform)
-  scorer = step_lib.make_scorer(model, transform=spec.transform)
-  valid_eval = step_lib.Evaluator(model, data.valid, eval_batch_size, scorer=scorer)
-  test_eval = step_lib.Evaluator(model, data.test, eval_batch_size, scorer=scorer)
+  step_fns = {}
+
+  def get_step_fn(grouped):
+    if grouped not in step_fns:
+      step_fns[grouped] = step_lib.make_train_step(model, tx, seed=seed,
+                                                   transform=spec.transform, grouped=grouped)
+    return step_fns[grouped]
+  scorers = {}
+  valid_eval = step_lib.Evaluator(model, data.valid, eval_batch_size, transform=spec.transform,
+                                  scorers=scorers)
+  test_eval = step_lib.Evaluator(model, data.test, eval_batch_size, transform=spec.transform,
+                                 scorers=scorers)
 
   ckpts = checkpoint_lib.StageCheckpoints(spec.directory)
   latest = ckpts.latest_step()
@@ -231,10 +244,17 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     for epoch in range(epoch, spec.epochs):
       rows = data.train_rows(epoch)
       num_rows = len(rows["label"])
-      steps_per_epoch = max(1, -(-num_rows // batch_size))
-      batches = data.batches(rows, batch_size, seed=seed, epoch=epoch, shuffle=True,
+      group = step_lib.candidate_groups(rows) if group_candidates else None
+      if group:
+        units, unit_batch = step_lib.to_groups(rows, group), max(1, round(batch_size / group))
+      else:
+        units, unit_batch, group = rows, batch_size, 1
+      step_fn = get_step_fn(group > 1)
+      num_units = len(units["label"])
+      steps_per_epoch = max(1, -(-num_units // unit_batch))
+      batches = data.batches(units, unit_batch, seed=seed, epoch=epoch, shuffle=True,
                              start_step=start_step)
-      bar = _progress_bar(num_rows, min(start_step * batch_size, num_rows),
+      bar = _progress_bar(num_rows, min(start_step * unit_batch * group, num_rows),
                           f"{spec.name} epoch {epoch + 1}/{spec.epochs}", progress)
       pending, pending_base = [], global_step
       epoch_start, epoch_samples = time.perf_counter(), 0
@@ -265,7 +285,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
         pending.append(scalars)
         global_step += 1
         step_in_epoch += 1
-        rows_done = min(batch_size, num_rows - (step_in_epoch - 1) * batch_size)
+        rows_done = group * min(unit_batch, num_units - (step_in_epoch - 1) * unit_batch)
         epoch_samples += rows_done
         if bar is not None:
           bar.update(rows_done)
@@ -307,6 +327,13 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       running = _Running()
       start_step = 0
     ckpts.wait()
+  except BaseException:
+    # Let saves already under way complete (they hold good states), then re-raise.
+    try:
+      ckpts.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("%s: a pending checkpoint could not be completed: %s", spec.name, e)
+    raise
   finally:
     writer.close()
 

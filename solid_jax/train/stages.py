@@ -60,6 +60,10 @@ class WorkdirError(ValueError):
   """The workdir cannot be used for this run (unwritable, other config, other data)."""
 
 
+class DatasetError(ValueError):
+  """The dataset of a run cannot be found or read."""
+
+
 class Stage1MismatchError(ValueError):
   """A stage-1 checkpoint does not fit the stage-2 data (vocabulary or width)."""
 
@@ -83,8 +87,8 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def check_config(workdir: str, config: TrainConfig) -> None:
-  """Writes ``config.json``, or checks that the saved one equals ``config``.
+def check_config(workdir: str, config: TrainConfig, *, write: bool = True) -> None:
+  """Checks that a saved ``config.json`` equals ``config``, then (re)writes it if ``write``.
 
   Raises:
     WorkdirError: the workdir holds a run with a different configuration (the fields that differ
@@ -100,10 +104,11 @@ def check_config(workdir: str, config: TrainConfig) -> None:
       raise WorkdirError(
           f"workdir {workdir} holds a run with a different configuration ({CONFIG_FILE}); use "
           f"another workdir or the same flags. Differences (saved -> now): " + "; ".join(diffs))
-  writers.write_json_atomic(path, current)
+  if write:
+    writers.write_json_atomic(path, current)
 
 
-def _check_dataset(workdir: str, ds) -> dict[str, Any]:
+def _check_dataset(workdir: str, ds, *, write: bool) -> dict[str, Any]:
   record = {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
             "num_users": ds.num_users, "num_items": ds.num_items,
             "num_semantics": ds.num_semantics, "interactions": ds.num_interactions}
@@ -116,7 +121,8 @@ def _check_dataset(workdir: str, ds) -> dict[str, Any]:
           f"workdir {workdir} was trained on data with fingerprint {saved.get('fingerprint')} "
           f"({saved.get('source')}), but {ds.source} now has fingerprint {ds.fingerprint}; the "
           "data changed: use another workdir")
-  writers.write_json_atomic(path, record)
+  if write:
+    writers.write_json_atomic(path, record)
   return record
 
 
@@ -125,8 +131,8 @@ def load_data(config: TrainConfig):
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
   try:
     return sj_data.load_dataset(config.dataset)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"dataset {config.dataset!r} not found: {e}") from e
+  except (sj_data.DataError, OSError) as e:
+    raise DatasetError(f"--dataset={config.dataset!r} cannot be used: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------- semantics
@@ -213,7 +219,8 @@ def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
               eval_batch_size=config.eval_batch_size, select_on=config.select_on,
               checkpoint_every_steps=config.checkpoint_every_steps,
               check_every_steps=config.check_every_steps, prefetch=config.prefetch,
-              progress=config.progress, tensorboard=config.tensorboard)
+              progress=config.progress, tensorboard=config.tensorboard,
+              group_candidates=config.group_candidates)
 
 
 def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -276,13 +283,13 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
 
   Raises:
     WorkdirError: unwritable workdir, or it holds a run with another configuration or data.
-    FileNotFoundError: the dataset does not exist.
+    DatasetError: the dataset does not exist or cannot be read.
     Stage1MismatchError: ``--stage1_dir`` does not fit this run's data.
     loop.NonFiniteLossError: the loss became NaN/inf (checkpoints before it are kept).
   """
   start = time.perf_counter()
   workdir = prepare_workdir(workdir)
-  check_config(workdir, config)
+  check_config(workdir, config, write=False)
   results_path = os.path.join(workdir, RESULTS_FILE)
   if os.path.exists(results_path):
     logging.info("already finished; results in %s", results_path)
@@ -293,32 +300,26 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
 
   ds = load_data(config)
-  dataset_record = _check_dataset(workdir, ds)
+  dataset_record = _check_dataset(workdir, ds, write=False)
   _check_semantic_source(config, ds)
-  if config.is_solid and config.num_codes and config.num_codes != ds.num_semantics \
-      and config.semantics == "labels":
-    raise ValueError(f"--num_codes={config.num_codes} differs from the {ds.num_semantics} "
-                     "semantic ids of the metacode that initialises the codebook; use 0")
 
   # Semantic table: known now unless it comes from stage-0 id embeddings.
   sem_prefix = os.path.join(workdir, SEMANTICS_PREFIX)
   provenance = _semantic_provenance(config, ds)
-  table, sem_seconds = None, 0.0
+  table, new_table, sem_seconds = None, False, 0.0
   if config.is_solid:
     if os.path.exists(sem_prefix + ".json"):
       table, _ = semantics_lib.load_table(sem_prefix, provenance)
     elif config.stage1_dir and config.needs_stage0:
       other = os.path.join(os.path.dirname(os.path.abspath(config.stage1_dir)), SEMANTICS_PREFIX)
       table, _ = semantics_lib.load_table(other, provenance)
-      semantics_lib.save_table(sem_prefix, table, provenance)
+      new_table = True
     elif config.semantics == "labels":
-      table = ds.item_semantic
-      semantics_lib.save_table(sem_prefix, table, provenance)
+      table, new_table = ds.item_semantic, True
     elif not config.needs_stage0:
       t0 = time.perf_counter()
-      table = _kmeans_table(config, ds, None)
+      table, new_table = _kmeans_table(config, ds, None), True
       sem_seconds = time.perf_counter() - t0
-      semantics_lib.save_table(sem_prefix, table, provenance)
   if config.stage1_dir:
     if not config.is_solid:
       raise ValueError(f"--stage1_dir applies to SOLID methods only, not --method={config.method}")
@@ -328,6 +329,11 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     check_stage1(os.path.join(workdir, "stage1"), num_semantics=int(table.max()) + 1,
                  dim=config.dim)
 
+  # Every check passed: the workdir now belongs to this config and data.
+  check_config(workdir, config)
+  _check_dataset(workdir, ds, write=True)
+  if new_table:
+    semantics_lib.save_table(sem_prefix, table, provenance)
   splits = sj_data.make_splits(ds, seq_len=config.seq_len, train_negatives=config.train_negatives,
                                eval_negatives=config.eval_negatives, seed=config.seed)
   batches = sj_data.batches

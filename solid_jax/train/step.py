@@ -73,8 +73,10 @@ def _accepts(fn, name: str) -> bool:
     return False
 
 
-def _model_batch(batch: Batch, transform: BatchTransform | None) -> Batch:
-  out = {k: batch[k] for k in MODEL_KEYS if k in batch}
+def _model_batch(batch: Batch, transform: BatchTransform | None, *,
+                 with_weight: bool = False) -> Batch:
+  keys = MODEL_KEYS + ("weight",) if with_weight else MODEL_KEYS
+  out = {k: batch[k] for k in keys if k in batch}
   return transform(out) if transform is not None else out
 
 
@@ -88,8 +90,30 @@ def scalar_aux(aux: dict[str, Any]) -> dict[str, jax.Array]:
   return out
 
 
+def to_groups(rows: dict[str, np.ndarray], group: int) -> dict[str, np.ndarray]:
+  """The group view of grouped rows: one entry per history, its G candidates side by side.
+
+  Args:
+    rows: N = P * G rows where each run of G consecutive rows shares user and history
+      (``candidate_groups(rows) == G``).
+    group: G.
+
+  Returns:
+    ``user`` int32[P], ``items``/``semantics`` int32[P, L] (the shared history) and
+    ``target``/``target_semantic`` int32[P, G], ``label`` float32[P, G].
+  """
+  out = {}
+  for key, value in rows.items():
+    value = np.asarray(value)
+    if key in ("target", "target_semantic", "label"):
+      out[key] = value.reshape((-1, group))
+    else:
+      out[key] = value[::group]
+  return out
+
+
 def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
-                    transform: BatchTransform | None = None):
+                    transform: BatchTransform | None = None, grouped: bool = False):
   """Builds the jit-compiled training step.
 
   Args:
@@ -98,13 +122,17 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
     seed: root of the per-step keys ``fold_in(key(seed), step)`` (passed to ``apply`` as ``key``
       when the model takes one).
     transform: optional batch rewrite applied inside the step (``semantic_view`` for stage 1).
+    grouped: batches are candidate groups (``to_groups``): ``target``, ``target_semantic`` and
+      ``label`` are [B, G] and one history serves G candidates. ``apply`` is vmapped over the
+      candidate axis, so everything that depends on the history alone (backbone state, generated
+      weights, codebook, auxiliary losses) is computed once per group.
 
   Returns:
     ``step_fn(params, opt_state, batch, step) -> (params, opt_state, scalars)`` where ``batch``
-    holds int32 items/semantics [B, L], target/target_semantic [B], float32 label/weight [B],
-    ``step`` is the int32 global step, and ``scalars`` a dict of float32 scalars: "loss" (the
-    optimised loss), "bce", "weight" (sum of row weights) and the model's scalar aux entries.
-    ``params`` and ``opt_state`` are donated.
+    holds int32 items/semantics [B, L], target/target_semantic [B] (or [B, G]), float32 label
+    [B] (or [B, G]) and weight [B], ``step`` is the int32 global step, and ``scalars`` a dict of
+    float32 scalars: "loss" (the optimised loss), "bce", "weight" (sum of row weights) and the
+    model's scalar aux entries. ``params`` and ``opt_state`` are donated.
   """
   takes_key = _accepts(model.apply, "key")
   takes_train = _accepts(model.apply, "train")
@@ -115,8 +143,23 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
       kwargs["train"] = True
     if takes_key:
       kwargs["key"] = jax.random.fold_in(jax.random.key(seed), step)
-    logits, aux = model.apply(params, _model_batch(batch, transform), **kwargs)
-    bce = weighted_bce(logits, batch["label"], batch["weight"])
+    # The row weights go in too: models mask padding rows out of their auxiliary losses.
+    if grouped:
+      history = {k: batch[k] for k in ("items", "semantics", "weight") if k in batch}
+      candidates = {k: batch[k] for k in ("target", "target_semantic") if k in batch}
+
+      def per_candidate(c):
+        return model.apply(params, _model_batch({**history, **c}, transform, with_weight=True),
+                           **kwargs)
+
+      # The aux entries depend on the history only, so they stay unbatched (out_axes None).
+      logits, aux = jax.vmap(per_candidate, in_axes=1, out_axes=(1, None))(candidates)
+      weights = jnp.broadcast_to(batch["weight"][:, None], logits.shape)
+      bce = weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
+    else:
+      logits, aux = model.apply(params, _model_batch(batch, transform, with_weight=True),
+                                **kwargs)
+      bce = weighted_bce(logits, batch["label"], batch["weight"])
     aux_loss = jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
     return bce + aux_loss, (bce, aux)
 
@@ -125,8 +168,8 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     params = model.update_state(params, aux)
-    scalars = {**scalar_aux(aux), "loss": loss, "bce": bce,
-               "weight": jnp.sum(batch["weight"]).astype(jnp.float32)}
+    rows = jnp.sum(batch["weight"]) * (batch["label"].shape[1] if grouped else 1)
+    scalars = {**scalar_aux(aux), "loss": loss, "bce": bce, "weight": rows.astype(jnp.float32)}
     return params, opt_state, scalars
 
   return jax.jit(step_fn, donate_argnums=(0, 1))
@@ -154,6 +197,33 @@ def pad_rows(split: dict[str, np.ndarray], batch_size: int) -> tuple[dict[str, n
   return out, n
 
 
+def candidate_groups(split: dict[str, np.ndarray]) -> int | None:
+  """The number of candidates per history when a split is laid out in groups, else None.
+
+  Evaluation splits list, per user, one positive and its negatives with the same history in
+  consecutive rows. When every run of consecutive rows with the same user and history has the
+  same length G > 1, the split is "grouped" with G candidates per history.
+
+  Args:
+    split: dict with ``user`` int[N] and ``items`` int[N, L] (and ``semantics``).
+
+  Returns:
+    G, or None when the rows are not in equal groups.
+  """
+  users, items = np.asarray(split["user"]), np.asarray(split["items"])
+  n = users.shape[0]
+  if n < 2:
+    return None
+  change = (users[1:] != users[:-1]) | np.any(items[1:] != items[:-1], axis=1)
+  if "semantics" in split:
+    sem = np.asarray(split["semantics"])
+    change |= np.any(sem[1:] != sem[:-1], axis=1)
+  starts = np.flatnonzero(np.concatenate([[True], change]))
+  sizes = np.diff(np.concatenate([starts, [n]]))
+  g = int(sizes[0])
+  return g if g > 1 and np.all(sizes == g) else None
+
+
 def make_scorer(model, *, transform: BatchTransform | None = None):
   """Builds ``score_all(params, split_batches) -> logits float32[num_batches * B]``.
 
@@ -169,33 +239,86 @@ def make_scorer(model, *, transform: BatchTransform | None = None):
   return jax.jit(score_all)
 
 
+def make_group_scorer(model, *, transform: BatchTransform | None = None):
+  """Builds ``score_groups(params, histories, candidates) -> logits float32[num_batches * U * G]``.
+
+  For grouped splits (``candidate_groups``): the per-user weights are generated once per history
+  (``model.generate``) and every candidate is scored with them (``model.score``, vmapped over the
+  candidate axis, so the target-independent backbone runs once per history).
+
+  ``histories``: ``items``/``semantics`` int32[num_batches, U, L]; ``candidates``:
+  ``target``/``target_semantic`` int32[num_batches, U, G]. Logits come back in row order
+  (history-major, candidates in their order).
+  """
+  def score_groups(params, histories, candidates):
+    def one(args):
+      hist, cand = args
+      first = {**hist, **{k: v[:, 0] for k, v in cand.items()}}
+      weights = model.generate(params, _model_batch(first, transform))
+
+      def per_candidate(c):
+        return model.score(params, weights, _model_batch({**hist, **c}, transform))
+
+      return jax.vmap(per_candidate, in_axes=1, out_axes=1)(cand).astype(jnp.float32)
+
+    return jax.lax.map(one, (histories, candidates)).reshape(-1)
+
+  return jax.jit(score_groups)
+
+
 class Evaluator:
   """Scores a fixed split on the device and computes ``solid_jax.metrics.evaluate``.
 
-  The split is padded and transferred once; each call runs one compiled function.
+  The split is padded and transferred once; each call runs one compiled function. Grouped splits
+  (one history, G candidates: the validation and test splits) are scored with ``generate`` once per
+  history and ``score`` per candidate; other splits row by row with ``apply``.
 
   Args:
     model: the Model.
     split: dict of numpy arrays (``user``, ``items``, ``semantics``, ``target``,
       ``target_semantic``, ``label``), N rows.
-    batch_size: rows per device batch.
+    batch_size: rows per device batch (grouped: ``batch_size // G`` histories per batch).
     transform: optional batch rewrite (``semantic_view`` for stage 1).
-    scorer: a scorer from ``make_scorer`` to share its compilation between splits.
+    grouped: use the grouped path when the split allows it.
+    scorers: a dict shared between Evaluators of the same model, so that splits of the same
+      shape (validation and test) share one compiled scorer.
   """
 
   def __init__(self, model, split: dict[str, np.ndarray], batch_size: int, *,
-               transform: BatchTransform | None = None, scorer=None):
-    batch_size = int(min(batch_size, len(split["label"])))
-    padded, self.num_rows = pad_rows({k: split[k] for k in MODEL_KEYS if k in split}, batch_size)
-    self._batches = jax.device_put({
-        k: v.reshape((-1, batch_size) + v.shape[1:]) for k, v in padded.items()})
+               transform: BatchTransform | None = None, grouped: bool = True,
+               scorers: dict | None = None):
+    scorers = {} if scorers is None else scorers
+    self.num_rows = len(split["label"])
     self.labels = np.asarray(split["label"], np.float32)
     self.users = np.asarray(split["user"], np.int32)
-    self._score = scorer if scorer is not None else make_scorer(model, transform=transform)
+    self.group = candidate_groups(split) if grouped else None
+    if self.group is not None:
+      g = self.group
+      num_users = self.num_rows // g
+      per_batch = int(max(1, min(batch_size // g, num_users)))
+      hist = {k: np.asarray(split[k])[::g] for k in ("items", "semantics") if k in split}
+      cand = {k: np.asarray(split[k]).reshape(num_users, g)
+              for k in ("target", "target_semantic") if k in split}
+      hist, _ = pad_rows(hist, per_batch)
+      cand, _ = pad_rows(cand, per_batch)
+      shape = lambda v: v.reshape((-1, per_batch) + v.shape[1:])
+      self._args = jax.device_put(({k: shape(v) for k, v in hist.items()},
+                                   {k: shape(v) for k, v in cand.items()}))
+      if "groups" not in scorers:
+        scorers["groups"] = make_group_scorer(model, transform=transform)
+      self._score = scorers["groups"]
+    else:
+      batch_size = int(max(1, min(batch_size, self.num_rows)))
+      padded, _ = pad_rows({k: split[k] for k in MODEL_KEYS if k in split}, batch_size)
+      self._args = (jax.device_put({
+          k: v.reshape((-1, batch_size) + v.shape[1:]) for k, v in padded.items()}),)
+      if "rows" not in scorers:
+        scorers["rows"] = make_scorer(model, transform=transform)
+      self._score = scorers["rows"]
 
   def scores(self, params) -> jax.Array:
     """float32[N] logits of every row, in the split's order."""
-    return self._score(params, self._batches)[: self.num_rows]
+    return self._score(params, *self._args)[: self.num_rows]
 
   def __call__(self, params) -> dict[str, float]:
     from solid_jax import metrics as sj_metrics  # pylint: disable=import-outside-toplevel

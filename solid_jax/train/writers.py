@@ -15,10 +15,6 @@ from typing import Any, Iterable
 
 from absl import logging
 
-try:  # Optional extra `tensorboard`: event files without TensorFlow.
-  import tensorboardX
-except ImportError:  # pragma: no cover - depends on the environment
-  tensorboardX = None
 
 
 def json_safe(value):
@@ -74,8 +70,13 @@ class StageWriter:
         f.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
     os.replace(tmp, self.path)
     self._tb = None
-    if tensorboard and tensorboardX is not None:
-      self._tb = tensorboardX.SummaryWriter(os.path.join(directory, "tensorboard"))
+    if tensorboard:
+      try:  # Optional extra `tensorboard`: event files without TensorFlow (imported on demand).
+        import tensorboardX  # pylint: disable=import-outside-toplevel
+      except ImportError:
+        logging.info("tensorboardX is not installed: no TensorBoard event files")
+      else:
+        self._tb = tensorboardX.SummaryWriter(os.path.join(directory, "tensorboard"))
 
   def write_epoch(self, record: dict[str, Any]) -> None:
     """Appends one epoch record (flat or one level of nesting) to every sink."""
@@ -96,7 +97,7 @@ class StageWriter:
       step = int(record.get("step", 0))
       for key, value in _flatten(record).items():
         if key not in ("epoch", "step") and isinstance(value, (int, float)):
-          self._tb.add_scalar(f"{self.stage}/{key}", value, step)
+          self._tb.add_scalar(f"{self.stage}/{key}".replace("@", "_at_"), value, step)
       self._tb.flush()
 
   def close(self) -> None:
