@@ -154,7 +154,7 @@ def load_jax_params(model: torch.nn.Module, params: Tree) -> torch.nn.Module:
   for name, value in state.items():
     if tuple(own[name].shape) != value.shape:
       raise ValueError(f"{name}: torch shape {tuple(own[name].shape)}, solid_jax {value.shape}")
-  model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+  model.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
   return model
 
 
@@ -164,5 +164,5 @@ def to_torch_batch(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
   for key, value in batch.items():
     arr = np.asarray(value)
     dtype = np.float32 if np.issubdtype(arr.dtype, np.floating) else np.int64
-    out[key] = torch.from_numpy(np.ascontiguousarray(arr.astype(dtype)))
+    out[key] = torch.tensor(arr.astype(dtype))
   return out

@@ -302,7 +302,9 @@ class RecModel(nn.Module):
     if self.backbone == "gru4rec":
       out, _ = self.gru(seq)
       return gather_last(out, lengths)
-    pad = items == 0
+    # Key-padding mask. A row without items (n = 0, never in real data) attends to every position,
+    # which keeps its (meaningless) output finite where a fully masked softmax would give NaN.
+    pad = (items == 0) & (lengths > 0).unsqueeze(-1)
     if self.backbone == "din":
       att = self.attention
       q = att["query"](tgt)
