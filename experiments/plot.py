@@ -19,9 +19,14 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 from solid_jax.train import writers  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "run directory (holds stage0|stage1|stage2|main)")
-flags.DEFINE_string("out", None, "PNG path (default: <workdir>/curves.png)")
-flags.DEFINE_integer("dpi", 120, "resolution of the PNG")
+
+
+def _define_flags():
+  # Defined only when run as a program, so that importing `plot` defines no global flags.
+  flags.DEFINE_string("workdir", None, "run directory (holds stage0|stage1|stage2|main)")
+  flags.DEFINE_string("out", None, "PNG path (default: <workdir>/curves.png)")
+  flags.DEFINE_integer("dpi", 120, "resolution of the PNG")
+  flags.mark_flag_as_required("workdir")
 
 STAGES = ("stage0", "stage1", "stage2", "main")
 EVAL_METRICS = ("auc", "uauc", "ndcg@10")
@@ -103,5 +108,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
+  _define_flags()
   app.run(main)

@@ -1,0 +1,73 @@
+"""A launcher run killed with SIGKILL mid-training and relaunched ends with identical results."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.experiments.conftest import REPO_ROOT, python_module
+
+METRIC_KEYS = {"auc", "uauc", "logloss", "ndcg@5", "hr@5", "ndcg@10", "hr@10", "ndcg@20", "hr@20"}
+
+
+def _command(config_file, dataset, workdir):
+  return python_module("experiments.train", f"--config={config_file}", f"--dataset={dataset}",
+                       "--method=solid", "--epochs=3", "--stage1_epochs=2",
+                       "--checkpoint_every_steps=3", f"--workdir={workdir}")
+
+
+def _committed_steps(directory):
+  if not os.path.isdir(directory):
+    return []
+  return [n for n in os.listdir(directory) if n.isdigit()]
+
+
+@pytest.mark.slow
+def test_sigkill_then_relaunch_gives_identical_results(tmp_path, toy_dataset, tiny_config_file,
+                                                       launcher_env):
+  reference = tmp_path / "reference"
+  done = subprocess.run(_command(tiny_config_file, toy_dataset, reference), cwd=REPO_ROOT,
+                        env=launcher_env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  expected = json.loads((reference / "results.json").read_text())
+  assert set(expected["valid"]) == METRIC_KEYS
+
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(_command(tiny_config_file, toy_dataset, workdir), cwd=REPO_ROOT,
+                             env=launcher_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 240
+  try:
+    # Kill as soon as stage 2 has a checkpoint (stage 1 is finished by then).
+    while not _committed_steps(workdir / "stage2"):
+      assert process.poll() is None, "the run ended before it could be killed"
+      assert time.monotonic() < deadline, "no stage-2 checkpoint appeared"
+      time.sleep(0.02)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not (workdir / "results.json").exists()
+  assert (workdir / "stage1" / "result.json").exists()
+
+  again = subprocess.run(_command(tiny_config_file, toy_dataset, workdir), cwd=REPO_ROOT,
+                         env=launcher_env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming from the checkpoint" in again.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["valid"] == expected["valid"]  # bitwise: JSON floats compare exactly
+  assert results["test"] == expected["test"]
+  assert results["selected_epoch"] == expected["selected_epoch"]
+  for stage in ("stage1", "stage2"):
+    lines = (workdir / stage / "metrics.jsonl").read_text().splitlines()
+    ref_lines = (reference / stage / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["train_loss"] for l in lines] == \
+           [json.loads(l)["train_loss"] for l in ref_lines]
+
+  finished = subprocess.run(_command(tiny_config_file, toy_dataset, workdir), cwd=REPO_ROOT,
+                            env=launcher_env, capture_output=True, text=True, timeout=300)
+  assert finished.returncode == 0
+  assert f"already finished; results in {workdir}/results.json" in finished.stderr
