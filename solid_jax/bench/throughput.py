@@ -1,0 +1,228 @@
+"""Throughput of solid_jax models: the training step and the inference pass, timed honestly.
+
+- Training: the training loop's own step (``solid_jax.train.step.make_train_step``), so what is timed is
+  what trains: one jitted function ``(params, opt_state, batch, step) -> (params, opt_state, scalars)``
+  with ``params`` and ``opt_state`` donated; Adam (optax) on ``sum(weight * BCE) / sum(weight) +
+  aux["aux_loss"]``, updates masked by ``model.trainable``, then ``model.update_state``.
+- Inference: ``score(params, generate(params, batch), batch)`` jitted as one function.
+- Compilation (trace + lower + compile, ahead of time) is timed apart; the timed loop calls the compiled
+  executable with batches placed on the device beforehand, under ``jax.transfer_guard("disallow")``,
+  after an untimed warm-up, and waits with ``block_until_ready`` before reading the clock.
+- ``compute_dtype=bfloat16`` is mixed precision: float32 master parameters and optimizer state, the
+  floating parameters cast to bfloat16 inside the step (the gradient flows back through the cast), the
+  logits cast back to float32 for the loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solid_jax.bench import timing
+from solid_jax.configs import ModelConfig
+from solid_jax.train import step as step_lib
+
+MODEL_KEYS = step_lib.MODEL_KEYS
+TRAIN_KEYS = MODEL_KEYS + ("label", "weight")
+
+METHODS = ("static", "duet", "apg", "solid", "solid_apg")
+
+
+def model_config(backbone: str, method: str, *, num_items: int, num_semantics: int,
+                 seq_len: int = 10, dim: int = 32, codebook: str = "straight_through") -> ModelConfig:
+  """The ModelConfig of ``method`` as training builds it (stage 2 for the SOLID methods).
+
+  Args:
+    backbone: "sasrec" | "gru4rec" | "din" | "bert4rec".
+    method: one of `METHODS`; "solid" uses DUET generators, "solid_apg" APG generators.
+    num_items: vocabulary size incl. padding.
+    num_semantics: semantic vocabulary size incl. padding.
+    seq_len: L.
+    dim: d.
+    codebook: SOLID codebook mode.
+
+  Returns:
+    The frozen ModelConfig.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method={method!r}; expected one of {METHODS}")
+  if method in ("solid", "solid_apg"):
+    return ModelConfig(backbone=backbone, head="solid",
+                       generator="apg" if method == "solid_apg" else "duet",
+                       num_items=num_items, num_semantics=num_semantics, seq_len=seq_len, dim=dim,
+                       codebook=codebook)
+  return ModelConfig(backbone=backbone, head=method, num_items=num_items,
+                     num_semantics=num_semantics, seq_len=seq_len, dim=dim)
+
+
+def cast_floating(tree, dtype):
+  """Casts the floating-point leaves of ``tree`` to ``dtype`` (integer leaves unchanged)."""
+  def cast(x):
+    return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+  return jax.tree_util.tree_map(cast, tree)
+
+
+def mixed_precision(model, compute_dtype):
+  """``model`` whose ``apply`` / ``generate`` / ``score`` run on parameters cast to ``compute_dtype``.
+
+  The parameters stay float32 outside (master weights, optimizer state); the gradient flows back to
+  them through the cast. Logits are returned in float32.
+  """
+  if compute_dtype is None:
+    return model
+
+  @functools.wraps(model.apply)
+  def apply(params, batch, **kwargs):
+    logits, aux = model.apply(cast_floating(params, compute_dtype), batch, **kwargs)
+    return logits.astype(jnp.float32), aux
+
+  @functools.wraps(model.generate)
+  def generate(params, batch, **kwargs):
+    return model.generate(cast_floating(params, compute_dtype), batch, **kwargs)
+
+  @functools.wraps(model.score)
+  def score(params, weights, batch, **kwargs):
+    logits = model.score(cast_floating(params, compute_dtype), weights, batch, **kwargs)
+    return logits.astype(jnp.float32)
+
+  return model._replace(apply=apply, generate=generate, score=score)
+
+
+def make_infer_fn(model) -> Callable:
+  """The pure inference pass ``(params, batch) -> logits float32[B]`` (generate, then score)."""
+  def infer(params, batch):
+    weights = model.generate(params, batch)
+    return model.score(params, weights, batch).astype(jnp.float32)
+  return infer
+
+
+def select(batch: dict, keys) -> dict:
+  return {k: batch[k] for k in keys}
+
+
+def _cost(compiled):
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # not every backend implements it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return cost
+
+
+def compile_timed(jitted, *args) -> tuple[Any, dict]:
+  """Lowers and compiles a jitted function for ``args`` ahead of time, timing both.
+
+  Returns:
+    (compiled executable, {"trace_s", "compile_s", "cost": XLA cost analysis dict or None,
+    "hlo": the optimized HLO text}).
+  """
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  traced = time.perf_counter()
+  compiled = lowered.compile()
+  done = time.perf_counter()
+  return compiled, {"trace_s": traced - start, "compile_s": done - traced, "cost": _cost(compiled),
+                    "hlo": compiled.as_text()}
+
+
+def cost_per_sample(cost, batch: int) -> dict:
+  """XLA's flops and bytes accessed of one step, divided by the batch size."""
+  if not cost:
+    return {}
+  out = {}
+  if "flops" in cost:
+    out["xla_flops_per_sample"] = float(cost["flops"]) / batch
+  if "bytes accessed" in cost:
+    out["xla_bytes_per_sample"] = float(cost["bytes accessed"]) / batch
+  return out
+
+
+class TrainBench:
+  """The training loop's jitted step, compiled for device-resident batches, ready to time.
+
+  Args:
+    model: a ``sj.Model``.
+    params: initial parameters (copied to ``device``; the caller's arrays are not donated).
+    host_batches: NumPy batches (cycled); placed on ``device`` here, explicitly.
+    learning_rate: Adam's.
+    compute_dtype: None or jnp.bfloat16 (see `mixed_precision`).
+    device: target device (default: the first device).
+  """
+
+  def __init__(self, model, params, host_batches: list[dict], *, learning_rate: float = 1e-3,
+               compute_dtype=None, device=None):
+    self.device = device or jax.devices()[0]
+    run_model = mixed_precision(model, compute_dtype)
+    tx = step_lib.make_optimizer(model, params, learning_rate)
+    self.jitted = step_lib.make_train_step(run_model, tx)
+    self.params = jax.device_put(jax.tree_util.tree_map(jnp.array, params), self.device)
+    self.opt_state = jax.device_put(tx.init(self.params), self.device)
+    self.batches = [jax.device_put(select(b, TRAIN_KEYS), self.device) for b in host_batches]
+    self.step = jax.device_put(np.int32(0), self.device)
+    self.batch_size = int(self.batches[0]["label"].shape[0])
+    self.compiled, self.info = compile_timed(self.jitted, self.params, self.opt_state,
+                                             self.batches[0], self.step)
+    self.i = 0
+    self.out = None
+
+  def run(self, n: int) -> None:
+    """Issues ``n`` steps (asynchronously)."""
+    p, o = self.params, self.opt_state
+    for _ in range(n):
+      p, o, self.out = self.compiled(p, o, self.batches[self.i % len(self.batches)], self.step)
+      self.i += 1
+    self.params, self.opt_state = p, o
+
+  def sync(self) -> None:
+    jax.block_until_ready((self.params, self.opt_state, self.out))
+
+  def time(self, *, repeats: int, steps_per_repeat: int, warmup: int = 1) -> list[float]:
+    """Per-step ms of each repeat, under ``jax.transfer_guard("disallow")``."""
+    with jax.transfer_guard("disallow"):
+      return timing.time_repeats(self.run, self.sync, repeats=repeats,
+                                 steps_per_repeat=steps_per_repeat, warmup=warmup)
+
+  def summary(self) -> dict:
+    loss = None if self.out is None else float(np.asarray(self.out["loss"]))
+    return {"trace_s": self.info["trace_s"], "compile_s": self.info["compile_s"],
+            **cost_per_sample(self.info["cost"], self.batch_size), "final_loss": loss}
+
+
+class InferBench:
+  """The jitted inference pass (generate + score), compiled for device-resident batches.
+
+  Arguments as `TrainBench`.
+  """
+
+  def __init__(self, model, params, host_batches: list[dict], *, compute_dtype=None, device=None):
+    self.device = device or jax.devices()[0]
+    self.jitted = jax.jit(make_infer_fn(mixed_precision(model, compute_dtype)))
+    self.params = jax.device_put(params, self.device)
+    self.batches = [jax.device_put(select(b, MODEL_KEYS), self.device) for b in host_batches]
+    self.batch_size = int(self.batches[0]["target"].shape[0])
+    self.compiled, self.info = compile_timed(self.jitted, self.params, self.batches[0])
+    self.i = 0
+    self.out = None
+
+  def run(self, n: int) -> None:
+    for _ in range(n):
+      self.out = self.compiled(self.params, self.batches[self.i % len(self.batches)])
+      self.i += 1
+
+  def sync(self) -> None:
+    jax.block_until_ready(self.out)
+
+  def time(self, *, repeats: int, steps_per_repeat: int, warmup: int = 1) -> list[float]:
+    with jax.transfer_guard("disallow"):
+      return timing.time_repeats(self.run, self.sync, repeats=repeats,
+                                 steps_per_repeat=steps_per_repeat, warmup=warmup)
+
+  def summary(self) -> dict:
+    return {"trace_s": self.info["trace_s"], "compile_s": self.info["compile_s"],
+            **cost_per_sample(self.info["cost"], self.batch_size)}

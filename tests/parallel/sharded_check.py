@@ -1,0 +1,103 @@
+"""Sharded vs one-device training steps of SASRec+SOLID, run in a fresh process with fake CPU devices.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel/sharded_check.py
+
+(`sharded_step_test.py` runs it; the flag must be set before JAX is imported, hence the process.)
+Both runs use the training loop's step (``solid_jax.train.step.make_train_step``) on the same global
+batches, once with SGD and once with Adam (the training optimizer). Prints one JSON line with the
+losses, parameter differences, shardings seen and the error raised for an indivisible batch.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import solid_jax as sj  # noqa: E402
+from solid_jax import parallel  # noqa: E402
+from solid_jax.bench import synthetic  # noqa: E402
+from solid_jax.bench import throughput  # noqa: E402
+from solid_jax.train import step as step_lib  # noqa: E402
+
+STEPS = 3
+BATCH = 64
+
+
+def diffs(a, b) -> np.ndarray:
+  return np.concatenate([np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).ravel()
+                         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))])
+
+
+def run_single(model, tx, params0, batches):
+  """The loop's jitted step on the first device."""
+  step = step_lib.make_train_step(model, tx)
+  device = jax.devices()[0]
+  params, opt_state = jax.device_put(jax.tree_util.tree_map(jnp.array, (params0, tx.init(params0))),
+                                     device)
+  losses = []
+  for i, b in enumerate(batches):
+    params, opt_state, scalars = step(params, opt_state, jax.device_put(b, device),
+                                      jax.device_put(np.int32(i), device))
+    losses.append(float(scalars["loss"]))
+  return jax.device_get(params), losses
+
+
+def run_sharded(model, tx, params0, batches, mesh):
+  """The loop's pure step, traced at most once, jitted for data parallelism over ``mesh``."""
+  raw_step = step_lib.make_train_step(model, tx).__wrapped__
+  chex.clear_trace_counter()  # the counter is keyed by the step's code, shared by both optimizers
+  step = parallel.make_sharded_train_step(chex.assert_max_traces(raw_step, n=1), mesh)
+  params, opt_state = parallel.replicate((params0, tx.init(params0)), mesh)
+  losses, specs, shards = [], set(), set()
+  stream = parallel.device_prefetch(iter(batches), size=2, sharding=parallel.batch_sharding(mesh))
+  for i, b in enumerate(stream):
+    specs.add(str(b["items"].sharding.spec))
+    shards.add(len(b["items"].addressable_shards))
+    params, opt_state, scalars = step(params, opt_state, b, parallel.replicate(np.int32(i), mesh))
+    losses.append(float(scalars["loss"]))
+  info = {"batch_specs": sorted(specs), "shards_per_batch": sorted(shards),
+          "param_specs": sorted({str(x.sharding.spec) for x in jax.tree_util.tree_leaves(params)})}
+  return jax.device_get(params), losses, info
+
+
+def main():
+  cfg = throughput.model_config("sasrec", "solid", num_items=101, num_semantics=7)
+  model = sj.make_model(cfg)
+  params0 = jax.device_get(model.init(jax.random.key(0)))  # host copies: the steps donate
+  catalog = synthetic.make_catalog(cfg.num_items, cfg.num_semantics, cfg.seq_len, seed=1)
+  batches = [{k: b[k] for k in throughput.TRAIN_KEYS}
+             for b in synthetic.make_batches(catalog, BATCH, STEPS, seed=3)]
+  mesh = parallel.make_mesh()
+  out = {"devices": len(jax.devices()), "mesh": dict(mesh.shape)}
+  lr = 1e-3
+  for name, tx in (("sgd", optax.sgd(1e-2)), ("adam", step_lib.make_optimizer(model, params0, lr))):
+    single_params, single_losses = run_single(model, tx, params0, batches)
+    sharded_params, sharded_losses, info = run_sharded(model, tx, params0, batches, mesh)
+    d = diffs(single_params, sharded_params)
+    out[name] = {"single_losses": single_losses, "sharded_losses": sharded_losses,
+                 "max_param_diff": float(d.max()),
+                 "fraction_over_1e-5": float(np.mean(d > 1e-5)),
+                 "max_param_change": float(diffs(single_params, params0).max()), **info}
+  out["adam"]["lr"] = lr
+  short = {k: v[:BATCH - 3] for k, v in batches[0].items()}
+  try:
+    parallel.shard_batch(short, mesh)
+    out["indivisible_error"] = ""
+  except ValueError as e:
+    out["indivisible_error"] = str(e)
+  padded = parallel.shard_batch(short, mesh, pad=True)
+  out["padded_rows"] = int(padded["items"].shape[0])
+  out["padded_weight_sum"] = float(np.asarray(padded["weight"]).sum())
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
