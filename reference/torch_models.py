@@ -196,8 +196,8 @@ class ApgShared(nn.Module):
 
   def __init__(self, n_in: int, n_out: int, rank: int):
     super().__init__()
-    self.V = dense(n_in, rank)  # pylint: disable=invalid-name
-    self.U = dense(rank, n_out)  # pylint: disable=invalid-name
+    self.V = dense(n_in, rank)
+    self.U = dense(rank, n_out)
 
 
 class Codebook(nn.Module):
