@@ -19,3 +19,5 @@ from solid_jax import metrics
 from solid_jax import nn
 from solid_jax.models import Model, make_model
 from solid_jax.nn import codebook
+from solid_jax import semantics
+from solid_jax import train
