@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from solid_jax.train import writers  # pylint: disable=wrong-import-position
 
@@ -92,6 +93,8 @@ def plot(workdir: str, out: str, dpi: int = 120) -> str:
         ax.grid(alpha=0.3)
       else:
         ax.axis("off")
+  for ax in axes.flat:
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   fig.suptitle(os.path.abspath(workdir), fontsize=9)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -1,7 +1,10 @@
 """Tests of train_stage: records, selection, exact resume after a crash, non-finite losses."""
 
+import io
 import json
 import os
+import sys
+import time
 
 import jax
 import numpy as np
@@ -114,3 +117,24 @@ def test_non_finite_loss_stops_with_step_and_epoch(toy, tmp_path):
   assert steps == [steps_per_epoch] and meta["epoch_done"] and meta["epoch"] == 0
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
   assert not os.path.exists(tmp_path / "result.json")
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_bar_shows_rate_and_eta_only_on_a_terminal(monkeypatch):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  bar = loop._progress_bar(1000, 0, "stage2 epoch 1/5", True)
+  for _ in range(4):
+    time.sleep(0.02)
+    bar.update(100)
+  bar.refresh()
+  text = terminal.getvalue()
+  assert "stage2 epoch 1/5" in text and "sample/s" in text and "<" in text  # elapsed<remaining
+  bar.close()
+  assert loop._progress_bar(1000, 0, "x", False) is None
+  monkeypatch.setattr(sys, "stderr", io.StringIO())
+  assert loop._progress_bar(1000, 0, "x", True) is None
