@@ -59,6 +59,8 @@ class TrainConfig:
                           "concatenations", choices=SEMANTIC_SOURCES)
   num_clusters: int = _field(0, "k of the k-means semantics; 0 = the dataset's number of label "
                              "classes")
+  category_depth: int = _field(0, "levels of a category path that form a label class (data with "
+                               "category paths, --semantics=labels); 0 = the loader's default")
   kmeans_iters: int = _field(50, "Lloyd iterations of the k-means semantics")
   stage1_dir: str = _field("", "reuse the finished stage 1 of another workdir (its DIR/stage1) "
                            "instead of training one; the vocabulary must match")
@@ -99,7 +101,7 @@ class TrainConfig:
     for name in ("seq_len", "dim", "batch_size", "eval_batch_size", "kmeans_iters"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
-    for name in ("epochs", "stage0_epochs", "stage1_epochs", "num_clusters",
+    for name in ("epochs", "stage0_epochs", "stage1_epochs", "num_clusters", "category_depth",
                  "train_negatives", "checkpoint_every_steps", "prefetch"):
       if getattr(self, name) < 0:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")

@@ -129,8 +129,9 @@ def _check_dataset(workdir: str, ds, *, write: bool) -> dict[str, Any]:
 def load_data(config: TrainConfig):
   """Loads the dataset of a run, with a clear error when it cannot be found."""
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
+  kwargs = {"category_depth": config.category_depth} if config.category_depth else {}
   try:
-    return sj_data.load_dataset(config.dataset)
+    return sj_data.load_dataset(config.dataset, **kwargs)
   except (sj_data.DataError, OSError) as e:
     raise DatasetError(f"--dataset={config.dataset!r} cannot be used: {e}") from e
 

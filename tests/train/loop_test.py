@@ -32,7 +32,7 @@ def _data(toy, batches=sj.data.batches):
                         batches=batches)
 
 
-def _spec(toy, directory, epochs=3, head="static"):
+def _spec(toy, directory, epochs=2, head="static"):
   ds, _ = toy
   model = sj.make_model(sj.ModelConfig(backbone="gru4rec", head=head, num_items=ds.num_items,
                                        num_semantics=ds.num_semantics, dim=8))
@@ -59,7 +59,7 @@ def _crashing_batches(epoch, after):
 def test_records_selection_and_retention(toy, tmp_path):
   result, params = loop.train_stage(_spec(toy, tmp_path), _data(toy), **KWARGS)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert [l["epoch"] for l in lines] == [1, 2, 3]
+  assert [l["epoch"] for l in lines] == [1, 2]
   for line in lines:
     assert {"step", "train_loss", "valid", "samples_per_s", "seconds", "train"} <= set(line)
     assert set(line["valid"]) == {"auc", "uauc", "logloss", "ndcg@5", "hr@5", "ndcg@10", "hr@10",
@@ -78,6 +78,7 @@ def test_records_selection_and_retention(toy, tmp_path):
   assert again == json.load(open(tmp_path / "result.json"))
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_exact(toy, tmp_path):
   reference, _ = loop.train_stage(_spec(toy, tmp_path / "ref"), _data(toy), **KWARGS)
   crashed = _data(toy, batches=_crashing_batches(epoch=1, after=3))
@@ -93,7 +94,7 @@ def test_resume_mid_epoch_is_exact(toy, tmp_path):
          [h["train_loss"] for h in reference["history"]]
   assert [h["valid"] for h in resumed["history"]] == [h["valid"] for h in reference["history"]]
   lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
-  assert [l["epoch"] for l in lines] == [1, 2, 3]
+  assert [l["epoch"] for l in lines] == [1, 2]
 
 
 def test_non_finite_loss_stops_with_step_and_epoch(toy, tmp_path):

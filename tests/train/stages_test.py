@@ -87,6 +87,16 @@ def test_features_missing_for_the_semantic_source(tiny_config, tmp_path):
   assert _no_training(tmp_path / "run")
 
 
+@pytest.mark.parametrize("depth,classes", [(0, 3), (1, 1), (2, 3), (3, 6)])
+def test_category_depth_sets_the_label_classes(tiny_config, toy_features_dataset, depth, classes):
+  config = dataclasses.replace(tiny_config, dataset=toy_features_dataset, category_depth=depth)
+  ds = stages.load_data(config)
+  assert ds.num_semantics == classes + 1
+  paths = ds.side["categories"]
+  np.testing.assert_array_equal(
+      ds.item_semantic, semantics.from_category_paths(paths, depth or 2))
+
+
 def test_with_semantics_recomputes_columns():
   table = np.array([0, 2, 1, 2], np.int32)
   rows = {"items": np.array([[1, 3, 0], [2, 0, 0]]), "target": np.array([2, 3]),

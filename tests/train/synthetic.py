@@ -59,6 +59,7 @@ def write_unisrec(folder, *, seed: int = 0, num_users: int = 40, num_items: int 
   """Writes a UniSRec/MISSRec folder with CLIP-like text and image features (0-based ids).
 
   Features are noisy copies of a per-cluster direction, so k-means over them finds the clusters.
+  Category paths are "Science,Cluster <c>,Kind <i mod 2>" (1, 3 and 6 classes at depths 1, 2, 3).
 
   Returns:
     The folder.
@@ -84,6 +85,10 @@ def write_unisrec(folder, *, seed: int = 0, num_users: int = 40, num_items: int 
   with open(folder / f"{prefix}.user2index", "w") as f:
     for u in range(num_users):
       f.write(f"U{u:04d}\t{u}\n")
+  with open(folder / f"{prefix}.categories.derived.tsv", "w") as f:
+    f.write("item_index\tasin\tcategories\n")
+    for i in range(num_items):
+      f.write(f"{i}\tASIN{i:04d}\tScience,Cluster {cluster[i]},Kind {i % 2}\n")
   rng = np.random.default_rng(seed + 1)
   for suffix in ("feat1CLS", "feat3CLS"):
     directions = rng.normal(size=(num_clusters, feature_dim)) * 5
