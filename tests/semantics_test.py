@@ -126,3 +126,33 @@ def test_load_table_detects_a_replaced_table(tmp_path):
     semantics.load_table(prefix)
   with open(prefix + ".json") as f:
     assert json.load(f)["source"] == "labels"
+
+
+def test_ml100k_first_genre_table_matches_the_loader():
+  import solid_jax as sj  # pylint: disable=import-outside-toplevel
+  try:
+    ds = sj.data.load_dataset("ml-100k")
+  except sj.data.DataError as e:  # the recbole wheel that ships the files is not installed
+    pytest.skip(str(e))
+  table = semantics.from_labels(semantics.first_labels(ds.side["genres"]))
+  np.testing.assert_array_equal(table, ds.item_semantic)
+  assert table.max() == 19
+
+
+@pytest.mark.shared_data
+def test_clip_features_of_scientific_mm_subset_cluster(shared_data):
+  import solid_jax as sj  # pylint: disable=import-outside-toplevel
+  ds = sj.data.load_dataset(str(shared_data / "scientific_mm_subset"))
+  parts = semantics.dataset_vectors(ds)
+  assert set(parts) == {"text", "image"}
+  assert parts["text"].shape == parts["image"].shape == (ds.num_items, 512)
+  vectors = semantics.item_vectors(parts, "text_image")
+  np.testing.assert_allclose(np.linalg.norm(vectors[1:, :512], axis=1), 1.0, rtol=1e-5)
+  table = semantics.cluster_items(vectors, 20, seed=0, iters=20)
+  assert table[0] == 0 and sorted(set(table[1:].tolist())) == list(range(1, 21))
+  np.testing.assert_array_equal(table, semantics.cluster_items(vectors, 20, seed=0, iters=20))
+  # Clusters of CLIP features agree with the category paths far more than chance.
+  by_category = semantics.from_category_paths(ds.side["categories"], 2)
+  purity = sum(np.bincount(by_category[table == c]).max() for c in range(1, 21)) / (ds.num_items - 1)
+  chance = np.bincount(by_category[1:]).max() / (ds.num_items - 1)
+  assert purity > chance + 0.1

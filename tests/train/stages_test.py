@@ -154,6 +154,15 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
   assert again == results
   assert f"already finished; results in {workdir}/results.json" in caplog.messages
 
+  # A lambda variant reuses this stage 1 instead of training its own.
+  variant = dataclasses.replace(config, consistency_weight=0.5,
+                                stage1_dir=os.path.join(workdir, "stage1"))
+  reused = stages.run_experiment(variant, str(tmp_path / "variant"))
+  assert reused["stages"]["stage1"]["reused_from"] == os.path.join(workdir, "stage1")
+  assert reused["stages"]["stage1"]["valid"] == results["stages"]["stage1"]["valid"]
+  assert not os.path.exists(tmp_path / "variant" / "stage1")
+  assert set(reused["test"]) == METRIC_KEYS
+
 
 @pytest.mark.slow
 def test_id_semantics_train_stage0_then_cluster(tiny_config, tmp_path):
