@@ -16,6 +16,7 @@ invisible to ``latest_step`` and ``restore``; such leftovers are removed when th
 
 from __future__ import annotations
 
+import copy
 import logging as logging_std
 import math
 import os
@@ -87,7 +88,7 @@ class StageCheckpoints:
                 "meta": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
-  # -- queries --------------------------------------------------------------------------------------
+  # -- queries ------------------------------------------------------------------------------------
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -108,7 +109,7 @@ class StageCheckpoints:
     return jax.tree.map(lambda m: tuple(m.shape), dict(tree),
                         is_leaf=lambda m: hasattr(m, "shape"))
 
-  # -- save / restore -------------------------------------------------------------------------------
+  # -- save / restore -----------------------------------------------------------------------------
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any],
            selection: float | None = None) -> None:
@@ -118,11 +119,13 @@ class StageCheckpoints:
       step: the global optimizer step (the directory name).
       params: the parameter pytree.
       opt_state: the optimizer state pytree.
-      meta: JSON-serialisable bookkeeping.
+      meta: JSON-serialisable bookkeeping (copied: the caller may change it afterwards).
       selection: the selection metric at the end of an epoch (higher is better); None for a
         mid-epoch checkpoint, which never counts as "best".
     """
     metrics = {"selection": None if selection is None else float(selection), "step": int(step)}
+    # The save completes in the background: it must not see later changes of the caller's objects.
+    meta = copy.deepcopy(meta)
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),

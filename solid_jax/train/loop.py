@@ -154,7 +154,7 @@ class _Running:
     return out
 
   def state(self) -> dict[str, Any]:
-    return {"sums": self.sums, "count": self.count, "weight": self.weight}
+    return {"sums": dict(self.sums), "count": self.count, "weight": self.weight}
 
 
 def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int, lr: float,
@@ -186,11 +186,19 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   Returns:
     (result, params): the stage result dict (as written to ``result.json``: selected epoch and
     step, valid and test metrics there, history, timing) and the parameters of the selected epoch.
+    A stage whose ``result.json`` exists is read back, not retrained.
 
   Raises:
     NonFiniteLossError: the loss became NaN/inf; the message names the global step and the epoch;
       the checkpoints written before stay as they are.
   """
+  done = stage_result(spec.directory)
+  if done is not None:  # finished before: read back, do not retrain
+    with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
+      params = ckpts.restore_params(done["selected_step"])
+    logging.info("%s: finished before (selected epoch %d); read back from %s", spec.name,
+                 done["selected_epoch"], spec.directory)
+    return done, params
   os.makedirs(spec.directory, exist_ok=True)
   model = spec.model
   root = jax.random.key(seed)
@@ -235,7 +243,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   def snapshot(epoch_done):
     partial = 0.0 if epoch_done else time.perf_counter() - epoch_start
     return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "epoch_done": epoch_done, "running": running.state(), "history": history,
+            "epoch_done": epoch_done, "running": running.state(), "history": list(history),
             "train_seconds": train_seconds + partial,
             "train_samples": train_samples + (0 if epoch_done else epoch_samples),
             "eval_seconds": eval_seconds}

@@ -89,3 +89,19 @@ def test_quiet_orbax_logging_drops_only_orbax_info():
   assert not filters[0].filter(record(logging.INFO, orbax_file))
   assert filters[0].filter(record(logging.WARNING, orbax_file))
   assert filters[0].filter(record(logging.INFO, "/work/solid_jax/train/loop.py"))
+
+
+def test_saved_meta_is_a_snapshot(tmp_path):
+  # Orbax writes the JSON item in a background thread; the caller goes on training (and changing
+  # its bookkeeping) meanwhile. Larger arrays make the background write come later.
+  params = {"w": np.zeros((200, 200), np.float32)}
+  opt_state = optax.adam(1e-3).init(params)
+  with checkpoint.StageCheckpoints(tmp_path) as ckpts:
+    for step in range(1, 11):
+      meta = {"history": [{"epoch": e} for e in range(step)], "running": {"loss": 1.0}}
+      ckpts.save(step, params, opt_state, meta, selection=float(step))
+      meta["history"].append({"epoch": -1})
+      meta["running"]["loss"] = 5.0
+      ckpts.wait()
+      assert ckpts.restore_meta(step) == {"history": [{"epoch": e} for e in range(step)],
+                                          "running": {"loss": 1.0}}

@@ -73,9 +73,11 @@ def test_records_selection_and_retention(toy, tmp_path):
     restored = ckpts.restore_params(best["step"], params)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
-  # A finished stage is read back, not retrained.
-  again, _ = loop.train_stage(_spec(toy, tmp_path), _data(toy, batches=None), **KWARGS)
+  # A finished stage is read back, not retrained (no data is touched).
+  again, again_params = loop.train_stage(_spec(toy, tmp_path), None, **KWARGS)
   assert again == json.load(open(tmp_path / "result.json"))
+  for a, b in zip(jax.tree.leaves(again_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
