@@ -147,8 +147,11 @@ def generate(
   Returns:
     One weight pytree (``project``) per generator.
   """
-  states = layers.gru_last_states([p["gru"] for p in params_list], seq_list, lengths, unroll=unroll)
-  return [project(p, condition(p, h), cfg, kind) for p, h in zip(params_list, states)]
+  with jax.named_scope("generator_gru"):
+    states = layers.gru_last_states([p["gru"] for p in params_list], seq_list, lengths,
+                                    unroll=unroll)
+  with jax.named_scope("generator_project"):
+    return [project(p, condition(p, h), cfg, kind) for p, h in zip(params_list, states)]
 
 
 def combine(item_weights: Params, semantic_weights: Params, t: float) -> Params:

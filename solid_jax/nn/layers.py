@@ -249,15 +249,14 @@ def gru_cell(params: Params, gi: Array, h: Array) -> Array:
     h: float[..., h], the previous state.
 
   Returns:
-    float[..., h], the new state ``(1 - z) * n + z * h``.
+    float[..., h], the new state ``(1 - z) * n + z * h`` (computed as ``n + z * (h - n)``).
   """
+  hidden = h.shape[-1]
   gh = h @ params["w_hh"] + params["b_hh"]
-  i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-  h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-  r = jax.nn.sigmoid(i_r + h_r)
-  z = jax.nn.sigmoid(i_z + h_z)
-  n = jnp.tanh(i_n + r * h_n)
-  return (1.0 - z) * n + z * h
+  rz = jax.nn.sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
+  r, z = rz[..., :hidden], rz[..., hidden:]
+  n = jnp.tanh(gi[..., 2 * hidden:] + r * gh[..., 2 * hidden:])
+  return n + z * (h - n)
 
 
 def gru_last_states(

@@ -11,6 +11,7 @@ from tests.models.conftest import B
 from tests.models.conftest import BACKBONES
 from tests.models.conftest import HEADS
 from tests.models.conftest import MODES
+from tests.models.conftest import ROLLED
 from tests.models.conftest import built
 from tests.models.conftest import config
 from tests.models.conftest import loss_fn
@@ -50,7 +51,7 @@ def _paths(tree):
 @pytest.mark.parametrize("backbone,head,generator,mode", FULL_GRID)
 def test_shapes_and_dtypes(backbone, head, generator, mode):
   cfg = config(backbone, head, generator, mode)
-  model = sj.make_model(cfg)
+  model = sj.make_model(cfg, scan_unroll=ROLLED)
   params = jax.eval_shape(model.init, jax.random.key(0))
   batch = make_batch(1)
   for leaf in jax.tree.leaves(params):

@@ -10,6 +10,7 @@ import pytest
 import solid_jax as sj
 from tests.models.conftest import B
 from tests.models.conftest import NUM_SEMANTICS
+from tests.models.conftest import ROLLED
 from tests.models.conftest import built
 from tests.models.conftest import config
 from tests.models.conftest import loss_fn
@@ -90,7 +91,7 @@ def _grad_finite(model, params, batch):
 @pytest.mark.parametrize("backbone,generator,clip_t", [("sasrec", "duet", 1e6), ("din", "apg", 1e-8)])
 def test_finite_gradients_at_extreme_inputs(backbone, generator, clip_t):
   cfg = config(backbone, "solid", generator, "straight_through", clip_t=clip_t)
-  model = sj.make_model(cfg)
+  model = sj.make_model(cfg, scan_unroll=ROLLED)
   params = model.init(jax.random.key(2))
   huge = dict(params)
   for name in ("item_embedding", "semantic_embedding"):
@@ -175,3 +176,13 @@ def test_codebook_init_from_a_metacode():
   metacode = stage1.init(jax.random.key(1))["item_embedding"]
   params = model.init(jax.random.key(0), codebook_init=metacode)
   np.testing.assert_array_equal(params["codebook"]["codes"], metacode)
+
+
+def test_unrolled_default_equals_rolled_scan():
+  b = built(config("gru4rec", "solid", "apg", "straight_through"))  # three GRUs: backbone + 2 branches
+  default = sj.make_model(b.cfg)
+  batch = make_batch(21)
+  logits, aux = jax.jit(default.apply)(b.params, batch)
+  want, want_aux = b.apply(b.params, batch)
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(aux["aux_loss"], want_aux["aux_loss"], rtol=1e-6)
