@@ -37,7 +37,11 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                   "compute dtype (bfloat16: mixed precision, float32 master weights, both frameworks)")
 flags.DEFINE_integer("repeats", 20, "timed repeats per measurement")
 flags.DEFINE_integer("steps_per_repeat", 5, "steps per timed repeat")
-flags.DEFINE_integer("warmup", 2, "untimed repeats before timing")
+flags.DEFINE_integer("warmup", 1, "untimed repeats at the start of every round")
+flags.DEFINE_integer("rounds", 4, "the repeats run in this many rounds interleaving the "
+                     "implementations, so that load changes hit them alike")
+flags.DEFINE_list("torch_threads", ["0", "1"], "intra-op thread counts for the reference on the CPU "
+                  "(0: torch's default, one per core); each is recorded, ratios use the fastest")
 flags.DEFINE_integer("num_batches", 8, "distinct synthetic batches (cycled)")
 flags.DEFINE_integer("num_items", 1683, "catalogue size incl. padding (default: ml-100k's)")
 flags.DEFINE_integer("num_semantics", 20, "semantic ids incl. padding (default: ml-100k's genres)")
@@ -50,6 +54,8 @@ flags.DEFINE_integer("pipeline_epochs", 2, "epochs of the input-pipeline measure
 flags.DEFINE_float("min_pipeline_ratio", 5.0, "exit with an error when the input pipeline delivers "
                    "fewer than this many times the training step's batches/s (0: never)")
 flags.DEFINE_integer("eval_batch_size", 8192, "rows per device batch of the evaluation pass")
+flags.DEFINE_bool("ablation", False, "also time the parts of the SOLID step apart (backbone, generator "
+                  "GRUs, generator heads, codebook branch; \"ablation\" in the JSON)")
 flags.DEFINE_string("profile_dir", "", "also profile the first model's train step into this folder "
                     "and attribute XLA time to source functions (\"profile\" in the JSON)")
 
@@ -88,12 +94,21 @@ def main(argv):
       steps_per_repeat=FLAGS.steps_per_repeat, warmup=FLAGS.warmup, num_batches=FLAGS.num_batches,
       seed=FLAGS.seed, zipf_exponent=FLAGS.zipf_exponent, dtype=FLAGS.dtype, device=FLAGS.device,
       phases=tuple(FLAGS.phases), torch_eager=FLAGS.compare in ("torch", "torch_eager"),
-      torch_compile=FLAGS.compare == "torch")
+      torch_compile=FLAGS.compare == "torch",
+      torch_threads=tuple(int(t) for t in FLAGS.torch_threads), rounds=FLAGS.rounds)
   api = torch_api() if FLAGS.compare != "none" else None
   logging.info("JAX %s on %s", jax.__version__, jax.devices())
   doc = suite.run_suite(opts, api)
   if FLAGS.profile_dir:
     doc["profile"] = suite.profile_train(backbones[0], methods[0], opts, FLAGS.profile_dir)
+  if FLAGS.ablation:
+    from solid_jax.bench import ablation  # pylint: disable=import-outside-toplevel
+    doc["ablation"] = ablation.component_timings(
+        backbones[0], batch_size=FLAGS.batch_size, num_items=FLAGS.num_items,
+        num_semantics=FLAGS.num_semantics, seed=FLAGS.seed)
+    print("ablation (forward + backward, CPU ms): " + ", ".join(
+        f"{k} {v['cpu_ms']:.1f}" for k, v in doc["ablation"]["parts"].items())
+        + f"; whole step {doc['ablation']['step']['cpu_ms']:.1f}")
   if FLAGS.pipeline_dataset:
     doc.update(suite.pipeline_and_evaluation(doc["records"], opts, FLAGS.pipeline_dataset,
                                              epochs=FLAGS.pipeline_epochs,

@@ -1,9 +1,10 @@
 """Input-pipeline and evaluation throughput on a real data set.
 
-- `pipeline_throughput`: batches/s of ``sj.data.batches`` over whole epochs, each epoch's
-  ``sj.data.resample_train`` (new negatives) included in the time (so amortised per batch), with the
-  batches transferred to the device by `solid_jax.parallel.device_prefetch` and waited for. Compared
-  with the training step's batches/s, it shows whether the step can starve.
+- `pipeline_throughput`: batches/s of ``sj.data.batches`` over whole epochs (in candidate groups, as
+  the training loop batches them), each epoch's ``sj.data.resample_train`` (new negatives) included in
+  the time (so amortised per batch), with the batches transferred to the device by
+  `solid_jax.parallel.device_prefetch` and waited for. Compared with the training step's batches/s,
+  it shows whether the step can starve.
 - `evaluation_timing`: the scoring pass over a whole split on the device (the training loop's
   ``Evaluator``: one compiled ``lax.map`` over fixed-size batches) and ``sj.metrics.evaluate`` on the
   scores, each timed apart after a compiling first call.
@@ -33,44 +34,56 @@ def load(dataset: str = "ml-100k", *, seq_len: int = 10, seed: int = 0):
 
 
 def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: int = 0,
-                        prefetch: int = 2, device=None) -> dict:
-  """Batches/s of the input pipeline, resampling and device transfer included.
+                        prefetch: int = 2, device=None, grouped: bool = True) -> dict:
+  """Batches/s of the input pipeline as the training loop drives it, resampling and transfer included.
 
   Args:
     ds: the Dataset.
     splits: from ``sj.data.make_splits``.
-    batch_size: rows per batch.
-    epochs: epochs timed (epoch 0 uses ``resample_train(ds, splits, 0)`` like the others).
+    batch_size: training rows per batch.
+    epochs: epochs timed (each epoch's ``resample_train`` included).
     seed: batch-order seed.
     prefetch: batches in flight (`parallel.device_prefetch`).
     device: target device (default: the first device).
+    grouped: like the training loop's default, batch whole candidate groups (``step.to_groups``,
+      ``round(batch_size / G)`` groups per batch) when the rows come in groups.
 
   Returns:
     {"batches_per_s" (with resampling and transfer), "host_batches_per_s" (batches only, no
-    resampling, no transfer), "resample_s_per_epoch", "batches_per_epoch", "rows_per_epoch"}.
+    resampling, no transfer), "resample_s_per_epoch", "batches_per_epoch", "rows_per_epoch",
+    "group"}.
   """
   device = device or jax.devices()[0]
   sharding = jax.sharding.SingleDeviceSharding(device)
+
+  def units_of(rows):
+    group = step_lib.candidate_groups(rows) if grouped else None
+    if group:
+      return step_lib.to_groups(rows, group), max(1, round(batch_size / group)), group
+    return rows, batch_size, 1
+
   count, resample_s = 0, []
   start = time.perf_counter()
-  last = None
+  last, group = None, 1
   for epoch in range(epochs):
     t0 = time.perf_counter()
     rows = sj.data.resample_train(ds, splits, epoch)
+    units, unit_batch, group = units_of(rows)
     resample_s.append(time.perf_counter() - t0)
-    stream = sj.data.batches(rows, batch_size, seed=seed, epoch=epoch, shuffle=True)
+    stream = sj.data.batches(units, unit_batch, seed=seed, epoch=epoch, shuffle=True)
     for batch in parallel.device_prefetch(stream, size=prefetch, sharding=sharding):
       last = batch
       count += 1
   jax.block_until_ready(last)
   total = time.perf_counter() - start
-  rows = sj.data.resample_train(ds, splits, 0)
+  units, unit_batch, _ = units_of(rows)
   start = time.perf_counter()
-  host = sum(1 for _ in sj.data.batches(rows, batch_size, seed=seed, epoch=0, shuffle=True))
+  host = sum(1 for _ in sj.data.batches(units, unit_batch, seed=seed, epoch=0, shuffle=True))
   host_s = time.perf_counter() - start
   return {"batches_per_s": count / total, "host_batches_per_s": host / host_s,
           "resample_s_per_epoch": float(np.mean(resample_s)), "batches_per_epoch": count // epochs,
-          "rows_per_epoch": int(len(rows["label"])), "batch_size": batch_size, "prefetch": prefetch}
+          "rows_per_epoch": int(len(rows["label"])), "batch_size": batch_size, "group": group,
+          "prefetch": prefetch}
 
 
 def evaluation_timing(model, params, split: dict, *, batch_size: int = 8192, repeats: int = 3) -> dict:

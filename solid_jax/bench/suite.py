@@ -27,7 +27,7 @@ from solid_jax.bench import synthetic
 from solid_jax.bench import throughput
 from solid_jax.bench import timing
 
-IMPLS = ("solid_jax", "torch_reference", "torch_compile")
+IMPLS = ("solid_jax", "torch_reference", "torch_compile")  # plus "solid_jax_per_row"
 PHASES = ("train", "infer")
 
 
@@ -54,6 +54,14 @@ class SuiteOptions:
     phases: phases to time.
     torch_eager: time the reference eagerly (when a torch API is given).
     torch_compile: time the reference under ``torch.compile`` (when a torch API is given).
+    torch_threads: intra-op thread counts to time the reference with (0: torch's default); the
+      ratios use the fastest.
+    rounds: the repeats are split into this many interleaved rounds (see `bench_model`).
+    negatives: negatives per positive of the synthetic rows (groups of ``negatives + 1`` rows share
+      a history).
+    grouped_train: time the training loop's grouped step as "solid_jax" (each history encoded once
+      per group) and the per-row step as "solid_jax_per_row"; False: only the per-row step, as
+      "solid_jax".
   """
 
   backbones: tuple[str, ...] = ("sasrec",)
@@ -65,7 +73,7 @@ class SuiteOptions:
   dim: int = 32
   repeats: int = 20
   steps_per_repeat: int = 5
-  warmup: int = 2
+  warmup: int = 1
   num_batches: int = 8
   seed: int = 0
   zipf_exponent: float = 1.0
@@ -74,6 +82,10 @@ class SuiteOptions:
   phases: tuple[str, ...] = PHASES
   torch_eager: bool = True
   torch_compile: bool = True
+  torch_threads: tuple[int, ...] = (0,)
+  rounds: int = 4
+  negatives: int = 4
+  grouped_train: bool = True
 
 
 def jax_device(name: str = "auto"):
@@ -151,6 +163,11 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
                 log=print) -> list[dict]:
   """Records of one (backbone, method) for every implementation and phase.
 
+  For each phase every implementation is built (and compiled) first; then the timed repeats run in
+  ``opts.rounds`` interleaved rounds (each implementation in turn, with ``opts.warmup`` untimed
+  repeats at the start of each round), so that a change of machine load during the measurement hits
+  every implementation alike.
+
   Args:
     backbone: the backbone.
     method: the method.
@@ -159,61 +176,75 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
     log: progress printer.
 
   Returns:
-    A list of records (`timing.record`); a framework that fails leaves a record with "error".
+    A list of records (`timing.record`); an implementation that fails leaves a record with "error".
   """
-  cfg = throughput.model_config(backbone, method, num_items=opts.num_items,
-                                num_semantics=opts.num_semantics, seq_len=opts.seq_len,
-                                dim=opts.dim)
-  catalog = synthetic.make_catalog(opts.num_items, opts.num_semantics, opts.seq_len,
-                                   zipf_exponent=opts.zipf_exponent, seed=opts.seed)
-  batches = synthetic.make_batches(catalog, opts.batch_size, opts.num_batches, seed=opts.seed)
-  model = sj.make_model(cfg)
-  params = model.init(jax.random.key(opts.seed))
+  cfg, model, params, batches = _model_and_batches(backbone, method, opts)
+  group = opts.negatives + 1
+  if opts.grouped_train:
+    # The training loop batches round(batch_size / G) whole groups.
+    _, _, _, grouped_batches = _model_and_batches(
+        backbone, method, opts, batch_size=max(1, round(opts.batch_size / group)) * group)
   device = jax_device(opts.device)
+  dtype = compute_dtype(opts.dtype)
   common = {"backbone": backbone, "method": method, "dtype": opts.dtype,
             "num_items": opts.num_items, "num_semantics": opts.num_semantics,
             "steps_per_repeat": opts.steps_per_repeat, **_analytic(cfg)}
   n_params = flops_lib.param_count(params)
-  kw = dict(repeats=opts.repeats, steps_per_repeat=opts.steps_per_repeat, warmup=opts.warmup)
+  tdev = None
+  if torch_api is not None:
+    from solid_jax.bench import torch_bench  # pylint: disable=import-outside-toplevel
+    tdev = torch_bench.torch_device("cuda" if opts.device == "gpu" else opts.device)
   records = []
   for phase in opts.phases:
+    benches = []  # (impl, extra fields, bench)
+    ours = {"params": n_params, "device": str(device)}
     if phase == "train":
-      bench = throughput.TrainBench(model, params, batches, compute_dtype=compute_dtype(opts.dtype),
-                                    device=device)
+      if opts.grouped_train:
+        benches.append(("solid_jax", {**ours, "variant": "grouped (the training loop's step)"},
+                        throughput.TrainBench(model, params, grouped_batches, compute_dtype=dtype,
+                                              device=device, grouped=True)))
+      benches.append(("solid_jax_per_row" if opts.grouped_train else "solid_jax",
+                      {**ours, "variant": "per row (every row encodes its history)"},
+                      throughput.TrainBench(model, params, batches, compute_dtype=dtype,
+                                            device=device)))
     else:
-      bench = throughput.InferBench(model, params, batches, compute_dtype=compute_dtype(opts.dtype),
-                                    device=device)
-    step_ms = bench.time(**kw)
-    info = bench.summary()
-    rec = timing.record("solid_jax", phase, opts.batch_size, step_ms, compile_s=info.pop("compile_s"),
-                        **common, params=n_params, device=str(device), **info)
-    rec.update(achieved_gflops(rec))
-    records.append(rec)
-    log(_line(rec))
-    del bench
-  if torch_api is None:
-    return records
-  from solid_jax.bench import torch_bench  # pylint: disable=import-outside-toplevel
-  tdev = torch_bench.torch_device("cuda" if opts.device == "gpu" else opts.device)
-  variants = [(False, "torch_reference")] * opts.torch_eager + [(True, "torch_compile")] * \
-      opts.torch_compile
-  for compiled, impl in variants:
-    for phase in opts.phases:
-      try:
-        step_ms, info = torch_bench.bench_torch(
-            cfg, torch_api.build_torch_model, torch_api.train_step, batches, phase=phase,
-            compile_model=compiled, device=tdev, dtype=opts.dtype, seed=opts.seed, **kw)
-      except Exception as e:  # pylint: disable=broad-except  # recorded, the suite goes on
-        rec = {"impl": impl, "phase": phase, "batch": opts.batch_size, **common, "device": tdev,
-               "error": f"{type(e).__name__}: {e}",
-               "traceback": traceback.format_exc(limit=3)[-2000:]}
-        log(f"{impl} {backbone}/{method} {phase}: FAILED {rec['error'][:300]}")
-        records.append(rec)
-        continue
-      rec = timing.record(impl, phase, opts.batch_size, step_ms,
-                          compile_s=info.pop("compile_s"), **common, device=tdev, **info)
+      benches.append(("solid_jax", {**ours, "variant": "generate + score per row"},
+                      throughput.InferBench(model, params, batches, compute_dtype=dtype,
+                                            device=device)))
+    variants = []
+    if torch_api is not None:
+      variants = [(False, "torch_reference")] * opts.torch_eager + \
+          [(True, "torch_compile")] * opts.torch_compile
+    for compiled, impl in variants:
+      for threads in (opts.torch_threads if tdev == "cpu" else (0,)):
+        try:
+          bench = torch_bench.TorchBench(
+              cfg, torch_api.build_torch_model, torch_api.train_step, batches, phase=phase,
+              compile_model=compiled, device=tdev, dtype=opts.dtype, threads=threads,
+              seed=opts.seed)
+        except Exception as e:  # pylint: disable=broad-except  # recorded, the suite goes on
+          rec = {"impl": impl, "phase": phase, "batch": opts.batch_size,
+                 "batch_flag": opts.batch_size, **common, "device": tdev,
+                 "threads": threads, "error": f"{type(e).__name__}: {e}"[:2000],
+                 "traceback": traceback.format_exc(limit=4)[-3000:]}
+          log(f"{impl} {backbone}/{method} {phase}: FAILED {rec['error'][:300]}")
+          records.append(rec)
+          continue
+        benches.append((impl, {"device": tdev}, bench))
+    times = {id(b): [] for _, _, b in benches}
+    per_round = max(1, -(-opts.repeats // opts.rounds))
+    for _ in range(opts.rounds):
+      for _, _, bench in benches:
+        times[id(bench)] += bench.time(repeats=per_round, steps_per_repeat=opts.steps_per_repeat,
+                                       warmup=opts.warmup)
+    for impl, extra, bench in benches:
+      info = bench.summary()
+      rec = timing.record(impl, phase, bench.batch_size, times[id(bench)], batch_flag=opts.batch_size,
+                          compile_s=info.pop("compile_s"), **common, **extra, **info)
+      rec.update(achieved_gflops(rec))
       records.append(rec)
       log(_line(rec))
+    del benches
   return records
 
 
@@ -226,21 +257,22 @@ def _line(rec: dict) -> str:
 
 
 def ratios(records: list[dict]) -> dict:
-  """solid_jax's samples/s over each torch variant's, per backbone/method/phase/batch."""
+  """solid_jax's samples/s over each torch variant's (its fastest thread setting), per model/phase."""
   by_key = {}
   for r in records:
     if "samples_per_s" in r:
-      by_key[(r["backbone"], r["method"], r["phase"], r["batch"], r["impl"])] = r["samples_per_s"]
+      key = (r["backbone"], r["method"], r["phase"], r.get("batch_flag", r["batch"]), r["impl"])
+      by_key[key] = max(by_key.get(key, 0.0), r["samples_per_s"])  # the fastest thread setting
   out = {}
   for (backbone, method, phase, batch, impl), value in by_key.items():
-    if impl != "solid_jax":
+    if not impl.startswith("solid_jax"):
       continue
     entry = {}
     for other in IMPLS[1:]:
       if (backbone, method, phase, batch, other) in by_key:
-        entry[f"solid_jax_over_{other}"] = value / by_key[(backbone, method, phase, batch, other)]
+        entry[f"{impl}_over_{other}"] = value / by_key[(backbone, method, phase, batch, other)]
     if entry:
-      out[f"{backbone}/{method}/{phase}/B{batch}"] = entry
+      out.setdefault(f"{backbone}/{method}/{phase}/B{batch}", {}).update(entry)
   return out
 
 
@@ -284,14 +316,16 @@ def jsonable(tree: Any) -> Any:
 
 
 def _model_and_batches(backbone: str, method: str, opts: SuiteOptions, *, num_items=None,
-                       num_semantics=None):
+                       num_semantics=None, batch_size=None):
+  batch_size = batch_size or opts.batch_size
   num_items = num_items or opts.num_items
   num_semantics = num_semantics or opts.num_semantics
   cfg = throughput.model_config(backbone, method, num_items=num_items,
                                 num_semantics=num_semantics, seq_len=opts.seq_len, dim=opts.dim)
   catalog = synthetic.make_catalog(num_items, num_semantics, opts.seq_len,
                                    zipf_exponent=opts.zipf_exponent, seed=opts.seed)
-  batches = synthetic.make_batches(catalog, opts.batch_size, opts.num_batches, seed=opts.seed)
+  batches = synthetic.make_batches(catalog, batch_size, opts.num_batches, seed=opts.seed,
+                                   negatives=opts.negatives)
   model = sj.make_model(cfg)
   return cfg, model, model.init(jax.random.key(opts.seed)), batches
 
@@ -310,8 +344,9 @@ def pipeline_and_evaluation(records: list[dict], opts: SuiteOptions, dataset: st
   from solid_jax.bench import pipeline  # pylint: disable=import-outside-toplevel
   device = jax_device(opts.device)
   ds, splits, load_info = pipeline.load(dataset, seq_len=opts.seq_len, seed=opts.seed)
-  steps = [r for r in records if r.get("impl") == "solid_jax" and r.get("phase") == "train"
-           and r.get("batch") == opts.batch_size and "median_ms" in r]
+  steps = [r for r in records if r.get("impl", "").startswith("solid_jax")
+           and r.get("phase") == "train" and r.get("batch_flag") == opts.batch_size
+           and "median_ms" in r]
   if steps:
     step_rec = min(steps, key=lambda r: r["median_ms"])
     step_model = f"{step_rec['backbone']}/{step_rec['method']}"
@@ -324,7 +359,7 @@ def pipeline_and_evaluation(records: list[dict], opts: SuiteOptions, dataset: st
                                           steps_per_repeat=opts.steps_per_repeat))["median_ms"]
     step_model = f"{backbone}/{method}"
   pipe = pipeline.pipeline_throughput(ds, splits, opts.batch_size, epochs=epochs, seed=opts.seed,
-                                      device=device)
+                                      device=device, grouped=opts.grouped_train)
   pipe["step_batches_per_s"] = 1e3 / step_ms
   pipe["step_model"] = step_model
   pipe["ratio"] = pipe["batches_per_s"] / pipe["step_batches_per_s"]

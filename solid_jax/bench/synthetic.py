@@ -10,8 +10,8 @@ speed:
   protocol, min(n, 10): every user contributes one row of each length 1..9 and all its later rows have a
   full window, so 91% of the rows are full (`ML100K_HISTORY_LENGTH_COUNTS`, checked against the data by
   `tests/bench/synthetic_test.py`);
-- one positive per ``1 + negatives`` rows; positives are drawn from the Zipf law, negatives uniformly from
-  the catalogue (as the protocol samples them);
+- rows come in groups of ``1 + negatives`` sharing one history, the first a positive (drawn from the
+  Zipf law), the others negatives drawn uniformly from the catalogue (as the protocol samples them);
 - semantic ids come from a fixed random item -> semantic table (padding 0 -> 0).
 
 Everything is a pure function of the seed; batches are NumPy arrays (the benchmark places them on the
@@ -103,13 +103,17 @@ def _zipf_items(catalog: SyntheticCatalog, rng: np.random.Generator, shape) -> n
 
 
 def make_batch(catalog: SyntheticCatalog, batch_size: int, seed: int, *, negatives: int = 4) -> dict:
-  """One synthetic training batch.
+  """One synthetic training batch, laid out like the training split.
+
+  Rows come in groups of ``negatives + 1`` consecutive rows that share a user and a history, the
+  first row of a group being the positive (as ``sj.data`` lays out training rows; the training
+  loop's grouped step encodes each history once). A trailing partial group keeps the layout.
 
   Args:
     catalog: from `make_catalog`.
-    batch_size: B.
+    batch_size: B rows.
     seed: the batch is a pure function of (catalog, batch_size, seed, negatives).
-    negatives: negatives per positive; row b is a positive when ``b % (negatives + 1) == 0``.
+    negatives: negatives per positive.
 
   Returns:
     A dict of NumPy arrays: "user" int32[B], "items" int32[B, L], "semantics" int32[B, L] (item rows
@@ -117,16 +121,19 @@ def make_batch(catalog: SyntheticCatalog, batch_size: int, seed: int, *, negativ
     int32[B], "label" float32[B], "weight" float32[B] (all ones).
   """
   rng = np.random.default_rng(seed)
+  group = negatives + 1
   length = catalog.seq_len
-  lengths = rng.choice(np.arange(1, length + 1), size=batch_size, p=catalog.length_probs)
-  items = _zipf_items(catalog, rng, (batch_size, length))
+  num_groups = -(-batch_size // group)
+  lengths = rng.choice(np.arange(1, length + 1), size=num_groups, p=catalog.length_probs)
+  items = _zipf_items(catalog, rng, (num_groups, length))
   items = np.where(np.arange(length)[None, :] < lengths[:, None], items, 0).astype(np.int32)
-  label = (np.arange(batch_size) % (negatives + 1) == 0).astype(np.float32)
+  items = np.repeat(items, group, axis=0)[:batch_size]
+  label = (np.arange(batch_size) % group == 0).astype(np.float32)
   positives = _zipf_items(catalog, rng, (batch_size,))
   uniform = rng.integers(1, catalog.num_items, size=batch_size, dtype=np.int32)
   target = np.where(label > 0, positives, uniform).astype(np.int32)
   return {
-      "user": (np.arange(batch_size, dtype=np.int32) // (negatives + 1)) + 1,
+      "user": (np.arange(batch_size, dtype=np.int32) // group) + 1,
       "items": items,
       "semantics": catalog.item_semantic[items],
       "target": target,

@@ -146,6 +146,11 @@ def cost_per_sample(cost, batch: int) -> dict:
 class TrainBench:
   """The training loop's jitted step, compiled for device-resident batches, ready to time.
 
+  ``grouped=True`` is the step the training loop runs on grouped training rows (a positive and its
+  negatives share one history, encoded once: ``make_train_step(grouped=True)`` on
+  ``step.to_groups`` batches); ``grouped=False`` treats every row on its own, like the PyTorch
+  reference. Both process the same rows; ``batch_size`` counts rows.
+
   Args:
     model: a ``sj.Model``.
     params: initial parameters (copied to ``device``; the caller's arrays are not donated).
@@ -153,19 +158,27 @@ class TrainBench:
     learning_rate: Adam's.
     compute_dtype: None or jnp.bfloat16 (see `mixed_precision`).
     device: target device (default: the first device).
+    grouped: the grouped step (see above).
   """
 
   def __init__(self, model, params, host_batches: list[dict], *, learning_rate: float = 1e-3,
-               compute_dtype=None, device=None):
+               compute_dtype=None, device=None, grouped: bool = False):
     self.device = device or jax.devices()[0]
     run_model = mixed_precision(model, compute_dtype)
     tx = step_lib.make_optimizer(model, params, learning_rate)
-    self.jitted = step_lib.make_train_step(run_model, tx)
+    self.jitted = step_lib.make_train_step(run_model, tx, grouped=grouped)
     self.params = jax.device_put(jax.tree_util.tree_map(jnp.array, params), self.device)
     self.opt_state = jax.device_put(tx.init(self.params), self.device)
+    self.batch_size = int(np.asarray(host_batches[0]["label"]).shape[0])
+    self.group = None
+    if grouped:
+      self.group = step_lib.candidate_groups(host_batches[0])
+      if self.group is None or self.batch_size % self.group:
+        raise ValueError("grouped=True needs batches made of whole groups of rows sharing a history")
+      host_batches = [step_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group)
+                      for b in host_batches]
     self.batches = [jax.device_put(select(b, TRAIN_KEYS), self.device) for b in host_batches]
     self.step = jax.device_put(np.int32(0), self.device)
-    self.batch_size = int(self.batches[0]["label"].shape[0])
     self.compiled, self.info = compile_timed(self.jitted, self.params, self.opt_state,
                                              self.batches[0], self.step)
     self.i = 0

@@ -37,14 +37,18 @@ def test_document_has_the_documented_keys(doc):
 
 
 def test_solid_jax_records(doc):
-  ours = [r for r in doc["records"] if r["impl"] == "solid_jax"]
-  assert {r["phase"] for r in ours} == {"train", "infer"}
+  ours = [r for r in doc["records"] if r["impl"].startswith("solid_jax")]
+  assert {(r["impl"], r["phase"]) for r in ours} == {
+      ("solid_jax", "train"), ("solid_jax_per_row", "train"), ("solid_jax", "infer")}
   for r in ours:
     assert RECORD_KEYS <= set(r)
-    assert r["backbone"] == "sasrec" and r["method"] == "static" and r["batch"] == 64
-    assert r["samples_per_s"] == pytest.approx(64 / (r["median_ms"] / 1e3))
+    assert r["backbone"] == "sasrec" and r["method"] == "static" and r["batch_flag"] == 64
+    assert r["samples_per_s"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3))
     assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
     assert r["compile_s"] > 0
+  # The grouped step (the training loop's) batches round(64 / 5) = 13 groups of 5 rows.
+  grouped = [r for r in ours if r["impl"] == "solid_jax" and r["phase"] == "train"][0]
+  assert grouped["batch"] == 65
 
 
 def test_torch_reference_records_when_torch_is_installed(doc):
@@ -55,8 +59,9 @@ def test_torch_reference_records_when_torch_is_installed(doc):
   assert {r["phase"] for r in torch_recs} == {"train", "infer"}
   for r in torch_recs:
     assert "error" not in r, r.get("error")
-    assert RECORD_KEYS <= set(r) and r["compile_s"] is None
-  assert set(doc["ratios"]["sasrec/static/train/B64"]) == {"solid_jax_over_torch_reference"}
+    assert RECORD_KEYS <= set(r) and r["compile_s"] is None and r["threads"] >= 1
+  assert set(doc["ratios"]["sasrec/static/train/B64"]) == {
+      "solid_jax_over_torch_reference", "solid_jax_per_row_over_torch_reference"}
 
 
 def test_pipeline_and_evaluation(doc):

@@ -28,6 +28,10 @@ def test_layout_and_padding_convention(catalog):
   assert catalog.item_semantic[0] == 0 and catalog.item_semantic[1:].min() >= 1
   np.testing.assert_array_equal(b["label"], (np.arange(200) % 5 == 0).astype(np.float32))
   np.testing.assert_array_equal(b["weight"], 1.0)
+  # Groups of 5 rows share user and history, as the training split lays them out.
+  np.testing.assert_array_equal(b["items"][:195].reshape(39, 5, 10), np.repeat(
+      b["items"][:195:5][:, None], 5, axis=1))
+  np.testing.assert_array_equal(b["user"], np.arange(200) // 5 + 1)
 
 
 def test_deterministic_in_the_seed(catalog):
@@ -39,7 +43,7 @@ def test_deterministic_in_the_seed(catalog):
 
 
 def test_history_lengths_follow_the_ml100k_distribution(catalog):
-  b = synthetic.make_batch(catalog, 20000, seed=5)
+  b = synthetic.make_batch(catalog, 100000, seed=5)  # 20,000 histories
   lengths = (b["items"] != 0).sum(1)
   freq = np.bincount(lengths, minlength=11)[1:] / lengths.size
   expected = np.asarray(synthetic.ML100K_HISTORY_LENGTH_COUNTS, np.float64)
@@ -54,7 +58,7 @@ def test_history_length_probs_folds_longer_histories():
 
 def test_item_popularity_is_zipf():
   cat = synthetic.make_catalog(1001, 5, 10, zipf_exponent=1.0, seed=2)
-  b = synthetic.make_batch(cat, 20000, seed=0)
+  b = synthetic.make_batch(cat, 100000, seed=0)
   counts = np.sort(np.bincount(b["items"][b["items"] > 0], minlength=1001)[1:])[::-1]
   # p(rank r) ∝ 1/r: the top item is about twice as frequent as the second, 10x the tenth.
   assert 1.6 < counts[0] / counts[1] < 2.5

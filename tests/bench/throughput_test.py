@@ -17,7 +17,7 @@ def setup():
   model = sj.make_model(cfg)
   params = jax.device_get(model.init(jax.random.key(0)))
   catalog = synthetic.make_catalog(cfg.num_items, cfg.num_semantics, cfg.seq_len, seed=0)
-  return model, params, synthetic.make_batches(catalog, 32, 3, seed=0)
+  return model, params, synthetic.make_batches(catalog, 30, 3, seed=0)  # 6 groups of 5 rows
 
 
 @pytest.mark.slow  # compiles the SOLID training step
@@ -40,14 +40,15 @@ def test_infer_fn_traces_once(setup):
   infer = jax.jit(chex.assert_max_traces(throughput.make_infer_fn(model), n=1))
   for b in batches + batches:
     logits = infer(params, {k: b[k] for k in throughput.MODEL_KEYS})
-  chex.assert_shape(logits, (32,))
+  chex.assert_shape(logits, (30,))
   chex.assert_tree_all_finite(logits)
 
 
 @pytest.mark.slow  # compiles the SOLID training step
 def test_train_bench_times_device_resident_batches_under_the_transfer_guard(setup):
   model, params, batches = setup
-  bench = throughput.TrainBench(model, params, batches)
+  bench = throughput.TrainBench(model, params, batches, grouped=True)  # the training loop's step
+  assert bench.group == 5 and bench.batches[0]["target"].shape == (6, 5)
   step_ms = bench.time(repeats=2, steps_per_repeat=2, warmup=1)
   assert len(step_ms) == 2 and min(step_ms) > 0
   summary = bench.summary()
@@ -56,8 +57,14 @@ def test_train_bench_times_device_resident_batches_under_the_transfer_guard(setu
   # The caller's parameters were copied, not donated.
   chex.assert_trees_all_equal(jax.device_get(params), params)
   with jax.transfer_guard("disallow"), pytest.raises(Exception, match="[Dd]isallowed"):
-    bench.compiled(bench.params, bench.opt_state,
-                   {k: batches[0][k] for k in throughput.TRAIN_KEYS}, bench.step)
+    bench.compiled(bench.params, bench.opt_state, jax.device_get(bench.batches[0]), bench.step)
+
+
+def test_grouped_bench_rejects_rows_without_groups(setup):
+  model, params, batches = setup
+  rows = {k: v[:7] for k, v in batches[0].items()}
+  with pytest.raises(ValueError, match="whole groups"):
+    throughput.TrainBench(model, params, [rows], grouped=True)
 
 
 def test_mixed_precision_keeps_float32_master_weights(setup):

@@ -1,0 +1,152 @@
+"""Per-component cost of the SOLID (DUET generators) training step: each part's forward + backward.
+
+The step is cut into four parts, each jitted alone as ``value_and_grad`` of a scalar function of its
+own parameters and inputs (random inputs of the real shapes), built from the same library functions
+the model uses:
+
+- ``backbone``: item embeddings + position, seq_trans, the SASRec/BERT4Rec transformer (or GRU4Rec /
+  DIN encoder), target tower;
+- ``generator GRUs``: the item and semantic generators' GRUs (one scan, as the model runs them);
+- ``generator heads``: the two generators' MLPs, DUET projections ``z @ A + a`` (per-user weights),
+  ``clip(item) + semantic``, and the dynamic layers applied to the head input;
+- ``codebook + decoder + semantic branch``: distances, nearest code, straight-through, the losses,
+  the decoder MLP and the semantic sequence embedding.
+
+The parts are timed in interleaved rounds (wall and process CPU time); their sum is compared with the
+whole step. CPU time is reported because, on a shared machine, it is less sensitive to the load than
+wall time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import solid_jax as sj
+from solid_jax.bench import synthetic
+from solid_jax.bench import throughput
+from solid_jax.nn import codebook as codebook_lib
+from solid_jax.nn import dynamic
+from solid_jax.nn import encoders
+from solid_jax.nn import hypernet
+from solid_jax.nn import layers
+
+
+def _parts(cfg, params, batch: dict, seed: int = 0):
+  """{name: (function, args)} for the four parts, with inputs of the step's shapes."""
+  bsz, seq, d = batch["items"].shape[0], cfg.seq_len, cfg.dim
+  keys = jax.random.split(jax.random.key(seed), 6)
+  items = jnp.asarray(batch["items"])
+  lengths = encoders.lengths_of(items)
+  mask = (items != 0).astype(jnp.float32)
+  seq_a = 0.5 * jax.random.normal(keys[0], (bsz, seq, d))
+  seq_b = 0.5 * jax.random.normal(keys[1], (bsz, seq, d))
+  states = [jax.random.normal(keys[2], (bsz, d)), jax.random.normal(keys[3], (bsz, d))]
+  head_in = jax.random.normal(keys[4], (bsz, d))
+  gens = {k: params[k] for k in ("item_generator", "semantic_generator")}
+  specs = hypernet.layer_specs(cfg)
+
+  def backbone(p, items, target):
+    seq_emb = encoders.sequence_embedding(p, items, cfg)
+    t = encoders.target_embedding(p, target, cfg)
+    x = encoders.head_input(p, seq_emb, items, t, cfg)
+    return jnp.sum(jnp.sin(x) * t) + jnp.sum(jnp.sin(seq_emb))
+
+  def grus(g, xs_a, xs_b):
+    hs = layers.gru_last_states([g["item_generator"]["gru"], g["semantic_generator"]["gru"]],
+                                [xs_a, xs_b], lengths)
+    return jnp.sum(jnp.sin(hs[0])) + 2.0 * jnp.sum(jnp.sin(hs[1]))
+
+  def heads(g, hs, x):
+    w = [hypernet.project(g[k], hypernet.condition(g[k], h), cfg, "duet")
+         for k, h in zip(("item_generator", "semantic_generator"), hs)]
+    weights = hypernet.combine(w[0], w[1], cfg.clip_t)
+    return jnp.sum(jnp.sin(dynamic.head(weights, None, x, specs)))
+
+  def codebook_part(p, query, semantics):
+    quant, info = codebook_lib.quantize(p["codebook"], query, mask, mode=cfg.codebook,
+                                        decay=cfg.ema_decay, dead_steps=cfg.ema_dead_steps,
+                                        key=None)
+    dec = layers.mlp(p["decoder"], quant, ("leaky_relu", None))
+    sem = layers.embed(p["semantic_embedding"], semantics) + p["semantic_position_embedding"]
+    sem = jnp.tanh(layers.dense(p["semantic_seq_trans"], sem))
+    consistency = jnp.sum(mask[..., None] * (sem - info["selected"]) ** 2) / jnp.sum(mask)
+    return (jnp.sum(jnp.sin(dec)) + consistency + info["codebook_loss"]
+            + info["commitment_loss"])
+
+  backbone_keys = [k for k in params if k not in gens and k not in (
+      "codebook", "decoder", "semantic_embedding", "semantic_position_embedding",
+      "semantic_seq_trans")]
+  solid_keys = ("codebook", "decoder", "semantic_embedding", "semantic_position_embedding",
+                "semantic_seq_trans")
+  return {
+      "backbone": (backbone, ({k: params[k] for k in backbone_keys}, items,
+                              jnp.asarray(batch["target"]))),
+      "generator GRUs (item + semantic)": (grus, (gens, seq_a, seq_b)),
+      "generator MLPs + DUET projections + clip/sum + dynamic layers": (heads,
+                                                                        (gens, states, head_in)),
+      "codebook + decoder + semantic branch + losses": (
+          codebook_part, ({k: params[k] for k in solid_keys}, seq_a,
+                          jnp.asarray(batch["semantics"]))),
+  }
+
+
+def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_items: int = 1683,
+                      num_semantics: int = 20, rounds: int = 5, steps: int = 4,
+                      seed: int = 0) -> dict:
+  """Forward + backward time of each part and of the whole training step (SOLID, DUET generators).
+
+  Args:
+    backbone: the backbone.
+    batch_size: B.
+    num_items, num_semantics: vocabulary sizes.
+    rounds: interleaved timing rounds (medians over rounds are reported).
+    steps: calls per round.
+    seed: data / initialisation seed.
+
+  Returns:
+    {"parts": {name: {"wall_ms", "cpu_ms"}}, "sum_cpu_ms", "step": {"wall_ms", "cpu_ms"},
+    "batch": B, "model": "<backbone>/solid"}.
+  """
+  cfg = throughput.model_config(backbone, "solid", num_items=num_items,
+                                num_semantics=num_semantics)
+  model = sj.make_model(cfg)
+  params = model.init(jax.random.key(seed))
+  catalog = synthetic.make_catalog(num_items, num_semantics, cfg.seq_len, seed=seed)
+  batches = synthetic.make_batches(catalog, batch_size, 2, seed=seed)
+  runners = {}
+  for name, (fn, args) in _parts(cfg, params, batches[0], seed).items():
+    argnums = tuple(i for i, a in enumerate(args) if all(
+        jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(a)))
+    compiled = jax.jit(jax.value_and_grad(fn, argnums=argnums)).lower(*args).compile()
+    runners[name] = (lambda c=compiled, a=args: c(*a))
+  step = throughput.TrainBench(model, params, batches)
+  state = {}
+
+  def call(name):
+    if name == "step":
+      step.run(1)
+      return step.params
+    return runners[name]()
+
+  names = list(runners) + ["step"]
+  samples = {n: [] for n in names}
+  for n in names:
+    jax.block_until_ready(call(n))
+  for _ in range(rounds):
+    for n in names:
+      wall, cpu = time.perf_counter(), time.process_time()
+      for _ in range(steps):
+        state["out"] = call(n)
+      jax.block_until_ready(state["out"])
+      samples[n].append(((time.perf_counter() - wall) / steps * 1e3,
+                         (time.process_time() - cpu) / steps * 1e3))
+  med = {n: np.median(np.asarray(samples[n]), axis=0) for n in names}
+  parts = {n: {"wall_ms": float(med[n][0]), "cpu_ms": float(med[n][1])} for n in runners}
+  return {"parts": parts, "sum_cpu_ms": float(sum(p["cpu_ms"] for p in parts.values())),
+          "sum_wall_ms": float(sum(p["wall_ms"] for p in parts.values())),
+          "step": {"wall_ms": float(med["step"][0]), "cpu_ms": float(med["step"][1])},
+          "batch": batch_size, "model": f"{backbone}/solid"}
