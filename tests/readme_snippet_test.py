@@ -1,7 +1,8 @@
 """The README's "use it from your own JAX code" snippet runs as written.
 
-The snippet is the first ```python block of README.md that calls ``make_model``; when README.md has none,
-the first ```python block of docs/USAGE_SNIPPET.md (the snippet's source, included in the README verbatim).
+The snippet is the first ```python block of README.md that calls ``make_model``; when README.md
+has none, the first ```python block of docs/USAGE_SNIPPET.md (the snippet's source, included in the
+README verbatim).
 """
 
 import pathlib

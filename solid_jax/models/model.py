@@ -1,6 +1,7 @@
 """``make_model(cfg) -> Model``: the model zoo behind pure functions over plain dict parameters.
 
-See the docstring of ``solid_jax.models`` and ``docs/MODELS.md`` for the parameter tree and equations.
+See the docstring of ``solid_jax.models`` and ``docs/MODELS.md`` for the parameter tree and
+equations.
 """
 
 from __future__ import annotations
@@ -26,25 +27,25 @@ GENERATOR_KEYS = ("generator", "item_generator", "semantic_generator")
 
 
 class Model(NamedTuple):
-  """A model as a tuple of pure functions (jittable, differentiable, vmappable; no Python-side state).
+  """A model as a tuple of pure functions: jittable, differentiable, vmappable, stateless.
 
   Attributes:
     init: ``init(key, *, codebook_init=None) -> params``, a nested dict of float32 arrays.
       ``codebook_init``: float[codebook_size, d] initial codes (``head="solid"`` only), e.g. the
       stage-1 metacode.
     apply: ``apply(params, batch, *, train=False, key=None) -> (logits float32[B], aux)``.
-      ``aux["aux_loss"]`` is the weighted sum of the auxiliary losses (0.0 for non-SOLID heads); SOLID adds
-      ``"consistency_loss"``, ``"codebook_loss"``, ``"commitment_loss"`` (unweighted),
-      ``"codebook/perplexity"``, ``"codebook/usage"`` and, in ``ema`` mode, ``"codebook_state"`` (the new
-      codebook subtree). ``train`` has no effect (no dropout); ``key`` seeds the EMA dead-code revival
-      (None: derived from the state's seed and step).
+      ``aux["aux_loss"]`` is the weighted sum of the auxiliary losses (0.0 for non-SOLID heads);
+      SOLID adds ``"consistency_loss"``, ``"codebook_loss"``, ``"commitment_loss"`` (unweighted),
+      ``"codebook/perplexity"``, ``"codebook/usage"`` and, in ``ema`` mode, ``"codebook_state"``
+      (the new codebook subtree). ``train`` has no effect (no dropout); ``key`` seeds the EMA
+      dead-code revival (None: derived from the state's seed and step).
     generate: ``generate(params, batch) -> weights``, the per-user dynamic weights, leading axis B
       (``{}`` for ``head="static"``).
     score: ``score(params, weights, batch) -> logits float32[B]``; recomputes the backbone and the
       target tower and applies the head with ``weights``.
-    trainable: ``trainable(params) -> pytree of bool`` with the structure of ``params``; False for the
-      frozen codebook, the EMA codebook and statistics and, with ``paper_compat``, the generators'
-      projections A, a, B, c.
+    trainable: ``trainable(params) -> pytree of bool`` with the structure of ``params``; False for
+      the frozen codebook, the EMA codebook and statistics and, with ``paper_compat``, the
+      generators' projections A, a, B, c.
     update_state: ``update_state(params, aux) -> params``: writes the EMA codebook state of ``aux``;
       identity for every other model.
     config: the ``ModelConfig``.

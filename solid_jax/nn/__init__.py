@@ -1,6 +1,7 @@
 """Neural-network building blocks as pure functions over plain dict parameters.
 
-- ``layers``: dense, MLP, embedding, layer norm, multi-head attention, transformer layer, GRU (lax.scan).
+- ``layers``: dense, MLP, embedding, layer norm, multi-head attention, transformer layer, GRU
+  (lax.scan).
 - ``encoders``: the static backbones (SASRec, GRU4Rec, DIN, BERT4Rec).
 - ``hypernet``: the DUET (full-rank) and APG (low-rank) parameter generators.
 - ``dynamic``: the dynamic head for one user, vmapped over the batch.

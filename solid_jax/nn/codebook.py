@@ -1,25 +1,26 @@
 """Vector-quantisation codebook as pure functions, and a small jit-compiled k-means.
 
-The codebook is ``params = {"codes": float32[C, D]}`` (plus ``"ema"`` statistics in ``ema`` mode). Row 0 is
-the padding code (the metacode's padding row): it is never a candidate of the nearest-code search and
-never changes. Padding positions (``mask == 0``) are quantised to zeros, select index 0, and are left out
-of every loss and statistic.
+The codebook is ``params = {"codes": float32[C, D]}`` (plus ``"ema"`` statistics in ``ema`` mode).
+Row 0 is the padding code (the metacode's padding row): it is never a candidate of the nearest-code
+search and never changes. Padding positions (``mask == 0``) are quantised to zeros, select index 0,
+and are left out of every loss and statistic.
 
 Modes (``MODES``):
-- ``"frozen"`` (the authors' behaviour): the lookup is a constant table; no gradient reaches the codebook
-  or, through the lookup, the query.
+- ``"frozen"`` (the authors' behaviour): the lookup is a constant table; no gradient reaches the
+  codebook or, through the lookup, the query.
 - ``"straight_through"``: ``q + stop_gradient(c - q)``; the codebook is trained by the codebook loss
   ``mean((sg(q) - c)^2)`` and the query pulled by the commitment loss ``mean((q - sg(c))^2)``.
 - ``"ema"``: straight-through gradient and commitment loss for the query; the codes are exponential
   moving averages of their assigned queries (not trained by gradient). Statistics live in
   ``params["ema"]`` and are threaded functionally: ``quantize`` returns the new codebook subtree in
-  ``info["state"]``; the caller writes it back (``Model.update_state``). A code selected by no query for
-  ``dead_steps`` consecutive steps is re-seeded from a random current query; the randomness comes from
-  the ``key`` argument, or when it is None from ``fold_in(key(ema["seed"]), ema["step"])``.
+  ``info["state"]``; the caller writes it back (``Model.update_state``). A code selected by no query
+  for ``dead_steps`` consecutive steps is re-seeded from a random current query; the randomness
+  comes from the ``key`` argument, or when it is None from ``fold_in(key(ema["seed"]),
+  ema["step"])``.
 
-k-means: ``kmeans(key, x, k, iters)`` (k-means++ seeding, Lloyd iterations, jit-compiled, memory bounded
-by chunking the assignment step) and ``kmeans_init(key, vectors, num_codes)`` (a codebook table: row 0
-zeros, rows 1.. the k-means centroids of ``num_codes - 1`` clusters).
+k-means: ``kmeans(key, x, k, iters)`` (k-means++ seeding, Lloyd iterations, jit-compiled, memory
+bounded by chunking the assignment step) and ``kmeans_init(key, vectors, num_codes)`` (a codebook
+table: row 0 zeros, rows 1.. the k-means centroids of ``num_codes - 1`` clusters).
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ MODES = ("straight_through", "frozen", "ema")
 EMA_EPS = 1e-5
 
 
-# -------------------------------------------------------------------------------------------- params
+# ------------------------------------------------------------------------------------------- params
 
 
 def init(
-    key: Array, num_codes: int, dim: int, *, mode: str = "straight_through", table: Array | None = None
+    key: Array,
+    num_codes: int,
+    dim: int,
+    *,
+    mode: str = "straight_through",
+    table: Array | None = None,
 ) -> Params:
   """Codebook parameters.
 
@@ -55,7 +61,8 @@ def init(
 
   Returns:
     ``{"codes": float32[C, D]}`` and, in ``ema`` mode, ``"ema": {"count": [C], "sum": [C, D],
-    "unused": [C], "step": [], "seed": []}`` (float32 everywhere so that ``jax.grad`` accepts the tree).
+    "unused": [C], "step": [], "seed": []}`` (float32 everywhere so that ``jax.grad`` accepts the
+    tree).
   """
   if mode not in MODES:
     raise ValueError(f"codebook mode {mode!r}; expected one of {MODES}")
@@ -78,7 +85,7 @@ def init(
   return params
 
 
-# ---------------------------------------------------------------------------------------- the lookup
+# --------------------------------------------------------------------------------------- the lookup
 
 
 def distances(q: Array, codes: Array) -> Array:
@@ -163,9 +170,9 @@ def quantize(
   Returns:
     ``(out float32[B, L, D], info)``: ``out`` is the quantised sequence (zeros at padding positions;
     gradient per ``mode``). ``info``: ``"index"`` int32[B, L] (0 at padding), ``"selected"``
-    float[B, L, D] = stop_gradient(codes[index]), ``"codebook_loss"``, ``"commitment_loss"`` (unweighted
-    scalars, 0.0 where the mode has none), ``"perplexity"``, ``"usage"``, ``"counts"`` float32[C] and, in
-    ``ema`` mode, ``"state"`` (the new codebook subtree).
+    float[B, L, D] = stop_gradient(codes[index]), ``"codebook_loss"``, ``"commitment_loss"``
+    (unweighted scalars, 0.0 where the mode has none), ``"perplexity"``, ``"usage"``, ``"counts"``
+    float32[C] and, in ``ema`` mode, ``"state"`` (the new codebook subtree).
   """
   if mode not in MODES:
     raise ValueError(f"codebook mode {mode!r}; expected one of {MODES}")
@@ -216,9 +223,10 @@ def ema_update(
 ) -> Params:
   """One EMA step of the codebook with dead-code revival (row 0 untouched).
 
-  ``count <- decay*count + (1-decay)*n_k``, ``sum <- decay*sum + (1-decay)*sum_{i: k(i)=k} m_i q_i``,
-  ``codes = sum / smoothed(count)`` (Laplace smoothing, ``EMA_EPS``). Codes unused for ``dead_steps``
-  consecutive steps are re-seeded from a random valid query (count 1, sum = that query).
+  ``count <- decay*count + (1-decay)*n_k``, ``sum <- decay*sum + (1-decay)*sum_{i: k(i)=k} m_i
+  q_i``, ``codes = sum / smoothed(count)`` (Laplace smoothing, ``EMA_EPS``). Codes unused for
+  ``dead_steps`` consecutive steps are re-seeded from a random valid query (count 1, sum = that
+  query).
 
   Args:
     params: the codebook subtree with ``"ema"``.
@@ -272,7 +280,7 @@ def ema_update(
   return {"codes": jnp.where(first, old, codes), "ema": new_ema}
 
 
-# ------------------------------------------------------------------------------------------- k-means
+# ------------------------------------------------------------------------------------------ k-means
 
 
 def _assign(x: Array, centroids: Array, chunk: int) -> Array:
@@ -317,11 +325,13 @@ def kmeans_plusplus(key: Array, x: Array, k: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "iters", "chunk"))
-def kmeans(key: Array, x: Array, k: int, iters: int = 25, *, chunk: int = 4096) -> tuple[Array, Array]:
+def kmeans(
+    key: Array, x: Array, k: int, iters: int = 25, *, chunk: int = 4096
+) -> tuple[Array, Array]:
   """k-means (Lloyd) with k-means++ seeding, jit-compiled.
 
-  A cluster left empty by an iteration keeps its previous centre. The assignment step works on ``chunk``
-  rows at a time, so memory is O(chunk * k), not O(N * k).
+  A cluster left empty by an iteration keeps its previous centre. The assignment step works on
+  ``chunk`` rows at a time, so memory is O(chunk * k), not O(N * k).
 
   Args:
     key: PRNG key of the seeding.

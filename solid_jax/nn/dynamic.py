@@ -1,9 +1,10 @@
 """The dynamic head, written for ONE user and batched with ``jax.vmap``.
 
-A DUET layer is ``y = act(x @ W + b)`` with the user's ``W: [N_in, N_out]``, ``b: [N_out]``. An APG layer is
-``y = act(((x @ V + v) @ S) @ U + u)`` with the shared factors ``V: [N_in, K]``, ``U: [K, N_out]`` (and their
-biases) and the user's core ``S: [K, K]``; ``V S U`` is never formed. ``head`` vmaps ``head_one`` over the
-leading axis of the weights and inputs (the shared APG factors are broadcast), so XLA sees batched matmuls.
+A DUET layer is ``y = act(x @ W + b)`` with the user's ``W: [N_in, N_out]``, ``b: [N_out]``. An APG
+layer is ``y = act(((x @ V + v) @ S) @ U + u)`` with the shared factors ``V: [N_in, K]``, ``U: [K,
+N_out]`` (and their biases) and the user's core ``S: [K, K]``; ``V S U`` is never formed. ``head``
+vmaps ``head_one`` over the leading axis of the weights and inputs (the shared APG factors are
+broadcast), so XLA sees batched matmuls.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ Params = dict
 
 
 def duet_layer(weights: Params, x: Array) -> Array:
-  """One user's full-rank layer: ``x @ w + b``; ``x: [N_in]``, ``w: [N_in, N_out]``, ``b: [N_out]``."""
+  """One user's full-rank layer ``x @ w + b``: x [N_in], w [N_in, N_out], b [N_out]."""
   return x @ weights["w"] + weights["b"]
 
 
@@ -55,5 +56,5 @@ def head_one(
 def head(
     weights: Params, shared: Params | None, x: Array, specs: Sequence[tuple[int, int, str | None]]
 ) -> Array:
-  """``head_one`` vmapped over users: weights with leading axis B, ``x: [B, N_in]`` -> ``[B, N_out]``."""
+  """``head_one`` vmapped over users: weights with leading axis B, x [B, N_in] -> [B, N_out]."""
   return jax.vmap(lambda w, xi: head_one(w, shared, xi, specs))(weights, x)

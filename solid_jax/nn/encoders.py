@@ -1,13 +1,14 @@
 """Static backbones (Θ_s): SASRec, GRU4Rec, DIN target attention, BERT4Rec.
 
-Each backbone contributes top-level entries to the model's parameter dict (``init``) and provides three
-pure functions over a batch:
+Each backbone contributes top-level entries to the model's parameter dict (``init``) and provides
+three pure functions over a batch:
 
-- ``sequence_embedding(params, items, cfg) -> float[B, L, d]``: the sequence embeddings every generator
-  consumes (item embedding, + position embedding for SASRec/BERT4Rec, then ``seq_trans`` = dense + tanh);
+- ``sequence_embedding(params, items, cfg) -> float[B, L, d]``: the sequence embeddings every
+  generator consumes (item embedding, + position embedding for SASRec/BERT4Rec, then ``seq_trans`` =
+  dense + tanh);
 - ``target_embedding(params, target, cfg) -> float[B, d]``: the target tower;
-- ``head_input(params, seq_emb, items, target_vec, cfg) -> float[B, N_in]``: the input of the head (the
-  user state at position n-1, or DIN's ``concat(target, pooled)``).
+- ``head_input(params, seq_emb, items, target_vec, cfg) -> float[B, N_in]``: the input of the head
+  (the user state at position n-1, or DIN's ``concat(target, pooled)``).
 
 The exact equations and parameter names are in ``docs/MODELS.md``.
 """
@@ -47,7 +48,8 @@ def init(key: Array, cfg: ModelConfig) -> Params:
     cfg: model configuration.
 
   Returns:
-    ``{"item_embedding": [num_items, d], "seq_trans", "target_trans", ...}``, see ``docs/MODELS.md``.
+    ``{"item_embedding": [num_items, d], "seq_trans", "target_trans", ...}``, see
+    ``docs/MODELS.md``.
   """
   d = cfg.dim
   keys = jax.random.split(key, 8)
@@ -70,7 +72,8 @@ def init(key: Array, cfg: ModelConfig) -> Params:
     num_layers = 1 if cfg.backbone == "sasrec" else cfg.bert_layers
     layer_keys = jax.random.split(keys[5], num_layers)
     params["transformer"] = {
-        f"layer_{i}": layers.transformer_layer_init(k, d, cfg.ff_dim) for i, k in enumerate(layer_keys)
+        f"layer_{i}": layers.transformer_layer_init(k, d, cfg.ff_dim)
+        for i, k in enumerate(layer_keys)
     }
   if cfg.backbone == "gru4rec":
     params["gru"] = layers.gru_init(keys[6], d, d)
@@ -86,7 +89,7 @@ def sequence_embedding(params: Params, items: Array, cfg: ModelConfig) -> Array:
 
 
 def target_embedding(params: Params, target: Array, cfg: ModelConfig) -> Array:
-  """The target tower: int[B] -> float32[B, d] (DIN: one tanh layer; others: tanh layer then linear)."""
+  """Target tower int[B] -> float32[B, d]: DIN one tanh layer; others tanh layer then linear."""
   acts = ("tanh",) if cfg.backbone == "din" else ("tanh", None)
   return layers.mlp(params["target_trans"], layers.embed(params["item_embedding"], target), acts)
 

@@ -1,13 +1,13 @@
 """Parameter generators of the dynamic head: DUET (full rank) and APG (low rank).
 
-A generator encodes the user's sequence embeddings into a condition ``z`` (a GRU, state at position n-1,
-then an MLP d -> d tanh -> d) and projects it to the per-user weights of every dynamic layer j:
+A generator encodes the user's sequence embeddings into a condition ``z`` (a GRU, state at position
+n-1, then an MLP d -> d tanh -> d) and projects it to the per-user weights of every dynamic layer j:
 
 - DUET: ``W_j = reshape(z @ A_j + a_j, [N_in, N_out])`` (row-major), ``b_j = z @ B_j + c_j``;
   weights ``{"layer_j": {"w": [B, N_in, N_out], "b": [B, N_out]}}``.
-- APG: the K x K core ``S_j = reshape(z @ A_j + a_j, [K, K])``; weights ``{"layer_j": {"core": [B, K, K]}}``.
-  The shared factors ``V_j: N_in -> K`` and ``U_j: K -> N_out`` live in the model's ``"head"``
-  (``apg_shared_init``).
+- APG: the K x K core ``S_j = reshape(z @ A_j + a_j, [K, K])``; weights ``{"layer_j": {"core": [B,
+  K, K]}}``. The shared factors ``V_j: N_in -> K`` and ``U_j: K -> N_out`` live in the model's
+  ``"head"`` (``apg_shared_init``).
 
 The projections ``A, a, B, c`` are initialised ``fmod(normal, 2)`` (the authors' init). See
 ``docs/MODELS.md`` for the parameter tree.
@@ -35,8 +35,8 @@ PROJECTION_NAMES = ("A", "a", "B", "c")
 def layer_specs(cfg: ModelConfig) -> list[LayerSpec]:
   """``(N_in, N_out, activation)`` of every head layer.
 
-  SASRec/GRU4Rec/BERT4Rec: ``[(d, d, "tanh"), (d, d, None)]``; DIN: ``[(2d, h1, "tanh"), (h1, h2, "tanh"),
-  (h2, 1, None)]`` with ``(h1, h2) = cfg.din_hidden``.
+  SASRec/GRU4Rec/BERT4Rec: ``[(d, d, "tanh"), (d, d, None)]``; DIN: ``[(2d, h1, "tanh"), (h1, h2,
+  "tanh"), (h2, 1, None)]`` with ``(h1, h2) = cfg.din_hidden``.
   """
   if cfg.backbone != "din":
     return [(cfg.dim, cfg.dim, "tanh"), (cfg.dim, cfg.dim, None)]
@@ -86,7 +86,7 @@ def init(key: Array, cfg: ModelConfig, kind: str) -> Params:
 
 
 def apg_shared_init(key: Array, cfg: ModelConfig) -> Params:
-  """APG's shared factors ``{"layer_j": {"V": dense N_in->K, "U": dense K->N_out}}`` (with biases)."""
+  """APG's shared factors ``{"layer_j": {"V": dense N_in->K, "U": dense K->N_out}}``, with bias."""
   specs = layer_specs(cfg)
   out = {}
   for j, (k, (n_in, n_out, _)) in enumerate(zip(jax.random.split(key, len(specs)), specs)):
@@ -155,5 +155,5 @@ def generate(
 
 
 def combine(item_weights: Params, semantic_weights: Params, t: float) -> Params:
-  """SOLID's combination ``clip(item, -t, t) + semantic``, leaf by leaf (weights, biases, APG cores)."""
+  """SOLID's ``clip(item, -t, t) + semantic``, leaf by leaf (weights, biases, APG cores)."""
   return jax.tree.map(lambda a, b: jnp.clip(a, -t, t) + b, item_weights, semantic_weights)

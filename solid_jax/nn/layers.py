@@ -1,8 +1,9 @@
 """Pure-function layers over plain dict parameters.
 
-Every layer is a pair ``<name>_init(key, ...) -> params`` / ``<name>(params, x, ...) -> y``. Parameters are
-nested dicts of float32 arrays; row vectors throughout, so a dense kernel is ``[in, out]`` (a PyTorch
-``nn.Linear`` stores its transpose). The exact equations are in ``docs/MODELS.md``.
+Every layer is a pair ``<name>_init(key, ...) -> params`` / ``<name>(params, x, ...) -> y``.
+Parameters are nested dicts of float32 arrays; row vectors throughout, so a dense kernel is ``[in,
+out]`` (a PyTorch ``nn.Linear`` stores its transpose). The exact equations are in
+``docs/MODELS.md``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def fmod_normal(key: Array, shape: Sequence[int]) -> Array:
   return jnp.fmod(jax.random.normal(key, shape, jnp.float32), 2.0)
 
 
-# ----------------------------------------------------------------------------------------------- dense
+# -------------------------------------------------------------------------------------------- dense
 
 
 def dense_init(key: Array, n_in: int, n_out: int, *, bias: bool = True) -> Params:
-  """Dense layer parameters: ``{"kernel": [n_in, n_out]}`` (Xavier uniform) and ``"bias": [n_out]`` (0)."""
+  """Dense parameters: ``"kernel": [n_in, n_out]`` (Xavier uniform), ``"bias": [n_out]`` (0)."""
   params = {"kernel": xavier_uniform(key, (n_in, n_out))}
   if bias:
     params["bias"] = jnp.zeros((n_out,), jnp.float32)
@@ -73,13 +74,13 @@ def mlp_init(key: Array, sizes: Sequence[int]) -> Params:
 
 
 def mlp(params: Params, x: Array, activations: Sequence[str | None]) -> Array:
-  """Applies ``dense_j`` then ``activations[j]`` for every layer j: ``[..., sizes[0]] -> [..., sizes[-1]]``."""
+  """``dense_j`` then ``activations[j]``, for each layer j: [..., sizes[0]] -> [..., sizes[-1]]."""
   for j, act in enumerate(activations):
     x = activation(act)(dense(params[f"dense_{j}"], x))
   return x
 
 
-# ------------------------------------------------------------------------------------------ embedding
+# ---------------------------------------------------------------------------------------- embedding
 
 
 def embedding_init(key: Array, num: int, dim: int, *, zero_padding: bool = True) -> Array:
@@ -95,7 +96,7 @@ def embed(table: Array, ids: Array) -> Array:
   return jnp.take(table, ids, axis=0)
 
 
-# ------------------------------------------------------------------------------------------ layer norm
+# --------------------------------------------------------------------------------------- layer norm
 
 
 def layer_norm_init(dim: int) -> Params:
@@ -111,11 +112,11 @@ def layer_norm(params: Params, x: Array) -> Array:
   return centred * jax.lax.rsqrt(var + LAYER_NORM_EPS) * params["scale"] + params["bias"]
 
 
-# ------------------------------------------------------------------------------------------- attention
+# ---------------------------------------------------------------------------------------- attention
 
 
 def masked_softmax(scores: Array, mask: Array, axis: int = -1) -> Array:
-  """Softmax of ``scores`` over ``axis`` where ``mask`` is True; masked entries get weight exactly 0.
+  """Softmax of ``scores`` over ``axis`` where ``mask`` is True; masked entries weigh exactly 0.
 
   A slice with no True entry gets all-zero weights (never NaN), and gradients stay finite.
 
@@ -136,7 +137,7 @@ def masked_softmax(scores: Array, mask: Array, axis: int = -1) -> Array:
 
 
 def attention_init(key: Array, dim: int) -> Params:
-  """Multi-head attention: ``{"query", "key", "value", "out"}``, each a dense ``dim -> dim`` with bias."""
+  """Multi-head attention ``{"query", "key", "value", "out"}``: dense ``dim -> dim`` with bias."""
   kq, kk, kv, ko = jax.random.split(key, 4)
   return {
       "query": dense_init(kq, dim, dim),
@@ -174,7 +175,7 @@ def multi_head_attention(
 
 
 def transformer_layer_init(key: Array, dim: int, ff_dim: int) -> Params:
-  """Post-norm encoder layer: ``{"attention", "norm_1", "ff_1": d->ff, "ff_2": ff->d, "norm_2"}``."""
+  """Post-norm layer ``{"attention", "norm_1", "ff_1": d->ff, "ff_2": ff->d, "norm_2"}``."""
   ka, k1, k2 = jax.random.split(key, 3)
   return {
       "attention": attention_init(ka, dim),
@@ -194,7 +195,7 @@ def transformer_layer(
     ff_activation: str = "relu",
     query_index: Array | None = None,
 ) -> Array:
-  """A post-norm transformer encoder layer (dropout 0), PyTorch ``TransformerEncoderLayer`` semantics.
+  """A post-norm transformer encoder layer (dropout 0) as PyTorch's ``TransformerEncoderLayer``.
 
   ``y = norm_1(x + attention(x)); out = norm_2(y + ff_2(act(ff_1(y))))``.
 
@@ -220,7 +221,7 @@ def transformer_layer(
   return out if query_index is None else out[:, 0]
 
 
-# ------------------------------------------------------------------------------------------------- GRU
+# ---------------------------------------------------------------------------------------------- GRU
 
 
 def gru_init(key: Array, n_in: int, hidden: int) -> Params:
@@ -264,9 +265,9 @@ def gru_last_states(
 ) -> list[Array]:
   """Runs several GRUs over their sequences in ONE ``lax.scan`` and returns each state at ``n-1``.
 
-  Steps ``t >= lengths`` leave the state unchanged, so the final carry is the state after the last real
-  item (zeros when ``lengths == 0``). Input projections are computed for all steps with one matmul before
-  the scan; the scan only does the recurrent matmuls.
+  Steps ``t >= lengths`` leave the state unchanged, so the final carry is the state after the last
+  real item (zeros when ``lengths == 0``). Input projections are computed for all steps with one
+  matmul before the scan; the scan only does the recurrent matmuls.
 
   Args:
     params_list: one ``gru_init`` dict per GRU.
@@ -279,7 +280,10 @@ def gru_last_states(
   """
   gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
   steps = jnp.arange(gis[0].shape[0])
-  h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype) for p, xs in zip(params_list, xs_list)]
+  h0 = [
+      jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype)
+      for p, xs in zip(params_list, xs_list)
+  ]
 
   def step(hs, inputs):
     t, gi_t = inputs

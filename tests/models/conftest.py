@@ -1,9 +1,10 @@
-"""Shared helpers of the model tests: tiny configurations, random batches, compiled functions cached per
-configuration (so each is compiled once for the whole session).
+"""Shared helpers of the model tests.
 
-Models are built with ``scan_unroll=1`` (a rolled GRU loop): the same function as the default fully
-unrolled scan (``models_properties_test.test_unrolled_default_equals_rolled_scan``) at a third of the
-compile time.
+Tiny configurations, random batches, and compiled functions cached per configuration (each is
+compiled once for the whole session). Models are built with ``scan_unroll=1`` (a rolled GRU loop):
+the same function as the default fully unrolled scan
+(``models_properties_test.test_unrolled_default_equals_rolled_scan``) at a third of the compile
+time.
 """
 
 import functools

@@ -1,4 +1,4 @@
-"""Every backbone x head x codebook mode: shapes, dtypes, losses, gradients, jit == eager, generate/score."""
+"""Backbone x head x codebook mode: shapes, dtypes, losses, gradients, jit, generate/score."""
 
 import chex
 import jax
@@ -23,10 +23,10 @@ FULL_GRID = [
     for head, gen in HEADS
     for mode in (MODES if head == "solid" else ("straight_through",))
 ]
-# Gradient grid. The head and generator wiring is the same for SASRec, GRU4Rec and BERT4Rec (same head
-# shapes, same sequence embeddings) and differs for DIN, so: every head on SASRec and DIN, every codebook
-# mode with both generators on SASRec, and GRU4Rec / BERT4Rec with the static and a SOLID head (their own
-# backbone parameters).
+# Gradient grid. The head and generator wiring is the same for SASRec, GRU4Rec and BERT4Rec (same
+# head shapes, same sequence embeddings) and differs for DIN, so: every head on SASRec and DIN,
+# every codebook mode with both generators on SASRec, and GRU4Rec / BERT4Rec with the static and
+# two SOLID heads (their own backbone parameters).
 GRAD_GRID = (
     [(bb, head, gen, "straight_through") for bb in ("sasrec", "din") for head, gen in HEADS]
     + [("sasrec", "solid", gen, mode) for gen in ("duet", "apg") for mode in ("frozen", "ema")]
@@ -68,7 +68,9 @@ def test_shapes_and_dtypes(backbone, head, generator, mode):
   assert jax.tree.structure(model.trainable(params)) == jax.tree.structure(params)
   if head == "solid":
     expected = {"aux_loss", "consistency_loss", "codebook_loss", "commitment_loss",
-                "codebook/perplexity", "codebook/usage"} | ({"codebook_state"} if mode == "ema" else set())
+                "codebook/perplexity", "codebook/usage"}
+    if mode == "ema":
+      expected.add("codebook_state")
     assert set(aux) == expected
     if mode == "ema":
       chex.assert_trees_all_equal_shapes_and_dtypes(aux["codebook_state"], params["codebook"])
@@ -78,9 +80,10 @@ def test_shapes_and_dtypes(backbone, head, generator, mode):
 
 @pytest.mark.parametrize("backbone,head,generator,mode", GRAD_GRID)
 def test_loss_and_every_learnable_parameter_gets_a_gradient(backbone, head, generator, mode):
-  # A wide clip: with t = 0.01 and the fmod(randn, 2) projections, most generated item-branch entries lie
-  # outside [-t, t] where the clip has zero derivative by design (for DIN's one-entry output bias, all
-  # of them in a small batch). This test checks that every parameter is wired to the loss.
+  # A wide clip: with t = 0.01 and the fmod(randn, 2) projections, most generated item-branch
+  # entries lie outside [-t, t] where the clip has zero derivative by design (for DIN's one-entry
+  # output bias, all of them in a small batch). This test checks that every parameter is wired to
+  # the loss.
   # Eager (op by op): cheaper than compiling 28 gradient programs; jit is covered below.
   b = built(config(backbone, head, generator, mode, clip_t=100.0))
   batch = make_batch(2)

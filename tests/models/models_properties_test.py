@@ -1,5 +1,8 @@
-"""Model-level properties: per-user independence, padding invariance, extreme inputs, vmap, aux losses,
-paper_compat, EMA state threading, codebook initialisation."""
+"""Model-level properties of the zoo.
+
+Per-user independence, padding invariance, extreme inputs, vmap, auxiliary losses, paper_compat,
+EMA state threading, codebook initialisation.
+"""
 
 import chex
 import jax
@@ -64,7 +67,9 @@ def test_rows_with_zero_weight_do_not_change_the_auxiliary_losses():
   batch["weight"] = np.asarray([1, 1, 1, 0, 0, 0], np.float32)
   _, aux = b.apply(b.params, batch)
   other = make_batch(14)
-  mixed = {k: (np.concatenate([v[:3], other[k][3:]]) if k in other else v) for k, v in batch.items()}
+  mixed = {
+      k: (np.concatenate([v[:3], other[k][3:]]) if k in other else v) for k, v in batch.items()
+  }
   _, aux2 = b.apply(b.params, mixed)
   for key in ("aux_loss", "consistency_loss", "codebook/usage", "codebook/perplexity"):
     np.testing.assert_allclose(aux2[key], aux[key], rtol=1e-6, err_msg=key)
@@ -88,7 +93,9 @@ def _grad_finite(model, params, batch):
   return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
 
 
-@pytest.mark.parametrize("backbone,generator,clip_t", [("sasrec", "duet", 1e6), ("din", "apg", 1e-8)])
+@pytest.mark.parametrize(
+    "backbone,generator,clip_t", [("sasrec", "duet", 1e6), ("din", "apg", 1e-8)]
+)
 def test_finite_gradients_at_extreme_inputs(backbone, generator, clip_t):
   cfg = config(backbone, "solid", generator, "straight_through", clip_t=clip_t)
   model = sj.make_model(cfg, scan_unroll=ROLLED)
@@ -179,7 +186,8 @@ def test_codebook_init_from_a_metacode():
 
 
 def test_unrolled_default_equals_rolled_scan():
-  b = built(config("gru4rec", "solid", "apg", "straight_through"))  # three GRUs: backbone + 2 branches
+  # Three GRUs: the backbone's and the two branches'.
+  b = built(config("gru4rec", "solid", "apg", "straight_through"))
   default = sj.make_model(b.cfg)
   batch = make_batch(21)
   logits, aux = jax.jit(default.apply)(b.params, batch)

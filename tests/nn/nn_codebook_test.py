@@ -1,4 +1,4 @@
-"""Codebook lookup, gradients per mode, EMA updates and k-means, against NumPy float64 references."""
+"""Codebook lookup, gradients per mode, EMA updates and k-means against NumPy float64."""
 
 import functools
 
@@ -174,7 +174,7 @@ def test_ema_dead_code_revival_reseeds_from_valid_queries():
   assert np.min(np.abs(valid_q - new5).sum(-1)) < 1e-6
   assert float(params["ema"]["count"][5]) == 1.0
   np.testing.assert_array_equal(params["codes"][0], table[0])  # row 0 never changes
-  # The same state and queries give the same revival (randomness from seed and step); a key overrides.
+  # The same state and queries give the same revival (randomness from the seed and the step).
   again = _quantize(info["state"], q, mask, "ema")[1]["state"]
   again2 = _quantize(info["state"], q, mask, "ema")[1]["state"]
   chex.assert_trees_all_equal(again, again2)

@@ -98,7 +98,9 @@ def test_generators_init_with_fmod_normal_and_expected_shapes():
   gen = hypernet.init(jax.random.key(4), cfg, "duet")
   assert set(gen) == {"gru", "mlp", "proj"}
   p0 = gen["proj"]["layer_0"]
-  chex.assert_shape([p0["A"], p0["a"], p0["B"], p0["c"]], [(8, 16 * 12), (16 * 12,), (8, 12), (12,)])
+  chex.assert_shape(
+      [p0["A"], p0["a"], p0["B"], p0["c"]], [(8, 16 * 12), (16 * 12,), (8, 12), (12,)]
+  )
   for leaf in jax.tree.leaves(gen["proj"]):
     assert float(jnp.max(jnp.abs(leaf))) < 2.0
   with pytest.raises(ValueError, match="kind"):

@@ -1,4 +1,4 @@
-"""Backbones against NumPy float64 references: sequence embeddings, state at n-1, DIN target attention."""
+"""Backbones against NumPy float64: sequence embeddings, state at n-1, DIN target attention."""
 
 import chex
 import jax
@@ -75,7 +75,8 @@ def test_head_input_matches_numpy(backbone):
     for i in range(len(p["transformer"])):
       q = p["transformer"][f"layer_{i}"]
       y = _numpy_layer_norm(h + _numpy_mha(q["attention"], h, h, mask, 2), **q["norm_1"])
-      ff = act(y @ q["ff_1"]["kernel"] + q["ff_1"]["bias"]) @ q["ff_2"]["kernel"] + q["ff_2"]["bias"]
+      ff = act(y @ q["ff_1"]["kernel"] + q["ff_1"]["bias"])
+      ff = ff @ q["ff_2"]["kernel"] + q["ff_2"]["bias"]
       h = _numpy_layer_norm(y + ff, **q["norm_2"])
     want = h[np.arange(B), lengths - 1]
   elif backbone == "gru4rec":

@@ -105,7 +105,8 @@ def test_gelu_is_the_exact_erf_form():
   x = np.linspace(-4, 4, 17)
   from math import erf
   want = np.array([0.5 * v * (1 + erf(v / np.sqrt(2))) for v in x])
-  np.testing.assert_allclose(layers.activation("gelu")(jnp.asarray(x, jnp.float32)), want, atol=1e-6)
+  got = layers.activation("gelu")(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_masked_softmax_zero_weight_and_all_masked_row():
