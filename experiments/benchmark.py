@@ -9,7 +9,8 @@ Times the training step (the training loop's jitted step, donated state) and inf
 score) of solid_jax, then the same model of ``reference/torch_models.py`` eagerly and under
 ``torch.compile``, in this one process; compilation apart, warm-up excluded, medians over repeats.
 Then the input pipeline on ml-100k against the step (``"pipeline"``: the ratio must be >= 5) and the
-evaluation of its test split (``"evaluation"``). See docs/PERFORMANCE.md for the JSON keys and results.
+evaluation of its test split (``"evaluation"``). See docs/PERFORMANCE.md for the JSON keys and
+results.
 """
 
 import importlib.util
@@ -29,19 +30,22 @@ flags.DEFINE_list("method", ["solid"], f"methods (comma-separated) among {METHOD
 flags.DEFINE_bool("all", False, "sweep every backbone x method of the model zoo")
 flags.DEFINE_integer("batch_size", 1024, "rows per step")
 flags.DEFINE_enum("compare", "torch", ["torch", "torch_eager", "none"],
-                  "also time the PyTorch reference: eager and torch.compile, eager only, or nothing")
+                  "also time the PyTorch reference: eager and torch.compile, eager only, or "
+                  "nothing")
 flags.DEFINE_string("output", "", "JSON file to write (the document is also summarised on stdout)")
 flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"], "JAX / torch device (auto: accelerator "
                   "when present)")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                  "compute dtype (bfloat16: mixed precision, float32 master weights, both frameworks)")
+                  "compute dtype (bfloat16: mixed precision, float32 master weights, both "
+                  "frameworks)")
 flags.DEFINE_integer("repeats", 20, "timed repeats per measurement")
 flags.DEFINE_integer("steps_per_repeat", 5, "steps per timed repeat")
 flags.DEFINE_integer("warmup", 1, "untimed repeats at the start of every round")
 flags.DEFINE_integer("rounds", 4, "the repeats run in this many rounds interleaving the "
                      "implementations, so that load changes hit them alike")
-flags.DEFINE_list("torch_threads", ["0", "1"], "intra-op thread counts for the reference on the CPU "
-                  "(0: torch's default, one per core); each is recorded, ratios use the fastest")
+flags.DEFINE_list("torch_threads", ["0", "1"],
+                  "intra-op thread counts for the reference on the CPU (0: torch's default, one "
+                  "per core); each is recorded, ratios use the fastest")
 flags.DEFINE_integer("num_batches", 8, "distinct synthetic batches (cycled)")
 flags.DEFINE_integer("num_items", 1683, "catalogue size incl. padding (default: ml-100k's)")
 flags.DEFINE_integer("num_semantics", 20, "semantic ids incl. padding (default: ml-100k's genres)")
@@ -54,8 +58,9 @@ flags.DEFINE_integer("pipeline_epochs", 2, "epochs of the input-pipeline measure
 flags.DEFINE_float("min_pipeline_ratio", 5.0, "exit with an error when the input pipeline delivers "
                    "fewer than this many times the training step's batches/s (0: never)")
 flags.DEFINE_integer("eval_batch_size", 8192, "rows per device batch of the evaluation pass")
-flags.DEFINE_bool("ablation", False, "also time the parts of the SOLID step apart (backbone, generator "
-                  "GRUs, generator heads, codebook branch; \"ablation\" in the JSON)")
+flags.DEFINE_bool("ablation", False,
+                  "also time the parts of the SOLID step apart (backbone, generator GRUs, "
+                  "generator heads, codebook branch; \"ablation\" in the JSON)")
 flags.DEFINE_string("profile_dir", "", "also profile the first model's train step into this folder "
                     "and attribute XLA time to source functions (\"profile\" in the JSON)")
 

@@ -3,8 +3,9 @@ r"""Scaling curves of the SOLID SASRec training step and inference: batch size a
   python -m experiments.scaling --output_dir=docs/perf
 
 Writes ``scaling.json`` (every point, the FLOP table, the host and its load), ``scaling_batch.png``,
-``scaling_catalog.png`` and ``scaling.md`` (the tables pasted into docs/PERFORMANCE.md). Points whose
-executable would not fit in memory are skipped with a note. About 10 minutes on 2 CPU cores.
+``scaling_catalog.png`` and ``scaling.md`` (the tables pasted into docs/PERFORMANCE.md). Points
+whose executable would not fit in memory are skipped with a note. About 10 minutes on 2 CPU
+cores.
 """
 
 import json
@@ -22,7 +23,9 @@ flags.DEFINE_integer("base_items", 1683, "catalogue size of the batch sweep (ml-
 flags.DEFINE_integer("base_batch", 1024, "batch size of the catalogue sweep")
 flags.DEFINE_string("backbone", "sasrec", "backbone")
 flags.DEFINE_string("method", "solid", "method")
-flags.DEFINE_list("phases", ["train", "infer"], "phases")
+flags.DEFINE_list("phases", ["train", "train_grouped", "infer"],
+                  "train: per-row step; train_grouped: the training loop's step (histories "
+                  "shared by groups of 5 rows, encoded once); infer: generate + score")
 
 
 def _plot(records, sweep, x_key, x_label, path, peak_note):
@@ -30,18 +33,21 @@ def _plot(records, sweep, x_key, x_label, path, peak_note):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for phase, marker in (("train", "o"), ("infer", "s")):
-    pts = sorted((r[x_key], r) for r in records
-                 if r.get("sweep") == sweep and r["phase"] == phase and "samples_per_s" in r)
+  labels = {"train": "train step, per row", "train_grouped": "train step, grouped (training loop)",
+            "infer": "inference (generate + score)"}
+  for phase, marker in (("train", "o"), ("train_grouped", "^"), ("infer", "s")):
+    pts = sorted(((r["batch_flag"] if x_key == "batch" else r[x_key], r) for r in records
+                  if r.get("sweep") == sweep and r["phase"] == phase and "samples_per_s" in r),
+                 key=lambda p: p[0])
     if not pts:
       continue
     xs = [x for x, _ in pts]
     ys = [r["samples_per_s"] for _, r in pts]
     lo = [r["samples_per_s"] - r["samples_per_s_p10"] for _, r in pts]
     hi = [r["samples_per_s_p90"] - r["samples_per_s"] for _, r in pts]
-    ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, capsize=3, label=phase)
-    skipped = [r[x_key] for r in records if r.get("sweep") == sweep and r["phase"] == phase
-               and "skipped" in r]
+    ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, capsize=3, label=labels[phase])
+    skipped = [r["batch_flag"] if x_key == "batch" else r[x_key] for r in records
+               if r.get("sweep") == sweep and r["phase"] == phase and "skipped" in r]
     for x in skipped:
       ax.axvline(x, color="grey", linestyle=":", linewidth=1)
       ax.annotate(f"{phase}: skipped\n(memory)", (x, ax.get_ylim()[0]), fontsize=7, rotation=90)
@@ -60,8 +66,9 @@ def _plot(records, sweep, x_key, x_label, path, peak_note):
 def _table(records, sweep, x_key, x_label) -> str:
   lines = [f"| {x_label} | phase | samples/s (median) | p10-p90 | ms/step | compile s | "
            "GFLOP/s (analytic FLOPs) | executable MiB |", "|---|---|---|---|---|---|---|---|"]
+  order = {"train": 0, "train_grouped": 1, "infer": 2}
   for r in sorted((r for r in records if r.get("sweep") == sweep),
-                  key=lambda r: (r["phase"] != "train", r[x_key])):
+                  key=lambda r: (order.get(r["phase"], 3), r[x_key])):
     if "skipped" in r:
       lines.append(f"| {r[x_key]:,} | {r['phase']} | skipped: {r['skipped']} | | | | | |")
       continue
@@ -104,7 +111,8 @@ def main(argv):
                         "model": f"{FLAGS.backbone}/{FLAGS.method}", "solid_jax": sj.__version__})
   with open(os.path.join(FLAGS.output_dir, "scaling.json"), "w", encoding="utf-8") as f:
     json.dump(doc, f, indent=1)
-  note = f"{host['cpu_count']} CPU cores"
+  note = (f"{host['cpu_count']} CPU cores, load {host['loadavg_1_5_15'][0]:.1f}"
+          f"-{host['loadavg_after'][0]:.1f}")
   _plot(records, "batch", "batch", f"batch size (catalogue {FLAGS.base_items:,} items)",
         os.path.join(FLAGS.output_dir, "scaling_batch.png"), note)
   _plot(records, "catalog", "num_items", f"catalogue size (batch {FLAGS.base_batch:,})",

@@ -1,10 +1,10 @@
 """Data parallelism over devices and hosts with `jax.sharding`.
 
 The model is small (d = 32), so the only parallelism that pays is data parallelism: parameters and
-optimizer state are replicated, the batch axis is split over a 1-D mesh axis ``"data"``, and XLA's SPMD
-partitioner inserts the gradient all-reduce because the loss is a mean over the global batch. A sharded
-step therefore computes what one device computes on the same global batch, up to the order of
-floating-point sums.
+optimizer state are replicated, the batch axis is split over a 1-D mesh axis ``"data"``, and XLA's
+SPMD partitioner inserts the gradient all-reduce because the loss is a mean over the global batch. A
+sharded step therefore computes what one device computes on the same global batch, up to the order
+of floating-point sums.
 
 Use from a launcher::
 
@@ -13,12 +13,13 @@ Use from a launcher::
   params, opt_state = parallel.replicate((params, opt_state), mesh)
   step_fn = parallel.make_sharded_train_step(train_step, mesh)   # the loop's step function
   step = parallel.replicate(np.int32(0), mesh)
-  for batch in parallel.device_prefetch(host_batches, size=2, sharding=parallel.batch_sharding(mesh)):
+  sharding = parallel.batch_sharding(mesh)
+  for batch in parallel.device_prefetch(host_batches, size=2, sharding=sharding):
     params, opt_state, scalars = step_fn(params, opt_state, batch, step)
 
 With several processes every process iterates over its own slice of the global batch (global batch /
-``jax.process_count()`` rows, e.g. ``sj.data.batches`` of the local batch size with a per-process seed
-or a strided split); `shard_batch` and `device_prefetch` assemble the global array from the
+``jax.process_count()`` rows, e.g. ``sj.data.batches`` of the local batch size with a per-process
+seed or a strided split); `shard_batch` and `device_prefetch` assemble the global array from the
 process-local rows.
 """
 
@@ -47,10 +48,10 @@ def distributed_environment() -> str | None:
 
   Recognised, in this order:
 
-  - ``"explicit"``: ``JAX_COORDINATOR_ADDRESS`` is set, together with ``JAX_NUM_PROCESSES`` (> 1) and
-    ``JAX_PROCESS_ID`` (any launcher: torchrun-like scripts, Kubernetes indexed jobs);
-  - ``"slurm"``: an ``srun`` step with more than one task (``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``,
-    ``SLURM_NTASKS`` > 1, ``SLURM_PROCID``, ``SLURM_LOCALID``);
+  - ``"explicit"``: ``JAX_COORDINATOR_ADDRESS`` is set, together with ``JAX_NUM_PROCESSES`` (> 1)
+    and ``JAX_PROCESS_ID`` (any launcher: torchrun-like scripts, Kubernetes indexed jobs);
+  - ``"slurm"``: an ``srun`` step with more than one task (``SLURM_JOB_ID``,
+    ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS`` > 1, ``SLURM_PROCID``, ``SLURM_LOCALID``);
   - ``"openmpi"``: ``mpirun`` with more than one rank (``OMPI_MCA_orte_hnp_uri``,
     ``OMPI_COMM_WORLD_SIZE`` > 1);
   - ``"tpu"``: a multi-host Cloud TPU slice (``TPU_WORKER_HOSTNAMES`` lists more than one host).
@@ -60,7 +61,8 @@ def distributed_environment() -> str | None:
   """
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and _env_int("JAX_NUM_PROCESSES", 1) > 1:
     if "JAX_PROCESS_ID" not in os.environ:
-      raise ValueError("JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but JAX_PROCESS_ID is not")
+      raise ValueError(
+          "JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but JAX_PROCESS_ID is not")
     return "explicit"
   slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
   if all(v in os.environ for v in slurm) and _env_int("SLURM_NTASKS", 1) > 1:
@@ -73,12 +75,13 @@ def distributed_environment() -> str | None:
 
 
 def maybe_initialize_distributed() -> bool:
-  """Calls `jax.distributed.initialize` when this process is one of several, and does nothing otherwise.
+  """Calls `jax.distributed.initialize` when this process is one of several, else does nothing.
 
   Must run before any other JAX call that touches devices. See `distributed_environment` for the
-  environments recognised. In the ``"explicit"`` case the coordinator address, process count and process
-  id come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (and
-  ``JAX_LOCAL_DEVICE_IDS`` if set, read by JAX itself); in the others JAX detects them from the cluster.
+  environments recognised. In the ``"explicit"`` case the coordinator address, process count and
+  process id come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
+  (and ``JAX_LOCAL_DEVICE_IDS`` if set, read by JAX itself); in the others JAX detects them from the
+  cluster.
 
   Returns:
     True when the distributed runtime was initialised by this call.
@@ -116,9 +119,9 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def pad_batch(batch: dict, multiple: int) -> dict:
   """Pads every leaf of ``batch`` along axis 0 to a multiple of ``multiple`` rows.
 
-  Padding rows are zeros (the padding item id) and get ``weight`` 0 (a "weight" leaf of ones is added
-  when the batch has none), so the weighted BCE is unchanged. Auxiliary losses that average over
-  non-padding sequence positions are unchanged too, because padding rows have no such position.
+  Padding rows are zeros (the padding item id) and get ``weight`` 0 (a "weight" leaf of ones is
+  added when the batch has none), so the weighted BCE is unchanged. Auxiliary losses that average
+  over non-padding sequence positions are unchanged too, because padding rows have no such position.
 
   Args:
     batch: dict of arrays with a common leading size B.
@@ -134,7 +137,8 @@ def pad_batch(batch: dict, multiple: int) -> dict:
   extra = -size % multiple
   if not extra:
     return leaves
-  return {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for k, v in leaves.items()}
+  return {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)])
+          for k, v in leaves.items()}
 
 
 def _leading_size(batch) -> int:
@@ -145,7 +149,7 @@ def _leading_size(batch) -> int:
 
 
 def _put_sharded(tree, sharding: NamedSharding):
-  """Places a tree of process-local host arrays with ``sharding`` (global arrays across processes)."""
+  """Places process-local host arrays with ``sharding`` (global arrays across processes)."""
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
   return jax.tree_util.tree_map(
@@ -178,7 +182,8 @@ def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False, axis_name: str = 
     if not pad:
       raise ValueError(
           f"batch size {size} is not a multiple of the {local} local devices of mesh axis "
-          f"{axis_name!r}; choose a multiple of {local} or pass pad=True (zero-weight padding rows)")
+          f"{axis_name!r}; choose a multiple of {local} or pass pad=True (zero-weight padding "
+          "rows)")
     batch = pad_batch(batch, local)
   return _put_sharded(batch, batch_sharding(mesh, axis_name))
 
@@ -226,14 +231,15 @@ def device_prefetch(iterator: Iterable[Any], size: int = 2, sharding=None) -> It
     yield queue.popleft()
 
 
-def make_sharded_train_step(step_fn: Callable, mesh: Mesh, *, num_args: int = 4, batch_argnum: int = 2,
+def make_sharded_train_step(step_fn: Callable, mesh: Mesh, *, num_args: int = 4,
+                            batch_argnum: int = 2,
                             axis_name: str = DATA_AXIS, donate: bool = True) -> Callable:
   """Jits a training step for data parallelism over ``mesh``.
 
-  The default signature is the training loop's ``step_fn(params, opt_state, batch, step) ->
-  (params, opt_state, scalars)`` (``solid_jax.train.step.make_train_step``; a step that is already
-  jitted is fine, the outer jit inlines it). Argument ``batch_argnum`` (a dict of [B, ...] arrays) is
-  split over ``axis_name``; every other argument is replicated, and so are the outputs. The step is
+  The default signature is the training loop's ``step_fn(params, opt_state, batch, step) -> (params,
+  opt_state, scalars)`` (``solid_jax.train.step.make_train_step``; a step that is already jitted is
+  fine, the outer jit inlines it). Argument ``batch_argnum`` (a dict of [B, ...] arrays) is split
+  over ``axis_name``; every other argument is replicated, and so are the outputs. The step is
   written for the global batch (sums and means over all rows); the SPMD partitioner turns them into
   per-device partial results and an all-reduce, so the result equals the one-device step on the same
   global batch up to floating-point summation order.
@@ -267,11 +273,13 @@ def tree_allclose(a, b, *, atol: float = 1e-5, rtol: float = 1e-5) -> bool:
   lb, tb = jax.tree_util.tree_flatten(b)
   if ta != tb:
     return False
-  return all(np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol) for x, y in zip(la, lb))
+  return all(np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+             for x, y in zip(la, lb))
 
 
 __all__ = [
-    "DATA_AXIS", "batch_sharding", "device_prefetch", "distributed_environment", "global_batch_size",
-    "make_mesh", "make_sharded_train_step", "maybe_initialize_distributed", "pad_batch", "replicate",
+    "DATA_AXIS", "batch_sharding", "device_prefetch", "distributed_environment",
+    "global_batch_size", "make_mesh", "make_sharded_train_step", "maybe_initialize_distributed",
+    "pad_batch", "replicate",
     "replicated_sharding", "shard_batch", "tree_allclose",
 ]

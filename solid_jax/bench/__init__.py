@@ -1,8 +1,9 @@
 """Throughput measurement of solid_jax models (and of the PyTorch reference).
 
 Modules:
-  synthetic    realistic synthetic batches (Zipf popularity, ml-100k history lengths, semantic table).
-  timing       warm-up excluded, device-synchronised timing; medians and percentiles; record schema.
+  synthetic    realistic synthetic batches (Zipf popularity, ml-100k history lengths,
+               semantic table).
+  timing       warm-up excluded, device-synchronised timing; medians, percentiles; records.
   throughput   the training loop's jitted step and the inference pass, compiled ahead of time and
                timed on device-resident batches under ``jax.transfer_guard("disallow")``.
   torch_bench  the same measurements for the PyTorch reference, eager and ``torch.compile``.
@@ -11,4 +12,5 @@ Modules:
   flops        analytic FLOPs / bytes per sample (SASRec models), XLA's count, measured peak.
   scaling      batch-size and catalogue-size sweeps.
   suite        the suite behind ``experiments/benchmark.py``.
+  ablation     forward + backward cost of each part of the SOLID step.
 """

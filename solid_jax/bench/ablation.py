@@ -12,9 +12,9 @@ the model uses:
 - ``codebook + decoder + semantic branch``: distances, nearest code, straight-through, the losses,
   the decoder MLP and the semantic sequence embedding.
 
-The parts are timed in interleaved rounds (wall and process CPU time); their sum is compared with the
-whole step. CPU time is reported because, on a shared machine, it is less sensitive to the load than
-wall time.
+The parts are timed in interleaved rounds (wall and process CPU time); their sum is compared with
+the whole step. CPU time is reported because, on a shared machine, it is less sensitive to the load
+than wall time.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Analytic FLOPs and bytes per sample of the SASRec models, and a measured peak FLOP/s of the host.
 
 Counting rules: a multiply-add is 2 FLOPs; a dense layer ``[n, a] @ [a, b]`` costs ``2 n a b`` plus
-``n b`` for its bias; element-wise operations cost 1 FLOP per element (transcendentals counted apart);
-gathers cost no FLOPs. The backward pass of a matmul costs two matmuls of the same size (gradients of
-both operands), so a training step is about 3x the forward pass (`TRAIN_FACTOR`); the optimizer
-(Adam, about 10 FLOPs per parameter) is shared by the whole batch and amortised per sample.
+``n b`` for its bias; element-wise operations cost 1 FLOP per element (transcendentals counted
+apart); gathers cost no FLOPs. The backward pass of a matmul costs two matmuls of the same size
+(gradients of both operands), so a training step is about 3x the forward pass (`TRAIN_FACTOR`); the
+optimizer (Adam, about 10 FLOPs per parameter) is shared by the whole batch and amortised per
+sample.
 
 The architecture is the one of ``docs/MODELS.md``: SASRec computes keys and values of all ``L``
 positions but only the query row ``n - 1`` in its (last) transformer layer.
@@ -23,7 +24,7 @@ def _dense(rows: float, n_in: int, n_out: int) -> float:
 
 
 def sasrec_components(cfg) -> dict[str, float]:
-  """Forward FLOPs per sample of each component of a SASRec model (static / duet / apg / solid head).
+  """Forward FLOPs per sample of each component of a SASRec model (any head).
 
   Args:
     cfg: a ModelConfig with ``backbone="sasrec"``.
@@ -84,6 +85,21 @@ def sasrec_components(cfg) -> dict[str, float]:
       out["consistency / commitment losses"] = 3 * 3.0 * seq * d
   out["logit"] = logit
   return out
+
+
+# Components computed once per candidate (target) rather than once per history.
+PER_CANDIDATE = ("target tower", "dynamic layers", "logit", "static head")
+
+
+def sasrec_grouped_flops_per_row(cfg, group: int) -> float:
+  """Forward FLOPs per training row when ``group`` rows share a history (the grouped step).
+
+  The history side (embeddings, transformer, generators, codebook, ...) is computed once per group;
+  the candidate side (target tower, dynamic layers, logit) once per row.
+  """
+  comps = sasrec_components(cfg)
+  per_candidate = sum(v for k, v in comps.items() if k in PER_CANDIDATE)
+  return per_candidate + (sum(comps.values()) - per_candidate) / group
 
 
 def param_count(params) -> int:
@@ -149,8 +165,8 @@ def measure_peak_flops(size: int = 2048, repeats: int = 5, dtype=None) -> dict:
 def xla_cost(cfg, batch_size: int = 256, phase: str = "forward", seed: int = 0) -> dict:
   """XLA's own count (``compiled.cost_analysis()``) per sample, with the GRU scans unrolled.
 
-  XLA counts the body of a while loop once, whatever its trip count, so the count is taken on a model
-  built with ``scan_unroll=True`` (same arithmetic, no loop).
+  XLA counts the body of a while loop once, whatever its trip count, so the count is taken on a
+  model built with ``scan_unroll=True`` (same arithmetic, no loop).
 
   Args:
     cfg: a ModelConfig.

@@ -1,13 +1,13 @@
 """Input-pipeline and evaluation throughput on a real data set.
 
 - `pipeline_throughput`: batches/s of ``sj.data.batches`` over whole epochs (in candidate groups, as
-  the training loop batches them), each epoch's ``sj.data.resample_train`` (new negatives) included in
-  the time (so amortised per batch), with the batches transferred to the device by
+  the training loop batches them), each epoch's ``sj.data.resample_train`` (new negatives) included
+  in the time (so amortised per batch), with the batches transferred to the device by
   `solid_jax.parallel.device_prefetch` and waited for. Compared with the training step's batches/s,
   it shows whether the step can starve.
 - `evaluation_timing`: the scoring pass over a whole split on the device (the training loop's
-  ``Evaluator``: one compiled ``lax.map`` over fixed-size batches) and ``sj.metrics.evaluate`` on the
-  scores, each timed apart after a compiling first call.
+  ``Evaluator``: one compiled ``lax.map`` over fixed-size batches) and ``sj.metrics.evaluate`` on
+  the scores, each timed apart after a compiling first call.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def load(dataset: str = "ml-100k", *, seq_len: int = 10, seed: int = 0):
 
 def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: int = 0,
                         prefetch: int = 2, device=None, grouped: bool = True) -> dict:
-  """Batches/s of the input pipeline as the training loop drives it, resampling and transfer included.
+  """Batches/s of the input pipeline as the training loop drives it, with resampling and transfer.
 
   Args:
     ds: the Dataset.
@@ -86,7 +86,8 @@ def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: i
           "prefetch": prefetch}
 
 
-def evaluation_timing(model, params, split: dict, *, batch_size: int = 8192, repeats: int = 3) -> dict:
+def evaluation_timing(model, params, split: dict, *, batch_size: int = 8192,
+                      repeats: int = 3) -> dict:
   """Times the on-device scoring of a split and ``sj.metrics.evaluate`` on its scores.
 
   Args:

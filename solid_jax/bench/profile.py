@@ -1,9 +1,9 @@
 """Where the time of a compiled step goes: a profiler trace attributed to source functions.
 
-`jax.profiler` records one event per executed XLA operation (a "thunk", named after its HLO instruction,
-e.g. ``fusion.12``); the compiled HLO text maps every instruction (through its fused computation) to the
-JAX operation that produced it and to the Python stack frame, i.e. the function of ``solid_jax/nn`` or
-``solid_jax/models`` that traced it. `op_time_by_source` joins the two.
+`jax.profiler` records one event per executed XLA operation (a "thunk", named after its HLO
+instruction, e.g. ``fusion.12``); the compiled HLO text maps every instruction (through its fused
+computation) to the JAX operation that produced it and to the Python stack frame, i.e. the function
+of ``solid_jax/nn`` or ``solid_jax/models`` that traced it. `op_time_by_source` joins the two.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def hlo_sources(hlo_text: str, package: str = "solid_jax") -> dict[str, dict]:
 
   Args:
     hlo_text: ``compiled.as_text()``.
-    package: the innermost stack frame inside this package (other than ``<package>/bench``) names the
-      source function; when none is, the innermost frame does.
+    package: the innermost stack frame inside this package (other than ``<package>/bench``) names
+      the source function; when none is, the innermost frame does.
 
   Returns:
     {instruction name: {"op_name": JAX name stack, "source": "file.py:function", "line": int}}.
@@ -124,7 +124,8 @@ def hlo_sources(hlo_text: str, package: str = "solid_jax") -> dict[str, dict]:
 
 def trace_op_times(trace_dir: str) -> dict[str, float]:
   """Total microseconds per XLA operation name in the newest perfetto trace under ``trace_dir``."""
-  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"), recursive=True),
+  pattern = os.path.join(trace_dir, "**", "*perfetto_trace.json.gz")
+  paths = sorted(glob.glob(pattern, recursive=True),
                  key=os.path.getmtime)
   if not paths:
     raise FileNotFoundError(f"no perfetto trace under {trace_dir}")

@@ -55,9 +55,19 @@ def estimated_bytes(cfg, batch_size: int, params_bytes: int) -> int:
   return 4 * params_bytes + 64 * int(per_sample) * batch_size
 
 
+GROUP = 5  # a positive and its 4 negatives share a history
+
+PHASES = ("train", "train_grouped", "infer")
+
+
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One measurement: a phase at a batch size and catalogue size."""
+  """One measurement: a phase at a batch size and catalogue size.
+
+  Phases: "train" (the per-row training step: every row encodes its history), "train_grouped" (the
+  training loop's step: ``round(batch / 5)`` groups of 5 rows sharing a history), "infer"
+  (generate + score per row).
+  """
 
   phase: str
   batch: int
@@ -93,7 +103,8 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
   Returns:
     A `timing.record` with "exe_bytes", or {"phase", "batch", "num_items", "skipped": reason}.
   """
-  base = {"phase": point.phase, "batch": point.batch, "num_items": point.num_items}
+  base = {"phase": point.phase, "batch": point.batch, "batch_flag": point.batch,
+          "num_items": point.num_items}
   cfg = throughput.model_config(backbone, method, num_items=point.num_items,
                                 num_semantics=num_semantics)
   model = sj.make_model(cfg)
@@ -108,7 +119,11 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
   catalog = synthetic.make_catalog(point.num_items, num_semantics, cfg.seq_len, seed=seed)
   batches = synthetic.make_batches(catalog, point.batch, num_batches, seed=seed)
   start = time.perf_counter()
-  if point.phase == "train":
+  if point.phase == "train_grouped":
+    rows = max(1, round(point.batch / GROUP)) * GROUP
+    batches = synthetic.make_batches(catalog, rows, num_batches, seed=seed)
+    bench = throughput.TrainBench(model, params, batches, grouped=True)
+  elif point.phase == "train":
     bench = throughput.TrainBench(model, params, batches)
   else:
     bench = throughput.InferBench(model, params, batches)
@@ -120,14 +135,16 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
   repeats, steps = repeats_for(point.batch, point.num_items)
   step_ms = bench.time(repeats=repeats, steps_per_repeat=steps, warmup=1)
   info = bench.summary()
-  rec = timing.record("solid_jax", point.phase, point.batch, step_ms,
+  rec = timing.record("solid_jax", point.phase, bench.batch_size, step_ms, batch_flag=point.batch,
                       compile_s=info.pop("compile_s"), backbone=backbone, method=method,
                       num_items=point.num_items, num_semantics=num_semantics, exe_bytes=exe,
                       params=int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
                       point_wall_s=time.perf_counter() - start, **info)
   if cfg.backbone == "sasrec":
     forward = sum(flops_lib.sasrec_components(cfg).values())
-    per_sample = forward * (flops_lib.TRAIN_FACTOR if point.phase == "train" else 1.0)
+    if point.phase == "train_grouped":
+      forward = flops_lib.sasrec_grouped_flops_per_row(cfg, GROUP)
+    per_sample = forward * (1.0 if point.phase == "infer" else flops_lib.TRAIN_FACTOR)
     rec["analytic_flops_per_sample"] = per_sample
     rec["achieved_gflops_per_s"] = per_sample * rec["samples_per_s"] / 1e9
   log(f"{point.phase:<5} B={point.batch:<6} items={point.num_items:<8} "
@@ -138,7 +155,7 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
 
 
 def run_scaling(batch_sizes, catalog_sizes, *, base_items: int = 1683, base_batch: int = 1024,
-                phases=("train", "infer"), log=print, **kwargs) -> list[dict]:
+                phases=PHASES, log=print, **kwargs) -> list[dict]:
   """Batch sweep at ``base_items``, then catalogue sweep at ``base_batch``, for every phase."""
   points = [("batch", Point(p, b, base_items)) for p in phases for b in batch_sizes]
   points += [("catalog", Point(p, base_batch, n)) for p in phases for n in catalog_sizes]

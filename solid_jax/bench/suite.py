@@ -1,9 +1,10 @@
 """The benchmark suite behind ``experiments/benchmark.py``: solid_jax against the PyTorch reference.
 
-`run_suite` times, for every (backbone, method), the training step and the inference pass of solid_jax
-and (when a torch API is given) of the PyTorch reference eager and under ``torch.compile``, all on the
-same synthetic batches (`synthetic`), in one process, one after the other, so their ratios are taken
-under the same conditions. The result is the JSON document described in ``docs/PERFORMANCE.md``.
+`run_suite` times, for every (backbone, method), the training step and the inference pass of
+solid_jax and (when a torch API is given) of the PyTorch reference eager and under
+``torch.compile``, all on the same synthetic batches (`synthetic`), in one process, one after the
+other, so their ratios are taken under the same conditions. The result is the JSON document
+described in ``docs/PERFORMANCE.md``.
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
                                        warmup=opts.warmup)
     for impl, extra, bench in benches:
       info = bench.summary()
-      rec = timing.record(impl, phase, bench.batch_size, times[id(bench)], batch_flag=opts.batch_size,
+      rec = timing.record(impl, phase, bench.batch_size, times[id(bench)],
+                          batch_flag=opts.batch_size,
                           compile_s=info.pop("compile_s"), **common, **extra, **info)
       rec.update(achieved_gflops(rec))
       records.append(rec)
@@ -257,7 +259,7 @@ def _line(rec: dict) -> str:
 
 
 def ratios(records: list[dict]) -> dict:
-  """solid_jax's samples/s over each torch variant's (its fastest thread setting), per model/phase."""
+  """solid_jax's samples/s over each torch variant's (its fastest thread setting), per model."""
   by_key = {}
   for r in records:
     if "samples_per_s" in r:

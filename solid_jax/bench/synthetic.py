@@ -1,21 +1,22 @@
 """Synthetic but realistic batches for throughput measurements.
 
-A synthetic batch has the layout of a training split (SPEC section 4) and the statistics that matter for
-speed:
+A synthetic batch has the layout of a training split (SPEC section 4) and the statistics that matter
+for speed:
 
-- item popularity follows a Zipf law over the catalogue, p(rank r) ∝ r^-s (s = 1 by default, the classic
-  value for e-commerce catalogues; a fit of ml-100k's rank-frequency curve gives s ≈ 0.8 over its top 1,000
-  items, and the exponent is a parameter). Which item holds which rank is a fixed random permutation;
-- history lengths follow the empirical distribution of ml-100k's training rows under the SPEC section 3
-  protocol, min(n, 10): every user contributes one row of each length 1..9 and all its later rows have a
-  full window, so 91% of the rows are full (`ML100K_HISTORY_LENGTH_COUNTS`, checked against the data by
-  `tests/bench/synthetic_test.py`);
+- item popularity follows a Zipf law over the catalogue, p(rank r) ∝ r^-s (s = 1 by default, the
+  classic value for e-commerce catalogues; a fit of ml-100k's rank-frequency curve gives s ≈ 0.8
+  over its top 1,000 items, and the exponent is a parameter). Which item holds which rank is a fixed
+  random permutation;
+- history lengths follow the empirical distribution of ml-100k's training rows under the SPEC
+  section 3 protocol, min(n, 10): every user contributes one row of each length 1..9 and all its
+  later rows have a full window, so 91% of the rows are full (`ML100K_HISTORY_LENGTH_COUNTS`,
+  checked against the data by `tests/bench/synthetic_test.py`);
 - rows come in groups of ``1 + negatives`` sharing one history, the first a positive (drawn from the
   Zipf law), the others negatives drawn uniformly from the catalogue (as the protocol samples them);
 - semantic ids come from a fixed random item -> semantic table (padding 0 -> 0).
 
-Everything is a pure function of the seed; batches are NumPy arrays (the benchmark places them on the
-device explicitly before timing).
+Everything is a pure function of the seed; batches are NumPy arrays (the benchmark places them on
+the device explicitly before timing).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import dataclasses
 
 import numpy as np
 
-# Number of ml-100k training rows (SPEC section 3 protocol, with a validation split) whose history has
-# length n = 1..10 (index n - 1): 943 users, each with >= 20 events.
+# Number of ml-100k training rows (SPEC section 3 protocol, with a validation split) whose history
+# has length n = 1..10 (index n - 1): 943 users, each with >= 20 events.
 ML100K_HISTORY_LENGTH_COUNTS = (943, 943, 943, 943, 943, 943, 943, 943, 943, 88684)
 
 
@@ -67,8 +68,9 @@ class SyntheticCatalog:
   length_probs: np.ndarray
 
 
-def make_catalog(num_items: int, num_semantics: int, seq_len: int = 10, *, zipf_exponent: float = 1.0,
-                 seed: int = 0, length_counts=ML100K_HISTORY_LENGTH_COUNTS) -> SyntheticCatalog:
+def make_catalog(num_items: int, num_semantics: int, seq_len: int = 10, *,
+                 zipf_exponent: float = 1.0, seed: int = 0,
+                 length_counts=ML100K_HISTORY_LENGTH_COUNTS) -> SyntheticCatalog:
   """Builds a catalogue with Zipf popularity and a random item -> semantic table.
 
   Args:
@@ -83,12 +85,14 @@ def make_catalog(num_items: int, num_semantics: int, seq_len: int = 10, *, zipf_
     A `SyntheticCatalog`.
   """
   if num_items < 2 or num_semantics < 2:
-    raise ValueError(f"need num_items >= 2 and num_semantics >= 2, got {num_items}, {num_semantics}")
+    raise ValueError(
+        f"need num_items >= 2 and num_semantics >= 2, got {num_items}, {num_semantics}")
   rng = np.random.default_rng(seed)
   n = num_items - 1
   by_rank = np.arange(1, n + 1, dtype=np.float64) ** -zipf_exponent
   weights = np.empty(n, np.float64)
-  weights[rng.permutation(n)] = by_rank  # item i (1-based: i + 1) gets the popularity of a random rank
+  # Item i + 1 gets the popularity of a random rank.
+  weights[rng.permutation(n)] = by_rank
   cdf = np.cumsum(weights)
   cdf /= cdf[-1]
   item_semantic = np.zeros(num_items, np.int32)
@@ -102,7 +106,8 @@ def _zipf_items(catalog: SyntheticCatalog, rng: np.random.Generator, shape) -> n
   return (np.minimum(idx, catalog.num_items - 2) + 1).astype(np.int32)
 
 
-def make_batch(catalog: SyntheticCatalog, batch_size: int, seed: int, *, negatives: int = 4) -> dict:
+def make_batch(catalog: SyntheticCatalog, batch_size: int, seed: int, *,
+               negatives: int = 4) -> dict:
   """One synthetic training batch, laid out like the training split.
 
   Rows come in groups of ``negatives + 1`` consecutive rows that share a user and a history, the

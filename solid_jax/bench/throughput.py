@@ -1,16 +1,18 @@
 """Throughput of solid_jax models: the training step and the inference pass, timed honestly.
 
-- Training: the training loop's own step (``solid_jax.train.step.make_train_step``), so what is timed is
-  what trains: one jitted function ``(params, opt_state, batch, step) -> (params, opt_state, scalars)``
-  with ``params`` and ``opt_state`` donated; Adam (optax) on ``sum(weight * BCE) / sum(weight) +
-  aux["aux_loss"]``, updates masked by ``model.trainable``, then ``model.update_state``.
+- Training: the training loop's own step (``solid_jax.train.step.make_train_step``), so what is
+  timed is what trains: one jitted function ``(params, opt_state, batch, step) -> (params,
+  opt_state, scalars)`` with ``params`` and ``opt_state`` donated; Adam (optax) on ``sum(weight *
+  BCE) / sum(weight) + aux["aux_loss"]``, updates masked by ``model.trainable``, then
+  ``model.update_state``.
 - Inference: ``score(params, generate(params, batch), batch)`` jitted as one function.
-- Compilation (trace + lower + compile, ahead of time) is timed apart; the timed loop calls the compiled
-  executable with batches placed on the device beforehand, under ``jax.transfer_guard("disallow")``,
-  after an untimed warm-up, and waits with ``block_until_ready`` before reading the clock.
+- Compilation (trace + lower + compile, ahead of time) is timed apart; the timed loop calls the
+  compiled executable with batches placed on the device beforehand, under
+  ``jax.transfer_guard("disallow")``, after an untimed warm-up, and waits with ``block_until_ready``
+  before reading the clock.
 - ``compute_dtype=bfloat16`` is mixed precision: float32 master parameters and optimizer state, the
-  floating parameters cast to bfloat16 inside the step (the gradient flows back through the cast), the
-  logits cast back to float32 for the loss.
+  floating parameters cast to bfloat16 inside the step (the gradient flows back through the cast),
+  the logits cast back to float32 for the loss.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ METHODS = ("static", "duet", "apg", "solid", "solid_apg")
 
 
 def model_config(backbone: str, method: str, *, num_items: int, num_semantics: int,
-                 seq_len: int = 10, dim: int = 32, codebook: str = "straight_through") -> ModelConfig:
+                 seq_len: int = 10, dim: int = 32,
+                 codebook: str = "straight_through") -> ModelConfig:
   """The ModelConfig of ``method`` as training builds it (stage 2 for the SOLID methods).
 
   Args:
@@ -68,7 +71,7 @@ def cast_floating(tree, dtype):
 
 
 def mixed_precision(model, compute_dtype):
-  """``model`` whose ``apply`` / ``generate`` / ``score`` run on parameters cast to ``compute_dtype``.
+  """``model`` with ``apply`` / ``generate`` / ``score`` on parameters cast to ``compute_dtype``.
 
   The parameters stay float32 outside (master weights, optimizer state); the gradient flows back to
   them through the cast. Logits are returned in float32.
@@ -174,7 +177,8 @@ class TrainBench:
     if grouped:
       self.group = step_lib.candidate_groups(host_batches[0])
       if self.group is None or self.batch_size % self.group:
-        raise ValueError("grouped=True needs batches made of whole groups of rows sharing a history")
+        raise ValueError(
+            "grouped=True needs batches made of whole groups of rows sharing a history")
       host_batches = [step_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group)
                       for b in host_batches]
     self.batches = [jax.device_put(select(b, TRAIN_KEYS), self.device) for b in host_batches]

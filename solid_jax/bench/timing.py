@@ -1,8 +1,8 @@
 """Honest wall-clock timing: warm-up excluded, device synchronised, medians and percentiles.
 
 One *repeat* runs ``steps_per_repeat`` steps back to back (so asynchronous dispatch overlaps as in a
-real loop) and then waits for the device; its wall time divided by ``steps_per_repeat`` is one sample
-of the per-step time. The summary is the median and the 10th/90th percentiles over repeats.
+real loop) and then waits for the device; its wall time divided by ``steps_per_repeat`` is one
+sample of the per-step time. The summary is the median and the 10th/90th percentiles over repeats.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Throughput of the PyTorch reference (eager and ``torch.compile``), timed like `throughput`.
 
-The caller passes the reference's ``build_torch_model(cfg)`` and ``train_step(model, opt, batch, labels)``
-(``reference/torch_models.py``), so this module imports neither the reference nor, at import time, torch.
+The caller passes the reference's ``build_torch_model(cfg)`` and ``train_step(model, opt, batch,
+labels)`` (``reference/torch_models.py``), so this module imports neither the reference nor, at
+import time, torch.
 
-- Training: ``train_step`` with ``torch.optim.Adam(lr)`` over the model's parameters, on tensors placed on
-  the device before timing. ``torch.compile`` variant: the model's forward compiled (``dynamic=False``;
-  AOTAutograd compiles the backward too); the first two steps, which compile, are timed apart as
-  ``compile_s`` (their execution included).
+- Training: ``train_step`` with ``torch.optim.Adam(lr)`` over the model's parameters, on tensors
+  placed on the device before timing. ``torch.compile`` variant: the model's forward compiled
+  (``dynamic=False``; AOTAutograd compiles the backward too); the first two steps, which compile,
+  are timed apart as ``compile_s`` (their execution included).
 - Inference: ``model(batch)`` under ``torch.inference_mode()`` (the reference computes the per-user
   weights and applies them in one forward: the work of solid_jax's generate + score).
-- ``dtype="bfloat16"``: ``torch.autocast`` mixed precision (float32 master weights), the counterpart of
-  solid_jax's bfloat16 compute.
+- ``dtype="bfloat16"``: ``torch.autocast`` mixed precision (float32 master weights), the counterpart
+  of solid_jax's bfloat16 compute.
 - ``threads``: intra-op threads while this benchmark runs (0: torch's default, the number of cores).
 - On CUDA every repeat ends with ``torch.cuda.synchronize()``.
 """

@@ -1,4 +1,4 @@
-"""Per-component timings of the SOLID step: every part runs, and the parts add up to about the step."""
+"""Per-component timings of the SOLID step: every part runs; the parts add up to about the step."""
 
 import pytest
 

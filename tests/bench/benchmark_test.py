@@ -10,8 +10,8 @@ import pytest
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 REPO = pathlib.Path(__file__).resolve().parents[2]
-RECORD_KEYS = {"impl", "backbone", "method", "phase", "batch", "samples_per_s", "median_ms", "p10_ms",
-               "p90_ms", "compile_s"}
+RECORD_KEYS = {"impl", "backbone", "method", "phase", "batch", "samples_per_s", "median_ms",
+               "p10_ms", "p90_ms", "compile_s"}
 
 
 pytestmark = pytest.mark.slow  # one benchmark process, about 30 s on 2 cores
@@ -22,7 +22,8 @@ def doc(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "bench.json"
   cmd = [sys.executable, "-m", "experiments.benchmark", "--backbone=sasrec", "--method=static",
          "--batch_size=64", "--repeats=2", "--steps_per_repeat=1", "--warmup=1", "--num_batches=2",
-         "--compare=torch_eager", "--pipeline_epochs=1", "--eval_batch_size=16384", "--min_pipeline_ratio=0",
+         "--compare=torch_eager", "--pipeline_epochs=1", "--eval_batch_size=16384",
+         "--min_pipeline_ratio=0",
          "--device=cpu", f"--output={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]

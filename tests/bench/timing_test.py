@@ -14,7 +14,8 @@ def test_summarize_matches_numpy():
 
 
 def test_record_throughput_from_the_median():
-  r = timing.record("solid_jax", "train", 1000, [10.0, 20.0, 30.0], compile_s=1.5, backbone="sasrec")
+  r = timing.record("solid_jax", "train", 1000, [10.0, 20.0, 30.0], compile_s=1.5,
+                    backbone="sasrec")
   assert r["samples_per_s"] == 1000 / 0.020
   assert r["samples_per_s_p10"] <= r["samples_per_s"] <= r["samples_per_s_p90"]
   assert r["compile_s"] == 1.5 and r["backbone"] == "sasrec" and r["batch"] == 1000

@@ -1,4 +1,4 @@
-"""Sharded vs one-device training steps of SASRec+SOLID, run in a fresh process with fake CPU devices.
+"""Sharded vs one-device training steps of SASRec+SOLID, in a fresh process with fake CPU devices.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel/sharded_check.py
 
@@ -32,8 +32,9 @@ BATCH = 64
 
 
 def diffs(a, b) -> np.ndarray:
+  pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
   return np.concatenate([np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).ravel()
-                         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))])
+                         for x, y in pairs])
 
 
 def run_single(model, tx, params0, batches):

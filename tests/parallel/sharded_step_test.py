@@ -1,7 +1,7 @@
 """The data-parallel training step equals the one-device step (SASRec+SOLID, 8 fake CPU devices).
 
-`sharded_check.py` runs in a subprocess because ``--xla_force_host_platform_device_count`` must be set
-before JAX is imported.
+`sharded_check.py` runs in a subprocess because ``--xla_force_host_platform_device_count`` must be
+set before JAX is imported.
 """
 
 import json
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow  # one process compiling four SOLID training steps
 @pytest.fixture(scope="module")
 def report():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], env=env, cwd=HERE.parents[1],
-                        capture_output=True, text=True, timeout=600, check=False)
+  proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], env=env,
+                        cwd=HERE.parents[1], capture_output=True, text=True, timeout=600,
+                        check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -46,8 +47,8 @@ def test_sgd_trajectory_matches_one_device(report):
 def test_adam_trajectory_matches_one_device(report):
   # Adam (the training optimizer): losses agree to 1e-5. Its update g / (sqrt(v) + 1e-8) turns the
   # float32 summation-order noise of gradient entries near 1e-8 into updates of size ~lr, so a few
-  # parameters may differ by up to ~lr (a single device with the batch rows permuted shows the same);
-  # a missing or wrong gradient all-reduce would move almost every parameter by ~lr.
+  # parameters may differ by up to ~lr (a single device with the batch rows permuted shows the
+  # same); a missing or wrong gradient all-reduce would move almost every parameter by ~lr.
   r = report["adam"]
   for a, b in zip(r["single_losses"], r["sharded_losses"]):
     assert abs(a - b) < 1e-5
