@@ -19,6 +19,7 @@ from solid_jax.train import cli
 from solid_jax.train import stages
 
 FLAGS = flags.FLAGS
+cli.single_threaded_cpu_kernels()
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 flags.DEFINE_string("workdir_root", "/tmp/solid_jax_main", "parent of the per-method workdirs")

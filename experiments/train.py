@@ -21,6 +21,7 @@ from solid_jax.train import cli
 from solid_jax.train import stages
 
 FLAGS = flags.FLAGS
+cli.single_threaded_cpu_kernels()
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 cli.define_flags(FLAGS)

@@ -18,6 +18,19 @@ from absl import flags
 from solid_jax.train.config import TrainConfig
 
 
+def single_threaded_cpu_kernels() -> None:
+  """Runs XLA's CPU matmul/conv kernels on the calling thread (``--xla_cpu_multi_thread_eigen``).
+
+  On a few shared CPU cores this costs no speed for these small models, and it removes the
+  scheduling of kernel work across threads as a possible source of run-to-run differences in the
+  last bits. It only takes effect before the JAX backend starts (call it at launcher import); an
+  explicit setting of the flag in ``XLA_FLAGS`` is kept.
+  """
+  current = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" not in current:
+    os.environ["XLA_FLAGS"] = f"{current} --xla_cpu_multi_thread_eigen=false".strip()
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, *, with_workdir: bool = True
                  ) -> None:
   """Defines ``--config``, ``--workdir`` and one flag per TrainConfig field in ``flag_values``."""
