@@ -1,9 +1,9 @@
 """TrainConfig: everything that fixes a training run (pure data, no absl, no JAX).
 
 One run = one method on one dataset with one seed. The defaults are the SOLID authors' settings
-(SPEC section 2 and 3); ``experiments/configs/*.py`` start from them and launcher flags override single
-fields. Every field carries its help text in ``metadata["help"]``; the launcher turns each field into an
-absl flag of the same name.
+(SPEC sections 2 and 3); ``experiments/configs/*.py`` start from them and launcher flags override
+single fields. Every field carries its help text in ``metadata["help"]``; the launcher turns each
+field into an absl flag of the same name.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ METHODS = ("static", "duet", "apg", "solid", "solid_apg")
 SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
 SELECT_ON = ("valid", "test")
 
-# Fields that change how a run is displayed, not what it computes: they may differ between the
-# launch and a relaunch on the same workdir.
-DISPLAY_FIELDS = ("progress", "tensorboard")
+# Fields that change how a run is carried out or displayed, not what it computes (metrics, records
+# and checkpoints' contents are the same): they may differ between a launch and a relaunch on the
+# same workdir.
+RUNTIME_FIELDS = ("progress", "tensorboard", "prefetch", "check_every_steps",
+                  "checkpoint_every_steps")
 
 
 def _field(default, help_text: str, **kwargs):
@@ -175,7 +177,7 @@ class TrainConfig:
                                        num_semantics=num_semantics, **common)
     raise ValueError(f"unknown stage {stage!r}")
 
-  # -- (de)serialisation ----------------------------------------------------------------------------
+  # -- (de)serialisation --------------------------------------------------------------------------
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -190,7 +192,7 @@ class TrainConfig:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any],
-                       ignore: tuple[str, ...] = DISPLAY_FIELDS) -> list[str]:
+                       ignore: tuple[str, ...] = RUNTIME_FIELDS) -> list[str]:
   """Human-readable differences between two configuration dicts (``name: saved -> current``)."""
   out = []
   for name in sorted(set(saved) | set(current)):

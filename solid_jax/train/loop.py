@@ -135,16 +135,19 @@ class _Running:
     self.weight = float(state.get("weight", 0.0))
 
   def add(self, scalars: dict[str, np.ndarray]) -> None:
-    weights = scalars["weight"].astype(np.float64)
+    # One step at a time, so the sums do not depend on how steps were fetched in chunks (the
+    # check and checkpoint intervals). The loss is averaged over rows, the statistics over steps.
+    weights = [float(w) for w in scalars["weight"]]
     for key, values in scalars.items():
       if key == "weight":
         continue
-      values = values.astype(np.float64)
-      # The loss is averaged over rows (weighted), the statistics over steps.
-      total = np.sum(values * weights) if key in ("loss", "bce") else np.sum(values)
-      self.sums[key] = self.sums.get(key, 0.0) + float(total)
+      total = self.sums.get(key, 0.0)
+      for value, weight in zip(values.tolist(), weights):
+        total += value * weight if key in ("loss", "bce") else value
+      self.sums[key] = total
     self.count += len(weights)
-    self.weight += float(np.sum(weights))
+    for weight in weights:
+      self.weight += weight
 
   def means(self) -> dict[str, float]:
     out = {}
