@@ -367,6 +367,9 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       table = _kmeans_table(config, ds, np.asarray(params0["item_embedding"]))
       sem_seconds = time.perf_counter() - t0
       semantics_lib.save_table(sem_prefix, table, provenance)
+    elif config.needs_stage0 and loop.stage_result(os.path.join(workdir, "stage0")) is not None:
+      done = loop.stage_result(os.path.join(workdir, "stage0"))  # clustered in an earlier launch
+      stage_results["stage0"] = {k: v for k, v in done.items() if k != "history"}
     num_semantics = int(table.max()) + 1
     data = _stage_data(splits, ds, table, batches)
     if config.stage1_dir:

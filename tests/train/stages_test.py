@@ -175,6 +175,11 @@ def test_id_semantics_train_stage0_then_cluster(tiny_config, tmp_path):
   assert info["source"] == "id" and info["k"] == 4 and info["num_semantics"] == 5
   assert table[0] == 0 and sorted(set(table[1:].tolist())) == [1, 2, 3, 4]
   assert results["semantics"]["source"] == "id"
+  # Killed after the clustering: the relaunch reads stage 0 and the table back.
+  os.remove(os.path.join(workdir, "results.json"))
+  again = stages.run_experiment(config, workdir)
+  assert again["stages"]["stage0"] == results["stages"]["stage0"]
+  assert again["test"] == results["test"]
 
 
 @pytest.mark.slow
