@@ -6,8 +6,8 @@ id in 1..C. Two kinds of source (SPEC section 2, "Semantics"):
 - **labels**: one label per item (MovieLens' first genre, an Amazon category path cut at a depth,
   an S3-Rec attribute id). ``from_labels`` numbers the distinct labels; items without a label share
   one extra id (0 is reserved for padding, so they cannot keep it).
-- **k-means** over item vectors: trained item-id embeddings of a stage-0 DUET model, the CLIP text or
-  image features of a dataset, or their concatenation, each part L2-normalised
+- **k-means** over item vectors: trained item-id embeddings of a stage-0 DUET model, the CLIP
+  text or image features of a dataset, or their concatenation, each part L2-normalised
   (``item_vectors``, ``cluster_items``). The clustering is ``solid_jax.nn.codebook.kmeans``
   (k-means++ seeding, jit-compiled Lloyd iterations, a fixed PRNG seed).
 

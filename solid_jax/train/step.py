@@ -1,10 +1,13 @@
 """The jit-compiled pure functions of training and evaluation.
 
-- ``make_optimizer``: Adam on the trainable leaves (``model.trainable(params)``), zero updates elsewhere.
+- ``make_optimizer``: Adam on the trainable leaves (``model.trainable(params)``), zero updates
+  elsewhere.
 - ``make_train_step``: one optimizer step ``(params, opt_state, batch, step) -> (params, opt_state,
-  scalars)``, jit-compiled once with the parameter and optimizer buffers donated.
-- ``make_evaluator``: scores a whole split on the device in fixed-size batches (one compiled
-  ``lax.map`` over the batches), then ``solid_jax.metrics.evaluate``.
+  scalars)``, jit-compiled once with the parameter and optimizer buffers donated; over single rows
+  or over candidate groups (one history, G candidates: ``candidate_groups``, ``to_groups``).
+- ``Evaluator``: scores a whole split on the device in fixed-size batches (one compiled ``lax.map``
+  over the batches; grouped splits generate the per-user weights once per history), then
+  ``solid_jax.metrics.evaluate``.
 
 Training loss everywhere (DESIGN.md): ``sum(weight * BCE(logits, label)) / sum(weight) +
 aux["aux_loss"]``; padding rows of the last batch have weight 0.
