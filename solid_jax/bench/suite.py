@@ -139,12 +139,16 @@ def device_info(device, torch_device: str | None) -> dict:
           "torch": torch_device}
 
 
-def _analytic(cfg) -> dict:
+def _analytic(cfg, group: int | None = None) -> dict:
   if cfg.backbone != "sasrec":
     return {}
   forward = sum(flops_lib.sasrec_components(cfg).values())
-  return {"analytic_forward_flops_per_sample": forward,
-          "analytic_train_flops_per_sample": flops_lib.TRAIN_FACTOR * forward}
+  out = {"analytic_forward_flops_per_sample": forward,
+         "analytic_train_flops_per_sample": flops_lib.TRAIN_FACTOR * forward}
+  if group:
+    out["analytic_train_flops_per_sample"] = flops_lib.TRAIN_FACTOR * \
+        flops_lib.sasrec_grouped_flops_per_row(cfg, group)
+  return out
 
 
 def achieved_gflops(rec: dict) -> dict:
@@ -201,7 +205,8 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
     ours = {"params": n_params, "device": str(device)}
     if phase == "train":
       if opts.grouped_train:
-        benches.append(("solid_jax", {**ours, "variant": "grouped (the training loop's step)"},
+        benches.append(("solid_jax", {**ours, "variant": "grouped (the training loop's step)",
+                                      **_analytic(cfg, group)},
                         throughput.TrainBench(model, params, grouped_batches, compute_dtype=dtype,
                                               device=device, grouped=True)))
       benches.append(("solid_jax_per_row" if opts.grouped_train else "solid_jax",
@@ -242,7 +247,7 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
       info = bench.summary()
       rec = timing.record(impl, phase, bench.batch_size, times[id(bench)],
                           batch_flag=opts.batch_size,
-                          compile_s=info.pop("compile_s"), **common, **extra, **info)
+                          compile_s=info.pop("compile_s"), **{**common, **extra}, **info)
       rec.update(achieved_gflops(rec))
       records.append(rec)
       log(_line(rec))
