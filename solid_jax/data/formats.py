@@ -514,14 +514,7 @@ def _parse_lcrec(spec: FolderSpec, name: str, source: str) -> Dataset:
       side[key] = _read_codes(spec.files[role], index, size)
   user_side = {}
   if "user2id" in spec.files:
-    names, user_index, user_lines = _read_pairs(spec.files["user2id"])
-    uidx = _to_int(user_index, spec.files["user2id"], user_lines, ["index"] * len(user_lines))
-    reviewer = [""] * len(user_vocab)
-    uindex = _index_of(user_vocab)
-    for raw, idx in zip(names, uidx.tolist()):
-      if str(idx) in uindex:
-        reviewer[uindex[str(idx)]] = raw
-    user_side["reviewer_id"] = reviewer
+    user_side["reviewer_id"] = _read_reviewer_ids(spec.files["user2id"], user_vocab)
   return _assemble(spec, name, source, user_vocab, item_vocab, offsets, item_codes[order], side,
                    user_side)
 
@@ -640,16 +633,21 @@ def _parse_unisrec(spec: FolderSpec, name: str, source: str) -> Dataset:
       side[key] = _read_features(spec.files[role], item_vocab, catalogue)
   user_side = {}
   if "user2index" in spec.files:
-    names_, user_index, user_lines = _read_pairs(spec.files["user2index"])
-    uidx = _to_int(user_index, spec.files["user2index"], user_lines, ["index"] * len(user_lines))
-    uindex = _index_of(user_vocab)
-    reviewer = [""] * len(user_vocab)
-    for raw, idx in zip(names_, uidx.tolist()):
-      if str(idx) in uindex:
-        reviewer[uindex[str(idx)]] = raw
-    user_side["reviewer_id"] = reviewer
+    user_side["reviewer_id"] = _read_reviewer_ids(spec.files["user2index"], user_vocab)
   return _assemble(spec, name, source, user_vocab, item_vocab, offsets, item_codes[order], side,
                    user_side)
+
+
+def _read_reviewer_ids(path: pathlib.Path, user_vocab: Sequence[str]) -> list[str]:
+  """``reviewerID<TAB>user_index`` pairs -> the raw reviewer id of every internal user ("" if none)."""
+  names, user_index, user_lines = _read_pairs(path)
+  uidx = _to_int(user_index, path, user_lines, ["index"] * len(user_lines))
+  uindex = _index_of(user_vocab)
+  reviewer = [""] * len(user_vocab)
+  for raw, idx in zip(names, uidx.tolist()):
+    if str(idx) in uindex:
+      reviewer[uindex[str(idx)]] = raw
+  return reviewer
 
 
 def _read_features(path: pathlib.Path, item_vocab: Sequence[str], catalogue: np.ndarray | None,
