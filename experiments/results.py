@@ -184,14 +184,17 @@ def render(tables: Mapping[str, Mapping[str, Mapping[str, Any]]], epochs: int,
                 f"{agg['train_minutes'][0]:.1f}"]
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for solid, base in (("solid", "duet"), ("solid_apg", "apg")):
+    for solid, base in (("solid", "duet"), ("solid_apg", "apg"), ("solid", "static"),
+                        ("solid_apg", "static")):
       if solid in rows and base in rows:
         v = {m: compare(rows[solid], rows[base], m) for m in ("uauc", "ndcg@10", "hr@10")}
         verdicts.append(f"- {group.title}: {LABELS[solid]} vs {LABELS[base]}: " +
                         ", ".join(f"{m.upper()} {v[m]}" for m in v))
   lines += ["## Where SOLID wins, ties or loses", "",
             "A win or loss is a difference of test means larger than sqrt(std_a² + std_b²), the "
-            "spread of a difference of two single runs; anything smaller is a tie.", ""]
+            "spread of a difference of two single runs; anything smaller is a tie. Each SOLID "
+            "variant is compared with the generator it is built on (DUET or APG) and with the "
+            "static head.", ""]
   lines += verdicts or ["- no finished pair of runs yet"]
   lines.append("")
   return "\n".join(lines)
