@@ -28,13 +28,19 @@ from solid_jax.train import stages
 from solid_jax.train.config import TrainConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir_root", "/tmp/solid_jax_results", "parent of the per-run workdirs")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every run")
-flags.DEFINE_integer("epochs", 5, "epochs of every stage")
-flags.DEFINE_list("groups", [], "only these groups (names as in GROUPS); empty = all")
-flags.DEFINE_bool("report_only", False, "do not train; write the report from finished runs")
-flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "docs", "RESULTS.md"), "where the report goes")
+
+
+def define_flags() -> None:
+  """Defines the launcher's flags (only when run as a program, so importing this module for its
+  functions never clashes with other launchers' flags)."""
+  flags.DEFINE_string("workdir_root", "/tmp/solid_jax_results", "parent of the per-run workdirs")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every run")
+  flags.DEFINE_integer("epochs", 5, "epochs of every stage")
+  flags.DEFINE_list("groups", [], "only these groups (names as in GROUPS); empty = all")
+  flags.DEFINE_bool("report_only", False, "do not train; write the report from finished runs")
+  flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "docs", "RESULTS.md"), "where the report goes")
+
 
 METHODS = ("static", "duet", "apg", "solid", "solid_apg")
 LABELS = {"static": "static", "duet": "DUET", "apg": "APG", "solid": "SOLID (DUET)",
@@ -239,4 +245,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
