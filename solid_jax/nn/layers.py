@@ -8,6 +8,7 @@ out]`` (a PyTorch ``nn.Linear`` stores its transpose). The exact equations are i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -269,15 +270,109 @@ def gru_last_states(
   real item (zeros when ``lengths == 0``). Input projections are computed for all steps with one
   matmul before the scan; the scan only does the recurrent matmuls.
 
+  The gradient is hand-written (``jax.custom_vjp``, see ``_gru_backward``): the forward scan keeps
+  each step's gates, a reverse scan computes the gate gradients step by step, and the weight
+  gradients are then ONE matmul over all steps and rows (``[n, L*B] @ [L*B, 3h]``) instead of one
+  small matmul per step. On CPU this makes the GRU's forward + backward about 1.6x faster than
+  differentiating the scan; the values are the same (``tests/nn/gru_vjp_test.py``).
+
   Args:
     params_list: one ``gru_init`` dict per GRU.
     xs_list: float[B, L, n_in] inputs, one per GRU (same B and L).
     lengths: int[B], the number of real items n of each row.
-    unroll: ``lax.scan`` unroll factor.
+    unroll: ``lax.scan`` unroll factor (``True``: fully unrolled; best on CPU for short L).
 
   Returns:
     A list of float[B, h], the state at position ``n-1`` of each GRU.
   """
+  return list(_gru_last_states(unroll, list(params_list), list(xs_list), lengths))
+
+
+def _gru_live(xs: Array, lengths: Array) -> Array:
+  """bool[L, B, 1]: step t of row b is a real item (``t < lengths[b]``)."""
+  steps = jnp.arange(xs.shape[1])
+  return (steps[:, None] < lengths[None, :])[..., None]
+
+
+def _gru_forward(unroll, params_list, xs_list, lengths):
+  """The forward scan; returns (final states, per-GRU residuals for the backward)."""
+  live = _gru_live(xs_list[0], lengths)
+  xs_tm = [jnp.swapaxes(xs, 0, 1) for xs in xs_list]  # [L, B, n_in], time-major
+  gis = [x @ p["w_ih"] + p["b_ih"] for p, x in zip(params_list, xs_tm)]
+  h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), gi.dtype)
+        for p, xs, gi in zip(params_list, xs_list, gis)]
+
+  def step(hs, inputs):
+    gi_t, live_t = inputs
+    new_hs, saved = [], []
+    for p, g, h in zip(params_list, gi_t, hs):
+      hidden = h.shape[-1]
+      gh = h @ p["w_hh"] + p["b_hh"]
+      rz = jax.nn.sigmoid(g[:, : 2 * hidden] + gh[:, : 2 * hidden])
+      gh_n = gh[:, 2 * hidden:]
+      n = jnp.tanh(g[:, 2 * hidden:] + rz[:, :hidden] * gh_n)
+      z = rz[:, hidden:]
+      new_hs.append(jnp.where(live_t, n + z * (h - n), h))
+      saved.append((h, rz, n, gh_n))
+    return new_hs, saved
+
+  final, saved = jax.lax.scan(step, h0, (gis, live), unroll=unroll)
+  return final, (params_list, xs_tm, live, saved)
+
+
+def _gru_backward(unroll, residuals, d_final):
+  """Gradients of the final states w.r.t. parameters and inputs, from the saved gates.
+
+  For ``h' = n + z (h - n)``, ``n = tanh(gi_n + r gh_n)``, ``[r, z] = sigmoid(gi_rz + gh_rz)``,
+  ``gh = h W_hh + b_hh``: ``dn = dh' (1 - z)``, ``dz = dh' (h - n)``, ``da_n = dn (1 - n^2)``,
+  ``dr = da_n gh_n``, ``da_rz = [dr r (1 - r), dz z (1 - z)]``; ``dgi = [da_rz, da_n]``, ``dgh =
+  [da_rz, da_n r]``; ``dh = dh' z + dgh W_hh^T`` (plus ``dh'`` itself at padding steps, which copy
+  the state).
+  """
+  params_list, xs_tm, live, saved = residuals
+  w_hh_t = [p["w_hh"].T for p in params_list]
+
+  def step(dhs, inputs):
+    saved_t, live_t = inputs
+    new_dhs, grads_t = [], []
+    for w_t, dh, (h, rz, n, gh_n) in zip(w_hh_t, dhs, saved_t):
+      hidden = h.shape[-1]
+      r, z = rz[:, :hidden], rz[:, hidden:]
+      d_new = jnp.where(live_t, dh, 0)
+      da_n = d_new * (1 - z) * (1 - n * n)
+      da_rz = jnp.concatenate([da_n * gh_n, d_new * (h - n)], axis=-1) * rz * (1 - rz)
+      dgh = jnp.concatenate([da_rz, da_n * r], axis=-1)
+      dgi = jnp.concatenate([da_rz, da_n], axis=-1)
+      new_dhs.append(jnp.where(live_t, d_new * z, dh) + dgh @ w_t)
+      grads_t.append((dgi, dgh))
+    return new_dhs, grads_t
+
+  _, grads = jax.lax.scan(step, list(d_final), (saved, live), reverse=True, unroll=unroll)
+  d_params, d_xs = [], []
+  for p, x_tm, (h, _, _, _), (dgi, dgh) in zip(params_list, xs_tm, saved, grads):
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  [L*B, k]
+    d_params.append({
+        "w_ih": (flat(x_tm).T @ flat(dgi)).astype(p["w_ih"].dtype),
+        "w_hh": (flat(h).T @ flat(dgh)).astype(p["w_hh"].dtype),
+        "b_ih": jnp.sum(dgi, axis=(0, 1)).astype(p["b_ih"].dtype),
+        "b_hh": jnp.sum(dgh, axis=(0, 1)).astype(p["b_hh"].dtype),
+    })
+    d_xs.append(jnp.swapaxes(dgi @ p["w_ih"].T, 0, 1).astype(x_tm.dtype))
+  return d_params, d_xs, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gru_last_states(unroll, params_list, xs_list, lengths):
+  return _gru_forward(unroll, params_list, xs_list, lengths)[0]
+
+
+_gru_last_states.defvjp(_gru_forward, _gru_backward)
+
+
+def gru_last_states_autodiff(
+    params_list: Sequence[Params], xs_list: Sequence[Array], lengths: Array, *, unroll: int = 1
+) -> list[Array]:
+  """``gru_last_states`` differentiated by JAX through the scan (the reference for its VJP)."""
   gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
   steps = jnp.arange(gis[0].shape[0])
   h0 = [
