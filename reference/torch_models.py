@@ -411,10 +411,15 @@ class RecModel(nn.Module):
     Args:
       batch: {"items": int[B, L], "semantics": int[B, L], "target": int[B],
         "target_semantic": int[B]}, optionally "weight": float[B] (row weights of the SOLID losses).
+        With ``target`` int[B, G] (G candidates per history, ``target_semantic`` likewise) the
+        batch is grouped: see ``forward_grouped``.
 
     Returns:
-      ``(logits float[B], aux_loss float[])``; the training loss is ``BCE + aux_loss``.
+      ``(logits float[B], aux_loss float[])`` (grouped: ``logits float[B, G]``); the training loss
+      is ``BCE + aux_loss``.
     """
+    if batch["target"].dim() == 2:
+      return self.forward_grouped(batch)
     items = batch["items"]
     lengths = seq_lengths(items)
     seq = self.sequence_embedding(items)
@@ -424,6 +429,37 @@ class RecModel(nn.Module):
       return self.logits(self.apply_head(x, None), tgt), x.new_zeros(())
     weights, aux = self.dynamic_weights(batch, seq, lengths)
     return self.logits(self.apply_head(x, weights), tgt), aux
+
+  def forward_grouped(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of G candidates per history, the history encoded once (solid_jax's grouped step).
+
+    Everything that depends on the history alone (sequence embedding, the backbone's state for
+    SASRec / GRU4Rec / BERT4Rec, the per-user weights and the auxiliary loss) is computed once per
+    history and repeated for its G candidates; the target tower, DIN's target attention, the
+    dynamic head and the logit are computed per candidate. Equal to ``forward`` on the B * G rows.
+
+    Args:
+      batch: {"items": int[B, L], "semantics": int[B, L], "target": int[B, G], ...}, optionally
+        "weight": float[B].
+
+    Returns:
+      ``(logits float[B, G], aux_loss float[])``.
+    """
+    items = batch["items"]
+    num, group = batch["target"].shape
+    lengths = seq_lengths(items)
+    seq = self.sequence_embedding(items)
+    tgt = self.target_trans(self.item_embedding(batch["target"].reshape(-1)))  # [B * G, d]
+    rep = lambda t: t.repeat_interleave(group, dim=0)  # noqa: E731  history -> its candidates
+    if self.backbone == "din":
+      x = self.head_input(rep(seq), rep(items), rep(lengths), tgt)
+    else:
+      x = rep(self.head_input(seq, items, lengths, tgt[::group]))  # the target is not read
+    if self.head_kind == "static":
+      return self.logits(self.apply_head(x, None), tgt).reshape(num, group), x.new_zeros(())
+    weights, aux = self.dynamic_weights(batch, seq, lengths)
+    weights = [{k: rep(v) for k, v in w.items()} for w in weights]
+    return self.logits(self.apply_head(x, weights), tgt).reshape(num, group), aux
 
   def generate(self, batch: Batch) -> Weights:
     """The per-user dynamic weights (empty list for the static head)."""
@@ -467,13 +503,14 @@ def train_step(
   """One optimizer step on the solid_jax training loss, ``BCE + aux_loss``.
 
   The BCE is ``mean(weight · bce) / mean(weight)`` when the batch has a "weight" row (a padded last
-  batch), the plain mean otherwise.
+  batch), the plain mean otherwise. A grouped batch (``target`` int[B, G], ``labels`` float[B, G],
+  ``weight`` float[B] per history) is the same loss over its B * G rows.
 
   Args:
     model: a ``RecModel``.
     opt: e.g. ``make_optimizer(model)``.
     batch: as ``RecModel.forward``.
-    labels: float[B] in {0, 1}.
+    labels: float[B] (grouped: float[B, G]) in {0, 1}.
 
   Returns:
     The loss, a detached float[] tensor.
@@ -482,6 +519,8 @@ def train_step(
   logits, aux = model(batch)
   if "weight" in batch:
     weight = batch["weight"].to(logits.dtype)
+    if logits.dim() == 2:
+      weight = weight.unsqueeze(-1).expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     loss = (weight * bce).sum() / weight.sum().clamp(min=1e-12) + aux
   else:

@@ -27,8 +27,12 @@ from solid_jax.bench import flops as flops_lib
 from solid_jax.bench import synthetic
 from solid_jax.bench import throughput
 from solid_jax.bench import timing
+from solid_jax.train import step as step_lib
 
-IMPLS = ("solid_jax", "torch_reference", "torch_compile")  # plus "solid_jax_per_row"
+# solid_jax's implementations ("solid_jax", "solid_jax_per_row") and the reference's: per row
+# (eager, compiled) and grouped (the reference's grouped forward, eager, compiled).
+IMPLS = ("solid_jax", "torch_reference", "torch_compile", "torch_reference_grouped",
+         "torch_compile_grouped")
 PHASES = ("train", "infer")
 
 
@@ -189,6 +193,7 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
     # The training loop batches round(batch_size / G) whole groups.
     _, _, _, grouped_batches = _model_and_batches(
         backbone, method, opts, batch_size=max(1, round(opts.batch_size / group)) * group)
+    grouped_host = [step_lib.to_groups(b, group) for b in grouped_batches]
   device = jax_device(opts.device)
   dtype = compute_dtype(opts.dtype)
   common = {"backbone": backbone, "method": method, "dtype": opts.dtype,
@@ -219,13 +224,17 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
                                             device=device)))
     variants = []
     if torch_api is not None:
-      variants = [(False, "torch_reference")] * opts.torch_eager + \
-          [(True, "torch_compile")] * opts.torch_compile
-    for compiled, impl in variants:
+      variants = [(False, "torch_reference", batches)] * opts.torch_eager + \
+          [(True, "torch_compile", batches)] * opts.torch_compile
+      if phase == "train" and opts.grouped_train:
+        # The reference's grouped forward on the grouped step's batches: grouped against grouped.
+        variants += [(False, "torch_reference_grouped", grouped_host)] * opts.torch_eager + \
+            [(True, "torch_compile_grouped", grouped_host)] * opts.torch_compile
+    for compiled, impl, host in variants:
       for threads in (opts.torch_threads if tdev == "cpu" else (0,)):
         try:
           bench = torch_bench.TorchBench(
-              cfg, torch_api.build_torch_model, torch_api.train_step, batches, phase=phase,
+              cfg, torch_api.build_torch_model, torch_api.train_step, host, phase=phase,
               compile_model=compiled, device=tdev, dtype=opts.dtype, threads=threads,
               seed=opts.seed)
         except Exception as e:  # pylint: disable=broad-except  # recorded, the suite goes on
@@ -276,6 +285,8 @@ def ratios(records: list[dict]) -> dict:
       continue
     entry = {}
     for other in IMPLS[1:]:
+      if impl == "solid_jax_per_row" and other.endswith("_grouped"):
+        continue  # per row against grouped is no comparison
       if (backbone, method, phase, batch, other) in by_key:
         entry[f"{impl}_over_{other}"] = value / by_key[(backbone, method, phase, batch, other)]
     if entry:

@@ -8,6 +8,9 @@ import time, torch.
   placed on the device before timing. ``torch.compile`` variant: the model's forward compiled
   (``dynamic=False``; AOTAutograd compiles the backward too); the first two steps, which compile,
   are timed apart as ``compile_s`` (their execution included).
+- Grouped training batches (``target`` and ``label`` [B, G], ``step.to_groups``) run the
+  reference's grouped forward (each history encoded once, like solid_jax's grouped step);
+  ``batch_size`` counts rows (B * G).
 - Inference: ``model(batch)`` under ``torch.inference_mode()`` (the reference computes the per-user
   weights and applies them in one forward: the work of solid_jax's generate + score).
 - ``dtype="bfloat16"``: ``torch.autocast`` mixed precision (float32 master weights), the counterpart
@@ -84,7 +87,7 @@ class TorchBench:
     torch.manual_seed(seed)
     self.model = build_model(cfg).to(device)
     self.batches = [_to_torch(b, device) for b in host_batches]
-    self.batch_size = int(np.asarray(host_batches[0]["label"]).shape[0])
+    self.batch_size = int(np.asarray(host_batches[0]["label"]).size)  # rows (grouped: B * G)
     self.runner = torch.compile(self.model, dynamic=False) if compile_model else self.model
     self.train_step = train_step
     if phase == "train":

@@ -62,7 +62,16 @@ def test_torch_reference_records_when_torch_is_installed(doc):
     assert "error" not in r, r.get("error")
     assert RECORD_KEYS <= set(r) and r["compile_s"] is None and r["threads"] >= 1
   assert set(doc["ratios"]["sasrec/static/train/B64"]) == {
-      "solid_jax_over_torch_reference", "solid_jax_per_row_over_torch_reference"}
+      "solid_jax_over_torch_reference", "solid_jax_per_row_over_torch_reference",
+      "solid_jax_over_torch_reference_grouped"}
+  grouped = [r for r in doc["records"] if r["impl"] == "torch_reference_grouped"]
+  assert {r["phase"] for r in grouped} == {"train"}
+  per_row = {r["threads"]: r for r in torch_recs if r["phase"] == "train"}
+  for r in grouped:  # the same rows as the grouped solid_jax step, fewer than per row's batch
+    assert "error" not in r, r.get("error")
+    assert r["batch"] == next(x["batch"] for x in doc["records"]
+                              if x["impl"] == "solid_jax" and x["phase"] == "train")
+    assert r["threads"] in per_row
 
 
 def test_pipeline_and_evaluation(doc):

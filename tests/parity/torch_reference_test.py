@@ -261,3 +261,32 @@ def test_dynamic_head_matches_numpy(family):
     if act == "tanh":
       y = np.tanh(y)
   np.testing.assert_allclose(out.numpy(), y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backbone,head", [("sasrec", "solid"), ("din", "duet"),
+                                           ("gru4rec", "static"), ("bert4rec", "solid")])
+def test_grouped_batch_equals_its_rows(backbone, head):
+  """A grouped batch (one history, G candidates) computes what its B * G rows compute."""
+  torch.manual_seed(3)
+  model = torch_models.build_torch_model(Cfg(backbone=backbone, head=head))
+  hist = make_batch(seed=4)
+  group = 3
+  g = torch.Generator().manual_seed(5)
+  target = torch.randint(1, NUM_ITEMS, (B, group), generator=g)
+  labels = (torch.rand(B, group, generator=g) < 0.4).float()
+  weight = torch.tensor([1.0, 1, 1, 0, 1, 1, 1, 0])  # two padding histories
+  grouped = {"items": hist["items"], "semantics": hist["semantics"], "target": target,
+             "target_semantic": torch.zeros_like(target), "weight": weight}
+  rows = {k: v.repeat_interleave(group, dim=0) for k, v in grouped.items()
+          if k in ("items", "semantics", "weight")}
+  rows.update(target=target.reshape(-1), target_semantic=torch.zeros(B * group, dtype=torch.long))
+  with torch.no_grad():
+    g_logits, g_aux = model(grouped)
+    r_logits, r_aux = model(rows)
+  assert g_logits.shape == (B, group)
+  torch.testing.assert_close(g_logits.reshape(-1), r_logits, rtol=1e-5, atol=1e-6)
+  torch.testing.assert_close(g_aux, r_aux, rtol=1e-5, atol=1e-7)
+  opt = torch.optim.SGD(model.parameters(), lr=0.0)
+  g_loss = torch_models.train_step(model, opt, grouped, labels)
+  r_loss = torch_models.train_step(model, opt, rows, labels.reshape(-1))
+  np.testing.assert_allclose(float(g_loss), float(r_loss), rtol=1e-5)
