@@ -6,21 +6,21 @@ SPMD partitioner inserts the gradient all-reduce because the loss is a mean over
 sharded step therefore computes what one device computes on the same global batch, up to the order
 of floating-point sums.
 
-Use from a launcher::
+The training loop (``solid_jax.train.loop.train_stage``) uses it when several devices exist::
 
-  parallel.maybe_initialize_distributed()           # first, before any other JAX call
+  parallel.maybe_initialize_distributed()           # launcher, first, before any other JAX call
   mesh = parallel.make_mesh()                         # all devices of all processes
   params, opt_state = parallel.replicate((params, opt_state), mesh)
   step_fn = parallel.make_sharded_train_step(train_step, mesh)   # the loop's step function
-  step = parallel.replicate(np.int32(0), mesh)
   sharding = parallel.batch_sharding(mesh)
-  for batch in parallel.device_prefetch(host_batches, size=2, sharding=sharding):
-    params, opt_state, scalars = step_fn(params, opt_state, batch, step)
+  host = (parallel.process_rows(parallel.pad_batch(b, mesh.size), mesh) for b in global_batches)
+  for batch in parallel.device_prefetch(host, size=2, sharding=sharding):
+    params, opt_state, scalars = step_fn(params, opt_state, batch, parallel.replicate(step, mesh))
 
-With several processes every process iterates over its own slice of the global batch (global batch /
-``jax.process_count()`` rows, e.g. ``sj.data.batches`` of the local batch size with a per-process
-seed or a strided split); `shard_batch` and `device_prefetch` assemble the global array from the
-process-local rows.
+With several processes every process iterates over the same global batches (same seed) and feeds
+its own rows of each (`process_rows`: the contiguous block of rows its devices hold, ``[i * B / P,
+(i + 1) * B / P)`` for process i of P); `shard_batch` and `device_prefetch` assemble the global
+array from the process-local rows.
 """
 
 from __future__ import annotations
@@ -188,6 +188,43 @@ def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False, axis_name: str = 
   return _put_sharded(batch, batch_sharding(mesh, axis_name))
 
 
+def process_rows(batch: dict, mesh: Mesh, *, axis_name: str = DATA_AXIS) -> dict:
+  """This process's rows of a global batch that every process holds in full.
+
+  With one process the batch is returned unchanged. With several, the rows that this process's
+  devices hold under `batch_sharding` (a contiguous block: ``[i * B / P, (i + 1) * B / P)`` for
+  process i of P when every process has the same number of devices and the mesh lists them process
+  by process, as `make_mesh` does), ready for `device_prefetch` / `shard_batch`.
+
+  Args:
+    batch: dict of arrays with a common leading size B, a multiple of ``mesh.shape[axis_name]``
+      (see `pad_batch`).
+    mesh: from `make_mesh`.
+    axis_name: the data axis of ``mesh``.
+
+  Returns:
+    dict of NumPy arrays with this process's rows.
+
+  Raises:
+    ValueError: B is not a multiple of the mesh axis, or this process's rows are not contiguous.
+  """
+  if jax.process_count() == 1:
+    return batch
+  size = _leading_size(batch)
+  devices = mesh.shape[axis_name]
+  if size % devices:
+    raise ValueError(f"global batch of {size} rows is not a multiple of the {devices} devices of "
+                     f"mesh axis {axis_name!r} (pad it with pad_batch)")
+  index = batch_sharding(mesh, axis_name).addressable_devices_indices_map((size,))
+  blocks = sorted({idx[0].indices(size)[:2] for idx in index.values()})
+  if any(stop != start for (_, stop), (start, _) in zip(blocks, blocks[1:])):
+    raise ValueError(f"the devices of process {jax.process_index()} hold rows {blocks} of the "
+                     "global batch, not one contiguous block; build the mesh with the devices of "
+                     "each process next to each other (make_mesh() does)")
+  start, stop = blocks[0][0], blocks[-1][1]
+  return {k: np.asarray(v)[start:stop] for k, v in batch.items()}
+
+
 def replicate(tree, mesh: Mesh):
   """Copies ``tree`` (every process passes the same values) to every device of ``mesh``."""
   sharding = replicated_sharding(mesh)
@@ -201,11 +238,14 @@ def device_prefetch(iterator: Iterable[Any], size: int = 2, sharding=None) -> It
   """Moves batches to the device(s) ``size`` steps ahead of their use.
 
   `jax.device_put` is asynchronous, so the copies of the next ``size`` batches overlap with the
-  computation on the current one. Order and content are preserved.
+  computation on the current one. Order and content are preserved. The iterator is read ``size``
+  batches ahead of the batch handed out: while the consumer works on batch i, batches up to i +
+  ``size`` have been read (and transferred).
 
   Args:
     iterator: yields pytrees of host arrays (e.g. ``sj.data.batches``).
-    size: number of batches in flight (>= 1).
+    size: number of batches in flight beyond the one handed out (>= 0; 0 transfers each batch when
+      it is requested).
     sharding: None (the default device), a `jax.sharding.Sharding` applied to every leaf (for
       `batch_sharding` the leaves are process-local rows, see `shard_batch`), or a pytree prefix of
       shardings.
@@ -213,8 +253,8 @@ def device_prefetch(iterator: Iterable[Any], size: int = 2, sharding=None) -> It
   Yields:
     The same pytrees with `jax.Array` leaves.
   """
-  if size < 1:
-    raise ValueError(f"size must be >= 1, got {size}")
+  if size < 0:
+    raise ValueError(f"size must be >= 0, got {size}")
   queue = collections.deque()
 
   def put(batch):
@@ -280,6 +320,6 @@ def tree_allclose(a, b, *, atol: float = 1e-5, rtol: float = 1e-5) -> bool:
 __all__ = [
     "DATA_AXIS", "batch_sharding", "device_prefetch", "distributed_environment",
     "global_batch_size", "make_mesh", "make_sharded_train_step", "maybe_initialize_distributed",
-    "pad_batch", "replicate",
+    "pad_batch", "process_rows", "replicate",
     "replicated_sharding", "shard_batch", "tree_allclose",
 ]

@@ -14,7 +14,7 @@ def _batches(n, size=8):
            "label": rng.random(size).astype(np.float32)} for _ in range(n)]
 
 
-@pytest.mark.parametrize("size", [1, 2, 5])
+@pytest.mark.parametrize("size", [0, 1, 2, 5])
 def test_device_prefetch_preserves_order_and_content(size):
   host = _batches(4)
   got = list(parallel.device_prefetch(iter(host), size=size))
@@ -46,9 +46,28 @@ def test_device_prefetch_with_a_sharding_places_batches():
     np.testing.assert_array_equal(np.asarray(a["items"]), b["items"])
 
 
-def test_device_prefetch_rejects_size_zero():
-  with pytest.raises(ValueError):
-    list(parallel.device_prefetch([], size=0))
+def test_device_prefetch_of_size_zero_reads_on_demand():
+  pulled = []
+
+  def source():
+    for i, b in enumerate(_batches(3)):
+      pulled.append(i)
+      yield b
+
+  stream = parallel.device_prefetch(source(), size=0)
+  next(stream)
+  assert pulled == [0]
+
+
+def test_device_prefetch_rejects_a_negative_size():
+  with pytest.raises(ValueError, match=">= 0"):
+    list(parallel.device_prefetch([], size=-1))
+
+
+def test_process_rows_is_the_whole_batch_with_one_process():
+  mesh = parallel.make_mesh()
+  b = parallel.pad_batch(_batches(1, size=5)[0], len(jax.devices()))
+  assert parallel.process_rows(b, mesh) is b
 
 
 def test_pad_batch_adds_zero_weight_rows():
