@@ -7,7 +7,7 @@
   or over candidate groups (one history, G candidates: ``candidate_groups``, ``to_groups``).
 - ``Evaluator``: scores a whole split on the device in fixed-size batches (one compiled ``lax.map``
   over the batches; grouped splits generate the per-user weights once per history), then
-  ``solid_jax.metrics.evaluate``.
+  ``solid_jax.metrics.evaluate``; with a mesh, every batch is split over the mesh's devices.
 
 Training loss everywhere (DESIGN.md): ``sum(weight * BCE(logits, label)) / sum(weight) +
 aux["aux_loss"]``; padding rows of the last batch have weight 0.
@@ -22,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from solid_jax import parallel
 
 Batch = dict[str, Any]
 BatchTransform = Callable[[Batch], Batch]
@@ -227,11 +230,28 @@ def candidate_groups(split: dict[str, np.ndarray]) -> int | None:
   return g if g > 1 and np.all(sizes == g) else None
 
 
-def make_scorer(model, *, transform: BatchTransform | None = None):
+def eval_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of ``[num_batches, B, ...]`` evaluation arrays: axis B split over the mesh."""
+  return NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
+
+
+def _jit_scorer(fn, mesh: Mesh | None, num_arrays: int):
+  if mesh is None:
+    return jax.jit(fn)
+  replicated = parallel.replicated_sharding(mesh)
+  # Parameters replicated (copied there if they live elsewhere), batches split along B, logits
+  # gathered on every device.
+  return jax.jit(fn, in_shardings=(replicated,) + (eval_sharding(mesh),) * num_arrays,
+                 out_shardings=replicated)
+
+
+def make_scorer(model, *, transform: BatchTransform | None = None, mesh: Mesh | None = None):
   """Builds ``score_all(params, split_batches) -> logits float32[num_batches * B]``.
 
   ``split_batches`` holds the model columns reshaped to [num_batches, B, ...]; one compiled
-  ``lax.map`` runs the model over all batches.
+  ``lax.map`` runs the model over all batches. With a ``mesh`` the batches are expected with
+  `eval_sharding` (B a multiple of the mesh size), the parameters are replicated and the logits come
+  back replicated.
   """
   def score_all(params, split_batches):
     def one(batch):
@@ -239,10 +259,11 @@ def make_scorer(model, *, transform: BatchTransform | None = None):
       return logits.astype(jnp.float32)
     return jax.lax.map(one, split_batches).reshape(-1)
 
-  return jax.jit(score_all)
+  return _jit_scorer(score_all, mesh, 1)
 
 
-def make_group_scorer(model, *, transform: BatchTransform | None = None):
+def make_group_scorer(model, *, transform: BatchTransform | None = None,
+                      mesh: Mesh | None = None):
   """Builds ``score_groups(params, histories, candidates) -> logits float32[num_batches * U * G]``.
 
   For grouped splits (``candidate_groups``): the per-user weights are generated once per history
@@ -251,7 +272,8 @@ def make_group_scorer(model, *, transform: BatchTransform | None = None):
 
   ``histories``: ``items``/``semantics`` int32[num_batches, U, L]; ``candidates``:
   ``target``/``target_semantic`` int32[num_batches, U, G]. Logits come back in row order
-  (history-major, candidates in their order).
+  (history-major, candidates in their order). With a ``mesh``: as `make_scorer` (U split over the
+  mesh, parameters and logits replicated).
   """
   def score_groups(params, histories, candidates):
     def one(args):
@@ -266,7 +288,24 @@ def make_group_scorer(model, *, transform: BatchTransform | None = None):
 
     return jax.lax.map(one, (histories, candidates)).reshape(-1)
 
-  return jax.jit(score_groups)
+  return _jit_scorer(score_groups, mesh, 2)
+
+
+def _place(tree, mesh: Mesh | None):
+  """Host arrays [num_batches, B, ...] to the default device, or split along B over ``mesh``.
+
+  With a mesh every process holds the whole split and keeps the blocks of its own devices
+  (``jax.make_array_from_callback``), so this works with one process or several.
+  """
+  if mesh is None:
+    return jax.device_put(tree)
+  sharding = eval_sharding(mesh)
+  return jax.tree.map(
+      lambda v: jax.make_array_from_callback(v.shape, sharding, lambda index: v[index]), tree)
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
 
 
 class Evaluator:
@@ -276,6 +315,12 @@ class Evaluator:
   (one history, G candidates: the validation and test splits) are scored with ``generate`` once per
   history and ``score`` per candidate; other splits row by row with ``apply``.
 
+  With a ``mesh`` (data parallelism, `solid_jax.parallel.make_mesh`), the per-batch size (histories
+  for grouped splits, rows otherwise) is rounded up to a multiple of the mesh size, every batch is
+  split over the mesh (`eval_sharding`), the parameters are replicated and the scores come back
+  replicated: the metrics equal those of the evaluator without a mesh (every row is scored on its
+  own; the padding rows are dropped).
+
   Args:
     model: the Model.
     split: dict of numpy arrays (``user``, ``items``, ``semantics``, ``target``,
@@ -283,14 +328,18 @@ class Evaluator:
     batch_size: rows per device batch (grouped: ``batch_size // G`` histories per batch).
     transform: optional batch rewrite (``semantic_view`` for stage 1).
     grouped: use the grouped path when the split allows it.
-    scorers: a dict shared between Evaluators of the same model, so that splits of the same
-      shape (validation and test) share one compiled scorer.
+    scorers: a dict shared between Evaluators of the same model (and transform), so that splits of
+      the same shape (validation and test) share one compiled scorer; scorers for different meshes
+      (or none) are kept apart.
+    mesh: split every batch over this mesh's devices (None: the default device).
   """
 
   def __init__(self, model, split: dict[str, np.ndarray], batch_size: int, *,
                transform: BatchTransform | None = None, grouped: bool = True,
-               scorers: dict | None = None):
+               scorers: dict | None = None, mesh: Mesh | None = None):
     scorers = {} if scorers is None else scorers
+    self.mesh = mesh
+    devices = 1 if mesh is None else mesh.size
     self.num_rows = len(split["label"])
     self.labels = np.asarray(split["label"], np.float32)
     self.users = np.asarray(split["user"], np.int32)
@@ -298,32 +347,38 @@ class Evaluator:
     if self.group is not None:
       g = self.group
       num_users = self.num_rows // g
-      per_batch = int(max(1, min(batch_size // g, num_users)))
+      per_batch = _round_up(int(max(1, min(batch_size // g, num_users))), devices)
       hist = {k: np.asarray(split[k])[::g] for k in ("items", "semantics") if k in split}
       cand = {k: np.asarray(split[k]).reshape(num_users, g)
               for k in ("target", "target_semantic") if k in split}
       hist, _ = pad_rows(hist, per_batch)
       cand, _ = pad_rows(cand, per_batch)
       shape = lambda v: v.reshape((-1, per_batch) + v.shape[1:])
-      self._args = jax.device_put(({k: shape(v) for k, v in hist.items()},
-                                   {k: shape(v) for k, v in cand.items()}))
-      if "groups" not in scorers:
-        scorers["groups"] = make_group_scorer(model, transform=transform)
-      self._score = scorers["groups"]
+      self._args = _place(({k: shape(v) for k, v in hist.items()},
+                           {k: shape(v) for k, v in cand.items()}), mesh)
+      key = "groups" if mesh is None else ("groups", mesh)
+      if key not in scorers:
+        scorers[key] = make_group_scorer(model, transform=transform, mesh=mesh)
+      self._score = scorers[key]
     else:
-      batch_size = int(max(1, min(batch_size, self.num_rows)))
+      batch_size = _round_up(int(max(1, min(batch_size, self.num_rows))), devices)
       padded, _ = pad_rows({k: split[k] for k in MODEL_KEYS if k in split}, batch_size)
-      self._args = (jax.device_put({
-          k: v.reshape((-1, batch_size) + v.shape[1:]) for k, v in padded.items()}),)
-      if "rows" not in scorers:
-        scorers["rows"] = make_scorer(model, transform=transform)
-      self._score = scorers["rows"]
+      self._args = (_place({k: v.reshape((-1, batch_size) + v.shape[1:])
+                            for k, v in padded.items()}, mesh),)
+      key = "rows" if mesh is None else ("rows", mesh)
+      if key not in scorers:
+        scorers[key] = make_scorer(model, transform=transform, mesh=mesh)
+      self._score = scorers[key]
 
   def scores(self, params) -> jax.Array:
-    """float32[N] logits of every row, in the split's order."""
+    """float32[N] logits of every row, in the split's order (replicated over the mesh if any)."""
     return self._score(params, *self._args)[: self.num_rows]
 
   def __call__(self, params) -> dict[str, float]:
     from solid_jax import metrics as sj_metrics  # pylint: disable=import-outside-toplevel
-    out = sj_metrics.evaluate(self.scores(params), self.labels, self.users)
+    scores = self.scores(params)
+    if self.mesh is not None:
+      # Replicated: every process reads the full vector from one of its own devices.
+      scores = np.asarray(scores.addressable_data(0))
+    out = sj_metrics.evaluate(scores, self.labels, self.users)
     return {k: float(v) for k, v in out.items()}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import solid_jax as sj
+from solid_jax import parallel
 from solid_jax.train import step as step_lib
 
 
@@ -123,3 +124,23 @@ def test_grouped_evaluator_equals_row_scores(toy_splits, head):
   assert set(metrics) == set(expected)
   for key in metrics:
     np.testing.assert_allclose(metrics[key], float(expected[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_evaluator_on_a_mesh_equals_the_plain_one(toy_splits):
+  # One device here; tests/parallel/launcher_test.py checks 8. The batch split is P(None, "data"),
+  # the scores come back replicated, and a shared scorers dict keeps one scorer per mesh.
+  model = _model("static")
+  params = jax.jit(model.init)(jax.random.key(3))
+  mesh = parallel.make_mesh()
+  scorers = {}
+  for grouped in (True, False):
+    plain = step_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers)
+    sharded = step_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped,
+                                 scorers=scorers, mesh=mesh)
+    assert jax.tree.leaves(sharded._args)[0].sharding.spec == jax.sharding.PartitionSpec(
+        None, parallel.DATA_AXIS)
+    scores = sharded.scores(params)
+    assert scores.sharding.is_fully_replicated
+    np.testing.assert_allclose(scores, plain.scores(params), rtol=1e-6, atol=1e-6)
+    assert sharded(params) == pytest.approx(plain(params), abs=1e-6)
+  assert set(scorers) == {"groups", "rows", ("groups", mesh), ("rows", mesh)}
