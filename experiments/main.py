@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from solid_jax import parallel
 from solid_jax.train import checkpoint
 from solid_jax.train import cli
 from solid_jax.train import stages
@@ -33,6 +34,8 @@ flags.DEFINE_bool("progress", True, "progress bars (only when stderr is a termin
 
 
 def main(argv):
+  # One of several processes (srun, mpirun, JAX_COORDINATOR_ADDRESS): join them first.
+  parallel.maybe_initialize_distributed()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   checkpoint.quiet_orbax_logging()

@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from solid_jax import parallel
 from solid_jax.train import checkpoint
 from solid_jax.train import cli
 from solid_jax.train import stages
@@ -29,6 +30,8 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
+  # One of several processes (srun, mpirun, JAX_COORDINATOR_ADDRESS): join them first.
+  parallel.maybe_initialize_distributed()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   checkpoint.quiet_orbax_logging()

@@ -19,9 +19,11 @@ SELECT_ON = ("valid", "test")
 
 # Fields that change how a run is carried out or displayed, not what it computes (metrics, records
 # and checkpoints' contents are the same): they may differ between a launch and a relaunch on the
-# same workdir.
+# same workdir. ``data_parallel`` is one of them: a data-parallel step computes what one device
+# computes on the same global batch (up to the order of floating-point sums), so a run may be
+# resumed on another number of devices.
 RUNTIME_FIELDS = ("progress", "tensorboard", "prefetch", "check_every_steps",
-                  "checkpoint_every_steps")
+                  "checkpoint_every_steps", "data_parallel")
 
 
 def _field(default, help_text: str, **kwargs):
@@ -86,6 +88,9 @@ class TrainConfig:
   check_every_steps: int = _field(50, "check the loss for NaN/inf every N steps (and before "
                                   "every checkpoint)")
   prefetch: int = _field(2, "batches transferred to the device ahead of the step")
+  data_parallel: bool = _field(True, "split every batch over all devices when there are several "
+                               "(all local devices, and those of every process of a multi-host "
+                               "run); the batches, steps and losses stay those of one device")
   progress: bool = _field(True, "progress bar (only when stderr is a terminal)")
   tensorboard: bool = _field(True, "write TensorBoard event files when tensorboardX is installed")
 

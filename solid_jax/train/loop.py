@@ -4,6 +4,13 @@ Sections: restore or initialise -> per epoch: train steps (prefetched batches, N
 mid-epoch checkpoints) -> evaluate -> checkpoint + record -> at the end: restore the selected epoch,
 evaluate test once, write ``result.json``.
 
+Data parallelism: with several devices (and ``data_parallel``), the parameters and optimizer state
+are replicated over a 1-D mesh of all devices of all processes, every training batch is padded with
+zero-weight rows to a multiple of the device count and split over the mesh, and evaluation batches
+are split the same way (``solid_jax.parallel``). The batches, the number of steps and the losses are
+those of a one-device run; only the order of floating-point sums differs. With several processes
+every process iterates over the same global batches and feeds the rows of its own devices.
+
 Determinism and resume: the training rows of an epoch are a pure function of (seed, epoch), the
 batch order a pure function of (seed, epoch, step) and per-step keys ``fold_in(key(seed), step)``.
 A checkpoint stores the parameters, the optimizer state, the position (epoch, step within the
@@ -13,18 +20,18 @@ what the uninterrupted run computes after it.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from absl import logging
 import jax
 import numpy as np
 
+from solid_jax import parallel
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import step as step_lib
 from solid_jax.train import writers
@@ -92,30 +99,29 @@ def stage_result(directory: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def prefetch_to_device(iterator: Iterable[dict], size: int) -> Iterator[dict]:
-  """Yields the batches of ``iterator`` after transferring them, ``size`` batches ahead.
-
-  ``jax.device_put`` is asynchronous, so the next batches travel to the device while the current
-  step computes.
-  """
-  queue = collections.deque()
-  iterator = iter(iterator)
-  def enqueue(n):
-    for batch in iterator:
-      queue.append(jax.device_put(batch))
-      n -= 1
-      if n <= 0:
-        return
-  enqueue(max(size, 1))
-  while queue:
-    yield queue.popleft()
-    enqueue(1)
-
-
 def _host_copy(tree):
-  # Independent host buffers: the donated device buffers are reused by the next step while an
-  # asynchronous save may still be writing.
-  return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+  """Independent host copies of every leaf (a replicated array is read from one local device).
+
+  The donated device buffers are reused by the next step while an asynchronous save may still be
+  writing, so the save gets its own buffers. Every leaf is fully replicated (one device, or the
+  data-parallel mesh), so one addressable shard holds all of it, in every process.
+  """
+  def copy(x):
+    if isinstance(x, jax.Array) and x.is_fully_replicated:
+      x = x.addressable_data(0)
+    return np.array(x, copy=True)
+  return jax.tree.map(copy, tree)
+
+
+def _mesh(data_parallel: bool) -> jax.sharding.Mesh | None:
+  """The data-parallel mesh over every device of every process, or None for one device."""
+  if jax.process_count() > 1 and not data_parallel:
+    raise ValueError(
+        f"data_parallel=False in a run of {jax.process_count()} processes: every process would "
+        "train the same model alone; launch a single process or turn data parallelism on")
+  if not data_parallel or jax.device_count() == 1:
+    return None
+  return parallel.make_mesh()
 
 
 def _progress_bar(total_rows, initial_rows, desc, enabled):
@@ -164,7 +170,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
                 eval_batch_size: int = 8192, select_on: str = "valid",
                 checkpoint_every_steps: int = 0, check_every_steps: int = 50,
                 prefetch: int = 2, progress: bool = True, tensorboard: bool = True,
-                group_candidates: bool = True) -> tuple[dict[str, Any], Any]:
+                group_candidates: bool = True, data_parallel: bool = True
+                ) -> tuple[dict[str, Any], Any]:
   """Trains one stage, resuming from its latest checkpoint, and returns its result.
 
   Args:
@@ -179,21 +186,28 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       "test" (the authors' protocol: test is evaluated every epoch and selects the epoch).
     checkpoint_every_steps: also checkpoint every N global steps within an epoch (0: never).
     check_every_steps: fetch and check the step losses every N steps.
-    prefetch: batches transferred ahead of the step.
+    prefetch: batches transferred ahead of the step (``parallel.device_prefetch``).
     progress: show a progress bar when stderr is a terminal.
     tensorboard: also write TensorBoard event files.
     group_candidates: when the training rows come in groups (a positive and its negatives share
       one history, ``step.candidate_groups``), batch whole groups and encode each history once
       (``step.make_train_step(grouped=True)``); otherwise batch single rows.
+    data_parallel: when there are several devices (``jax.device_count()``, all processes), split
+      every batch over all of them (see the module docstring); one device is used otherwise. With
+      several processes only process 0 writes ``metrics.jsonl``, TensorBoard files and
+      ``result.json``; the checkpoints are written by all (Orbax), in a directory they share.
 
   Returns:
     (result, params): the stage result dict (as written to ``result.json``: selected epoch and
-    step, valid and test metrics there, history, timing) and the parameters of the selected epoch.
-    A stage whose ``result.json`` exists is read back, not retrained.
+    step, valid and test metrics there, history, timing, ``devices``: the number of devices the
+    launch that finished the stage trained on) and the parameters of the selected epoch
+    (replicated over the mesh when data-parallel). A stage whose ``result.json`` exists is read
+    back, not retrained.
 
   Raises:
     NonFiniteLossError: the loss became NaN/inf; the message names the global step and the epoch;
       the checkpoints written before stay as they are.
+    ValueError: ``data_parallel`` is False in a run of several processes.
   """
   done = stage_result(spec.directory)
   if done is not None:  # finished before: read back, do not retrain
@@ -202,6 +216,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     logging.info("%s: finished before (selected epoch %d); read back from %s", spec.name,
                  done["selected_epoch"], spec.directory)
     return done, params
+  mesh = _mesh(data_parallel)
+  primary = jax.process_index() == 0  # the process that writes the records and the result
   os.makedirs(spec.directory, exist_ok=True)
   model = spec.model
   root = jax.random.key(seed)
@@ -209,18 +225,40 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   params = jax.jit(spec.init)(jax.random.fold_in(root, 0))
   tx = step_lib.make_optimizer(model, params, lr)
   opt_state = tx.init(params)
+  if mesh is not None:
+    logging.info("%s: data parallel over %d devices (%d process(es)), mesh %s", spec.name,
+                 mesh.size, jax.process_count(), dict(mesh.shape))
+    # Replicated before a restore, so that Orbax restores straight into the replicated layout.
+    params, opt_state = parallel.replicate((params, opt_state), mesh)
+  sharding = None if mesh is None else parallel.batch_sharding(mesh)
   step_fns = {}
 
   def get_step_fn(grouped):
     if grouped not in step_fns:
-      step_fns[grouped] = step_lib.make_train_step(model, tx, seed=seed,
-                                                   transform=spec.transform, grouped=grouped)
+      fn = step_lib.make_train_step(model, tx, seed=seed, transform=spec.transform,
+                                    grouped=grouped)
+      # The sharded step jits the loop's pure step with the batch split and the rest replicated.
+      step_fns[grouped] = fn if mesh is None else parallel.make_sharded_train_step(
+          fn.__wrapped__, mesh)
     return step_fns[grouped]
+
+  def feed(batches):
+    """Host batches -> device batches, ``prefetch`` ahead; split over the mesh when there is one."""
+    if mesh is None:
+      return parallel.device_prefetch(batches, prefetch)
+    # Zero-weight rows up to a multiple of the device count leave the loss unchanged (weighted
+    # BCE; the auxiliary losses mask rows by weight); each process keeps its devices' rows.
+    host = (parallel.process_rows(parallel.pad_batch(b, mesh.size), mesh) for b in batches)
+    return parallel.device_prefetch(host, prefetch, sharding=sharding)
+
+  def step_arg(step):
+    return np.int32(step) if mesh is None else parallel.replicate(np.int32(step), mesh)
+
   scorers = {}
   valid_eval = step_lib.Evaluator(model, data.valid, eval_batch_size, transform=spec.transform,
-                                  scorers=scorers)
+                                  scorers=scorers, mesh=mesh)
   test_eval = step_lib.Evaluator(model, data.test, eval_batch_size, transform=spec.transform,
-                                 scorers=scorers)
+                                 scorers=scorers, mesh=mesh)
 
   ckpts = checkpoint_lib.StageCheckpoints(spec.directory)
   latest = ckpts.latest_step()
@@ -233,7 +271,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
             "running": None, "history": [], "train_seconds": 0.0, "train_samples": 0,
             "eval_seconds": 0.0}
   history = list(meta["history"])
-  writer = writers.StageWriter(spec.directory, spec.name, history, tensorboard=tensorboard)
+  writer = writers.StageWriter(spec.directory, spec.name, history, tensorboard=tensorboard,
+                               files=primary)
 
   epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
   if meta["epoch_done"]:
@@ -291,8 +330,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
         running.add(scalars)
         pending, pending_base = [], global_step
 
-      for batch in prefetch_to_device(batches, prefetch):
-        params, opt_state, scalars = step_fn(params, opt_state, batch, np.int32(global_step))
+      for batch in feed(batches):
+        params, opt_state, scalars = step_fn(params, opt_state, batch, step_arg(global_step))
         pending.append(scalars)
         global_step += 1
         step_in_epoch += 1
@@ -360,9 +399,11 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       "train_seconds": train_seconds, "eval_seconds": eval_seconds,
       "train_samples": train_samples,
       "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
+      "devices": 1 if mesh is None else mesh.size,
       "history": history,
   }
-  writers.write_json_atomic(os.path.join(spec.directory, RESULT_FILE), result)
+  if primary:
+    writers.write_json_atomic(os.path.join(spec.directory, RESULT_FILE), result)
   return result, params
 
 

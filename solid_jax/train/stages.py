@@ -23,6 +23,11 @@ Workdir layout (``DIR``):
 - ``results.json``: valid and test metrics of the final stage at the selected epoch, per-stage
   timing, the config. Its presence marks the run finished.
 
+In a multi-host run (``jax.distributed``; ``data_parallel``) every process runs this function on the
+same workdir, which must be on a file system they share; only process 0 writes ``config.json``,
+``dataset.json``, the semantic table, the stage records and results (the checkpoints are written by
+all processes together, through Orbax).
+
 A killed run relaunched with the same command continues from the latest checkpoint of the first
 unfinished stage (finished stages are read back from their ``result.json`` and selected
 checkpoint) and ends with the same metrics as an uninterrupted run.
@@ -39,6 +44,7 @@ import time
 from typing import Any, Mapping
 
 from absl import logging
+import jax
 import numpy as np
 
 from solid_jax import semantics as semantics_lib
@@ -221,7 +227,7 @@ def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
               checkpoint_every_steps=config.checkpoint_every_steps,
               check_every_steps=config.check_every_steps, prefetch=config.prefetch,
               progress=config.progress, tensorboard=config.tensorboard,
-              group_candidates=config.group_candidates)
+              group_candidates=config.group_candidates, data_parallel=config.data_parallel)
 
 
 def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -331,9 +337,10 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
                  dim=config.dim)
 
   # Every check passed: the workdir now belongs to this config and data.
-  check_config(workdir, config)
-  _check_dataset(workdir, ds, write=True)
-  if new_table:
+  primary = jax.process_index() == 0  # the one writer of a multi-host run
+  check_config(workdir, config, write=primary)
+  _check_dataset(workdir, ds, write=primary)
+  if new_table and primary:
     semantics_lib.save_table(sem_prefix, table, provenance)
   splits = sj_data.make_splits(ds, seq_len=config.seq_len, train_negatives=config.train_negatives,
                                eval_negatives=config.eval_negatives, seed=config.seed)
@@ -366,7 +373,8 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       t0 = time.perf_counter()
       table = _kmeans_table(config, ds, np.asarray(params0["item_embedding"]))
       sem_seconds = time.perf_counter() - t0
-      semantics_lib.save_table(sem_prefix, table, provenance)
+      if primary:
+        semantics_lib.save_table(sem_prefix, table, provenance)
     elif config.needs_stage0 and loop.stage_result(os.path.join(workdir, "stage0")) is not None:
       done = loop.stage_result(os.path.join(workdir, "stage0"))  # clustered in an earlier launch
       stage_results["stage0"] = {k: v for k, v in done.items() if k != "history"}
@@ -400,7 +408,8 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   if config.is_solid:
     _, info = semantics_lib.load_table(sem_prefix)
     results["semantics"] = {**info, "seconds": sem_seconds}
-  writers.write_json_atomic(results_path, results)
+  if primary:
+    writers.write_json_atomic(results_path, results)
   logging.info("finished; results in %s", results_path)
   return results
 

@@ -57,19 +57,24 @@ class StageWriter:
     history: records already known (from the restored checkpoint); ``metrics.jsonl`` is rewritten
       to hold exactly these before new ones are appended.
     tensorboard: write event files under ``directory/tensorboard`` when tensorboardX is installed.
+    files: write ``metrics.jsonl`` and event files; False only logs the records (the processes
+      other than process 0 of a multi-host run).
   """
 
   def __init__(self, directory: str, stage: str, history: Iterable[dict[str, Any]] = (),
-               tensorboard: bool = True):
+               tensorboard: bool = True, files: bool = True):
     self.stage = stage
     self.path = os.path.join(directory, "metrics.jsonl")
+    self.files = files
+    self._tb = None
+    if not files:
+      return
     os.makedirs(directory, exist_ok=True)
     tmp = f"{self.path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
       for record in history:
         f.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
     os.replace(tmp, self.path)
-    self._tb = None
     if tensorboard:
       try:  # Optional extra `tensorboard`: event files without TensorFlow (imported on demand).
         import tensorboardX  # pylint: disable=import-outside-toplevel
@@ -80,9 +85,10 @@ class StageWriter:
 
   def write_epoch(self, record: dict[str, Any]) -> None:
     """Appends one epoch record (flat or one level of nesting) to every sink."""
-    with open(self.path, "a") as f:
-      f.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
-      f.flush()
+    if self.files:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
+        f.flush()
     parts = [f"{self.stage} epoch {record.get('epoch')}", f"step {record.get('step')}"]
     for key in ("train_loss", "samples_per_s", "seconds"):
       if key in record:

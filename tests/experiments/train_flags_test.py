@@ -36,6 +36,15 @@ def test_flags_override_the_config_file():
   assert config.batch_size == 1024 and config.dim == 32
 
 
+def test_data_parallel_flag_reaches_the_training_loop():
+  from solid_jax.train import stages  # pylint: disable=import-outside-toplevel
+  assert TrainConfig().data_parallel
+  config = cli.config_from_flags(_parse("--data_parallel=false"), CONFIGS_DIR)
+  assert config.data_parallel is False
+  assert stages._train_kwargs(config)["data_parallel"] is False
+  assert cli.config_from_flags(_parse("--nodata_parallel"), CONFIGS_DIR).data_parallel is False
+
+
 def test_flagfile(tmp_path):
   flagfile = tmp_path / "run.flags"
   flagfile.write_text("--method=apg\n--epochs=3\n--clip_t=0.1\n--consistency_weight=0.5\n"

@@ -61,7 +61,8 @@ def test_model_configs_per_stage():
 def test_config_differences_name_fields_and_ignore_runtime_fields():
   a = TrainConfig().to_dict()
   b = dataclasses.replace(TrainConfig(), lr=0.01, progress=False, method="duet",
-                          checkpoint_every_steps=100, check_every_steps=7).to_dict()
+                          checkpoint_every_steps=100, check_every_steps=7,
+                          data_parallel=False).to_dict()
   assert config_lib.config_differences(a, b) == ["lr: 0.001 -> 0.01", "method: 'solid' -> 'duet'"]
 
 

@@ -66,6 +66,7 @@ def test_records_selection_and_retention(toy, tmp_path):
                                   "ndcg@20", "hr@20"}
   best = max(lines, key=lambda l: (l["valid"]["uauc"], -l["step"]))
   assert result["selected_epoch"] == best["epoch"] and result["valid"] == best["valid"]
+  assert result["devices"] == jax.device_count() == 1  # data_parallel is on; one device here
   assert set(result["test"]) == set(best["valid"])
   assert json.load(open(tmp_path / "result.json"))["test"] == result["test"]
   with checkpoint.StageCheckpoints(tmp_path, read_only=True) as ckpts:
@@ -83,7 +84,10 @@ def test_records_selection_and_retention(toy, tmp_path):
 @pytest.mark.slow
 def test_resume_mid_epoch_is_exact(toy, tmp_path):
   reference, _ = loop.train_stage(_spec(toy, tmp_path / "ref"), _data(toy), **KWARGS)
-  crashed = _data(toy, batches=_crashing_batches(epoch=1, after=3))
+  # The loop reads the batch iterator `prefetch` (2) batches ahead of the step, so an iterator that
+  # fails after yielding 5 batches of epoch 2 stops the run after 3 steps of that epoch: one of them
+  # ends on an even global step, so a mid-epoch checkpoint exists (18 steps per epoch here).
+  crashed = _data(toy, batches=_crashing_batches(epoch=1, after=5))
   with pytest.raises(Crash):
     loop.train_stage(_spec(toy, tmp_path / "run"), crashed, checkpoint_every_steps=2, **KWARGS)
   with checkpoint.StageCheckpoints(tmp_path / "run", read_only=True) as ckpts:
