@@ -4,8 +4,10 @@
 
 (`sharded_step_test.py` runs it; the flag must be set before JAX is imported, hence the process.)
 Both runs use the training loop's step (``solid_jax.train.step.make_train_step``) on the same global
-batches, once with SGD and once with Adam (the training optimizer). Prints one JSON line with the
-losses, parameter differences, shardings seen and the error raised for an indivisible batch.
+batches, with SGD and with Adam (the training optimizer) in float32, then with Adam in float64
+(``jax_enable_x64`` switched on in this process after the float32 runs; parameters and float batch
+leaves cast to float64). Prints one JSON line with the losses, parameter differences, dtypes,
+shardings seen and the error raised for an indivisible batch.
 """
 
 import json
@@ -69,6 +71,25 @@ def run_sharded(model, tx, params0, batches, mesh):
   return jax.device_get(params), losses, info
 
 
+def to_float64(tree):
+  """Host copies with every floating-point leaf in float64 (integer leaves unchanged)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x, np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating)
+      else np.asarray(x), tree)
+
+
+def compare(model, tx, params0, batches, mesh):
+  single_params, single_losses = run_single(model, tx, params0, batches)
+  sharded_params, sharded_losses, info = run_sharded(model, tx, params0, batches, mesh)
+  d = diffs(single_params, sharded_params)
+  return {"single_losses": single_losses, "sharded_losses": sharded_losses,
+          "max_param_diff": float(d.max()), "fraction_over_1e-5": float(np.mean(d > 1e-5)),
+          "max_param_change": float(diffs(single_params, params0).max()),
+          "param_dtypes": sorted({str(x.dtype) for x in
+                                  jax.tree_util.tree_leaves((single_params, sharded_params))}),
+          **info}
+
+
 def main():
   cfg = throughput.model_config("sasrec", "solid", num_items=101, num_semantics=7)
   model = sj.make_model(cfg)
@@ -80,14 +101,20 @@ def main():
   out = {"devices": len(jax.devices()), "mesh": dict(mesh.shape)}
   lr = 1e-3
   for name, tx in (("sgd", optax.sgd(1e-2)), ("adam", step_lib.make_optimizer(model, params0, lr))):
-    single_params, single_losses = run_single(model, tx, params0, batches)
-    sharded_params, sharded_losses, info = run_sharded(model, tx, params0, batches, mesh)
-    d = diffs(single_params, sharded_params)
-    out[name] = {"single_losses": single_losses, "sharded_losses": sharded_losses,
-                 "max_param_diff": float(d.max()),
-                 "fraction_over_1e-5": float(np.mean(d > 1e-5)),
-                 "max_param_change": float(diffs(single_params, params0).max()), **info}
+    out[name] = compare(model, tx, params0, batches, mesh)
   out["adam"]["lr"] = lr
+  # The same Adam run in float64: the summation-order noise of near-zero gradients is ~1e-16
+  # relative instead of ~1e-7, so Adam has nothing left to amplify.
+  jax.config.update("jax_enable_x64", True)
+  params64, batches64 = to_float64(params0), [to_float64(b) for b in batches]
+  logits, _ = model.apply(params64, {k: v for k, v in batches64[0].items()
+                                     if k in step_lib.MODEL_KEYS})
+  out["adam_float64"] = compare(model, step_lib.make_optimizer(model, params64, lr), params64,
+                                batches64, mesh)
+  out["adam_float64"]["lr"] = lr
+  out["adam_float64"]["logits_dtype"] = str(logits.dtype)
+  out["adam_float64"]["batch_dtypes"] = sorted({str(v.dtype) for v in batches64[0].values()})
+  jax.config.update("jax_enable_x64", False)
   short = {k: v[:BATCH - 3] for k, v in batches[0].items()}
   try:
     parallel.shard_batch(short, mesh)
