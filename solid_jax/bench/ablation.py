@@ -15,10 +15,15 @@ the model uses:
 The parts are timed in interleaved rounds (wall and process CPU time); their sum is compared with
 the whole step. CPU time is reported because, on a shared machine, it is less sensitive to the load
 than wall time.
+
+In the same rounds, the GRU part and the whole step are also timed with the GRU differentiated by
+JAX through its scan (``layers.gru_last_states_autodiff``) instead of the hand-written VJP the
+models use, which measures what that VJP gains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -94,6 +99,17 @@ def _parts(cfg, params, batch: dict, seed: int = 0):
   }
 
 
+@contextlib.contextmanager
+def _autodiff_gru():
+  """Functions traced inside use the GRU differentiated through its scan (no custom VJP)."""
+  hand = layers.gru_last_states
+  layers.gru_last_states = layers.gru_last_states_autodiff
+  try:
+    yield
+  finally:
+    layers.gru_last_states = hand
+
+
 def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_items: int = 1683,
                       num_semantics: int = 20, rounds: int = 5, steps: int = 4,
                       seed: int = 0) -> dict:
@@ -109,7 +125,8 @@ def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_i
 
   Returns:
     {"parts": {name: {"wall_ms", "cpu_ms"}}, "sum_cpu_ms", "step": {"wall_ms", "cpu_ms"},
-    "batch": B, "model": "<backbone>/solid"}.
+    "gru_autodiff": {"gru": {...}, "step": {...}} (the GRU part and the step with the GRU
+    differentiated through its scan), "batch": B, "model": "<backbone>/solid"}.
   """
   cfg = throughput.model_config(backbone, "solid", num_items=num_items,
                                 num_semantics=num_semantics)
@@ -118,21 +135,32 @@ def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_i
   catalog = synthetic.make_catalog(num_items, num_semantics, cfg.seq_len, seed=seed)
   batches = synthetic.make_batches(catalog, batch_size, 2, seed=seed)
   runners = {}
-  for name, (fn, args) in _parts(cfg, params, batches[0], seed).items():
+  parts = _parts(cfg, params, batches[0], seed)
+
+  def compile_part(fn, args):
     argnums = tuple(i for i, a in enumerate(args) if all(
         jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(a)))
     compiled = jax.jit(jax.value_and_grad(fn, argnums=argnums)).lower(*args).compile()
-    runners[name] = (lambda c=compiled, a=args: c(*a))
-  step = throughput.TrainBench(model, params, batches)
+    return lambda: compiled(*args)
+
+  for name, (fn, args) in parts.items():
+    runners[name] = compile_part(fn, args)
+  gru_name = "generator GRUs (item + semantic)"
+  steps_by_name = {"step": throughput.TrainBench(model, params, batches)}
+  with _autodiff_gru():
+    autodiff_gru = compile_part(*parts[gru_name])
+    steps_by_name["step_gru_autodiff"] = throughput.TrainBench(model, params, batches)
   state = {}
 
   def call(name):
-    if name == "step":
-      step.run(1)
-      return step.params
+    if name in steps_by_name:
+      steps_by_name[name].run(1)
+      return steps_by_name[name].params
+    if name == "gru_autodiff":
+      return autodiff_gru()
     return runners[name]()
 
-  names = list(runners) + ["step"]
+  names = list(runners) + ["step", "gru_autodiff", "step_gru_autodiff"]
   samples = {n: [] for n in names}
   for n in names:
     jax.block_until_ready(call(n))
@@ -149,4 +177,7 @@ def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_i
   return {"parts": parts, "sum_cpu_ms": float(sum(p["cpu_ms"] for p in parts.values())),
           "sum_wall_ms": float(sum(p["wall_ms"] for p in parts.values())),
           "step": {"wall_ms": float(med["step"][0]), "cpu_ms": float(med["step"][1])},
+          "gru_autodiff": {
+              n: {"wall_ms": float(med[k][0]), "cpu_ms": float(med[k][1])}
+              for n, k in (("gru", "gru_autodiff"), ("step", "step_gru_autodiff"))},
           "batch": batch_size, "model": f"{backbone}/solid"}

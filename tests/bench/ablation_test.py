@@ -14,3 +14,8 @@ def test_component_timings():
   assert out["step"]["wall_ms"] > 0
   # The parts are the step cut in four (plus the optimizer update), so their sum is of its order.
   assert 0.2 < out["sum_wall_ms"] / out["step"]["wall_ms"] < 5
+  # The same GRU part and step with the GRU differentiated through its scan, for comparison.
+  assert set(out["gru_autodiff"]) == {"gru", "step"}
+  assert out["gru_autodiff"]["gru"]["wall_ms"] > 0 and out["gru_autodiff"]["step"]["wall_ms"] > 0
+  from solid_jax.nn import layers  # noqa: PLC0415
+  assert layers.gru_last_states.__name__ == "gru_last_states"  # the swap was undone
