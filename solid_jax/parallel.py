@@ -227,11 +227,7 @@ def process_rows(batch: dict, mesh: Mesh, *, axis_name: str = DATA_AXIS) -> dict
 
 def replicate(tree, mesh: Mesh):
   """Copies ``tree`` (every process passes the same values) to every device of ``mesh``."""
-  sharding = replicated_sharding(mesh)
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-  return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+  return _put_sharded(tree, replicated_sharding(mesh))
 
 
 def device_prefetch(iterator: Iterable[Any], size: int = 2, sharding=None) -> Iterator[Any]:

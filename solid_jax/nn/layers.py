@@ -253,12 +253,20 @@ def gru_cell(params: Params, gi: Array, h: Array) -> Array:
   Returns:
     float[..., h], the new state ``(1 - z) * n + z * h`` (computed as ``n + z * (h - n)``).
   """
+  rz, n, _ = _gru_gates(params, gi, h)
+  z = rz[..., h.shape[-1]:]
+  return n + z * (h - n)
+
+
+def _gru_gates(params: Params, gi: Array, h: Array) -> tuple[Array, Array, Array]:
+  """The gates of one GRU step: ``(rz = [r, z] float[..., 2h], n float[..., h], gh_n float[...,
+  h])`` where ``gh_n = h @ w_hh[:, n] + b_hh[n]`` (kept for the hand-written backward)."""
   hidden = h.shape[-1]
   gh = h @ params["w_hh"] + params["b_hh"]
   rz = jax.nn.sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
-  r, z = rz[..., :hidden], rz[..., hidden:]
-  n = jnp.tanh(gi[..., 2 * hidden:] + r * gh[..., 2 * hidden:])
-  return n + z * (h - n)
+  gh_n = gh[..., 2 * hidden:]
+  n = jnp.tanh(gi[..., 2 * hidden:] + rz[..., :hidden] * gh_n)
+  return rz, n, gh_n
 
 
 def gru_last_states(
@@ -306,12 +314,8 @@ def _gru_forward(unroll, params_list, xs_list, lengths):
     gi_t, live_t = inputs
     new_hs, saved = [], []
     for p, g, h in zip(params_list, gi_t, hs):
-      hidden = h.shape[-1]
-      gh = h @ p["w_hh"] + p["b_hh"]
-      rz = jax.nn.sigmoid(g[:, : 2 * hidden] + gh[:, : 2 * hidden])
-      gh_n = gh[:, 2 * hidden:]
-      n = jnp.tanh(g[:, 2 * hidden:] + rz[:, :hidden] * gh_n)
-      z = rz[:, hidden:]
+      rz, n, gh_n = _gru_gates(p, g, h)
+      z = rz[:, h.shape[-1]:]
       new_hs.append(jnp.where(live_t, n + z * (h - n), h))
       saved.append((h, rz, n, gh_n))
     return new_hs, saved

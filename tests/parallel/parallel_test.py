@@ -24,15 +24,21 @@ def test_device_prefetch_preserves_order_and_content(size):
     chex.assert_trees_all_equal(jax.device_get(a), b)
 
 
-def test_device_prefetch_runs_ahead_of_the_consumer():
+def _recording_source(n):
+  """(pulled, iterator over n batches): ``pulled`` lists the indices the iterator has yielded."""
   pulled = []
 
   def source():
-    for i, b in enumerate(_batches(5)):
+    for i, b in enumerate(_batches(n)):
       pulled.append(i)
       yield b
 
-  stream = parallel.device_prefetch(source(), size=2)
+  return pulled, source()
+
+
+def test_device_prefetch_runs_ahead_of_the_consumer():
+  pulled, source = _recording_source(5)
+  stream = parallel.device_prefetch(source, size=2)
   next(stream)
   assert pulled == [0, 1, 2]  # two batches in flight beyond the one handed out
 
@@ -47,14 +53,8 @@ def test_device_prefetch_with_a_sharding_places_batches():
 
 
 def test_device_prefetch_of_size_zero_reads_on_demand():
-  pulled = []
-
-  def source():
-    for i, b in enumerate(_batches(3)):
-      pulled.append(i)
-      yield b
-
-  stream = parallel.device_prefetch(source(), size=0)
+  pulled, source = _recording_source(3)
+  stream = parallel.device_prefetch(source, size=0)
   next(stream)
   assert pulled == [0]
 
