@@ -335,4 +335,8 @@ def evaluate(
   return {name: float(result[name]) for name in metric_names(ks)}
 
 
-__all__ = ["DEFAULT_KS", "evaluate", "evaluate_jit", "metric_names", "padded_size"]
+# Full-catalogue ranking (SPEC section 3b) lives in its own module; the array API is exported here.
+from solid_jax.ranking import FULL_KS, evaluate_full, full_metric_names  # pylint: disable=g-import-not-at-top
+
+__all__ = ["DEFAULT_KS", "FULL_KS", "evaluate", "evaluate_full", "evaluate_jit",
+           "full_metric_names", "metric_names", "padded_size"]
