@@ -8,6 +8,12 @@ BACKBONES = ("sasrec", "gru4rec", "din", "bert4rec")
 HEADS = ("static", "duet", "apg", "solid")
 GENERATORS = ("duet", "apg")
 CODEBOOK_MODES = ("straight_through", "frozen", "ema")
+EMBEDDINGS = ("tanh_dense", "layer_norm")
+TARGET_TOWERS = ("mlp", "embedding")
+ACTIVATIONS = ("", "relu", "gelu")
+# Backbones whose state at position t depends on items 0..t only when run over a whole sequence, so
+# they can be trained on every position at once (SASRec needs ``causal=True``).
+POSITIONWISE_BACKBONES = ("sasrec", "gru4rec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,27 @@ class ModelConfig:
     num_heads, ff_dim: transformer settings of SASRec and BERT4Rec.
     bert_layers: number of bidirectional transformer layers of BERT4Rec.
     din_hidden: widths of DIN's dynamic classifier before the final logit.
+    sasrec_layers: number of transformer blocks of SASRec.
+    causal: SASRec's attention is causal (position i sees positions <= i); needed to train on
+      every position of a sequence. The state read at n-1 is the same either way.
+    ff_activation: feed-forward activation of the transformer ("" = the backbone's default: ReLU
+      for SASRec, GELU for BERT4Rec).
+    embedding: how SASRec/BERT4Rec/GRU4Rec/DIN embed the sequence: ``"tanh_dense"`` (the SOLID
+      authors': ``tanh((E[items] + P) Ws + bs)``) or ``"layer_norm"`` (SASRec/BERT's:
+      ``dropout(LN(E[items] + P))``, no ``seq_trans``).
+    position_alignment: which end of the history position 0 of SASRec/BERT4Rec's position table
+      is counted from: ``"start"`` (the oldest item is position 0, the authors') or ``"end"`` (the
+      newest item is always position L-1, as a left-padded SASRec / S3-Rec input).
+    target_tower: ``"mlp"`` (the authors': ``tanh(e T0 + t0) T1 + t1``) or ``"embedding"`` (the
+      item embedding itself, shared with the input, as SASRec).
+    head_layers: layers of the head (static MLP or dynamic), ``d -> d``, tanh between them; 0 (the
+      static head only) scores the backbone's state directly, as SASRec. DIN ignores it.
+    init_std: > 0: the backbone's dense kernels and embeddings (and a static head's) are drawn
+      from N(0, init_std), biases 0 (BERT / S3-Rec's init); 0: the per-layer defaults.
+    layer_norm_eps: epsilon of every layer norm of the backbone.
+    dropout_embedding: dropout after the sequence embedding (training only).
+    dropout_hidden: dropout of the transformer's attention and feed-forward outputs.
+    dropout_attention: dropout of the attention probabilities.
   """
 
   backbone: str = "sasrec"
@@ -67,6 +94,18 @@ class ModelConfig:
   ff_dim: int = 128
   bert_layers: int = 2
   din_hidden: tuple[int, ...] = (128, 64)
+  sasrec_layers: int = 1
+  causal: bool = False
+  ff_activation: str = ""
+  embedding: str = "tanh_dense"
+  position_alignment: str = "start"
+  target_tower: str = "mlp"
+  head_layers: int = 2
+  init_std: float = 0.0
+  layer_norm_eps: float = 1e-5
+  dropout_embedding: float = 0.0
+  dropout_hidden: float = 0.0
+  dropout_attention: float = 0.0
 
   def __post_init__(self):
     def check(name, value, allowed):
@@ -83,8 +122,33 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.num_semantics={self.num_semantics}: head='solid' needs >= 1 semantic id"
       )
+    check("embedding", self.embedding, EMBEDDINGS)
+    check("target_tower", self.target_tower, TARGET_TOWERS)
+    check("position_alignment", self.position_alignment, ("start", "end"))
+    check("ff_activation", self.ff_activation, ACTIVATIONS)
+    if self.head_layers < 0 or (self.head_layers == 0 and self.head != "static"
+                                and self.backbone != "din"):
+      raise ValueError(f"ModelConfig.head_layers={self.head_layers}: the {self.head!r} head "
+                       "needs at least one layer (0 is for the static head only)")
+    if self.sasrec_layers < 1:
+      raise ValueError(f"ModelConfig.sasrec_layers={self.sasrec_layers} must be >= 1")
+    for name in ("dropout_embedding", "dropout_hidden", "dropout_attention"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be in [0, 1)")
+    if self.init_std < 0:
+      raise ValueError(f"ModelConfig.init_std={self.init_std} must be >= 0")
     if self.dim % self.num_heads:
       raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
+
+  @property
+  def dropout(self) -> bool:
+    """Whether any dropout rate is non-zero (training then needs a PRNG key)."""
+    return max(self.dropout_embedding, self.dropout_hidden, self.dropout_attention) > 0
+
+  @property
+  def positionwise(self) -> bool:
+    """Whether the model can be trained on every position of a sequence (``apply_positions``)."""
+    return self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)
 
   @property
   def codebook_size(self) -> int:

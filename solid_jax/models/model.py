@@ -49,6 +49,14 @@ class Model(NamedTuple):
     update_state: ``update_state(params, aux) -> params``: writes the EMA codebook state of ``aux``;
       identity for every other model.
     config: the ``ModelConfig``.
+    apply_positions: ``apply_positions(params, batch, *, train=False, key=None) -> (logits
+      float32[B, L, C], aux)`` for models that can be trained on every position of a sequence
+      (``config.positionwise``; None otherwise): ``batch["items"]`` int32[B, L] is a sequence
+      (right-padded), ``batch["target"]`` int32[B, L, C] the C candidates scored at every
+      position from the state after items ``0..t`` (the next item and its negatives).
+    encode_users: ``encode_users(params, batch) -> float32[B, d]``, the user vector ``u`` with
+      ``logit = <u, encode_items(params, target)>`` (None for DIN, whose head sees the target).
+    encode_items: ``encode_items(params, items int[...]) -> float32[..., d]``, the target tower.
   """
 
   init: Callable[..., Params]
@@ -58,6 +66,9 @@ class Model(NamedTuple):
   trainable: Callable[[Params], Any]
   update_state: Callable[[Params, dict], Params]
   config: ModelConfig
+  apply_positions: Callable[..., tuple[Array, dict]] | None = None
+  encode_users: Callable[[Params, Batch], Array] | None = None
+  encode_items: Callable[[Params, Array], Array] | None = None
 
 
 def _masked_mse(a: Array, b: Array, mask: Array) -> Array:
@@ -88,8 +99,11 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
     keys = jax.random.split(key, 10)
     params = encoders.init(keys[0], cfg)
     if cfg.head == "static":
-      sizes = [specs[0][0]] + [n_out for _, n_out, _ in specs]
-      params["head"] = layers.mlp_init(keys[1], sizes)
+      if specs:
+        sizes = [specs[0][0]] + [n_out for _, n_out, _ in specs]
+        params["head"] = layers.mlp_init(keys[1], sizes)
+        if cfg.init_std > 0:
+          params["head"] = encoders._normal_init(keys[1], params["head"], cfg.init_std)  # pylint: disable=protected-access
       return params
     if kind == "apg":
       params["head"] = hypernet.apg_shared_init(keys[1], cfg)
@@ -108,17 +122,27 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
     params["decoder"] = layers.mlp_init(keys[9], (d, cfg.codebook_hidden, d))
     return params
 
-  def _generate(params: Params, batch: Batch, key: Array | None = None) -> tuple[Params, dict]:
+  def _keys(train: bool, key: Array | None) -> tuple[Array | None, Array | None]:
+    """(dropout key or None, codebook key): dropout draws from its own stream fold_in(key, 1)."""
+    if not (train and cfg.dropout):
+      return None, key
+    if key is None:
+      raise ValueError("this model has dropout: apply(..., train=True) needs a PRNG key")
+    return jax.random.fold_in(key, 1), key
+
+  def _generate(params: Params, batch: Batch, key: Array | None = None,
+                drop: Array | None = None, all_positions: bool = False
+                ) -> tuple[Params, dict]:
     zero = jnp.zeros((), jnp.float32)
     if cfg.head == "static":
       return {}, {"aux_loss": zero}
     items = jnp.asarray(batch["items"])
     lengths = encoders.lengths_of(items)
     with jax.named_scope("backbone"):
-      seq_emb = encoders.sequence_embedding(params, items, cfg)
+      seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0))
     if cfg.head in ("duet", "apg"):
       (weights,) = hypernet.generate([params["generator"]], [seq_emb], lengths, cfg, kind,
-                                     unroll=unroll)
+                                     unroll=unroll, all_positions=all_positions)
       return weights, {"aux_loss": zero}
 
     mask = (items != 0).astype(jnp.float32)
@@ -138,7 +162,7 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       sem = jnp.tanh(layers.dense(params["semantic_seq_trans"], sem))
     w_item, w_sem = hypernet.generate(
         [params["item_generator"], params["semantic_generator"]], [decoded, sem], lengths, cfg,
-        kind, unroll=unroll,
+        kind, unroll=unroll, all_positions=all_positions,
     )
     with jax.named_scope("combine"):
       weights = hypernet.combine(w_item, w_sem, cfg.clip_t)
@@ -159,27 +183,60 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
   def generate(params: Params, batch: Batch) -> Params:
     return _generate(params, batch)[0]
 
-  def score(params: Params, weights: Params, batch: Batch) -> Array:
-    items = jnp.asarray(batch["items"])
-    with jax.named_scope("backbone"):
-      seq_emb = encoders.sequence_embedding(params, items, cfg)
-      target_vec = encoders.target_embedding(params, jnp.asarray(batch["target"]), cfg)
-      x = encoders.head_input(params, seq_emb, items, target_vec, cfg, unroll=unroll)
+  def _head(params: Params, weights: Params, x: Array) -> Array:
     with jax.named_scope("head"):
       if cfg.head == "static":
-        y = layers.mlp(params["head"], x, [act for _, _, act in specs])
-      else:
-        y = dynamic.head(weights, params.get("head") if kind == "apg" else None, x, specs)
+        return layers.mlp(params.get("head", {}), x, [act for _, _, act in specs])
+      return dynamic.head(weights, params.get("head") if kind == "apg" else None, x, specs)
+
+  def _user_vectors(params: Params, weights: Params, batch: Batch, drop: Array | None = None,
+                    all_positions: bool = False) -> Array:
+    items = jnp.asarray(batch["items"])
+    with jax.named_scope("backbone"):
+      seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0))
+      x = encoders.head_input(params, seq_emb, items, None, cfg, unroll=unroll,
+                              key=layers.fold(drop, 1), all_positions=all_positions)
+    if not all_positions:
+      return _head(params, weights, x)
+    b, length, d = x.shape
+    return _head(params, weights, x.reshape(b * length, d)).reshape(b, length, -1)
+
+  def _score(params: Params, weights: Params, batch: Batch, drop: Array | None = None) -> Array:
+    with jax.named_scope("backbone"):
+      target_vec = encoders.target_embedding(params, jnp.asarray(batch["target"]), cfg)
     if cfg.backbone == "din":
-      return y[:, 0]
-    return jnp.sum(y * target_vec, axis=-1)
+      items = jnp.asarray(batch["items"])
+      with jax.named_scope("backbone"):
+        seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0))
+        x = encoders.head_input(params, seq_emb, items, target_vec, cfg, unroll=unroll)
+      return _head(params, weights, x)[:, 0]
+    return jnp.sum(_user_vectors(params, weights, batch, drop) * target_vec, axis=-1)
+
+  def score(params: Params, weights: Params, batch: Batch) -> Array:
+    return _score(params, weights, batch)
 
   def apply(
       params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
   ) -> tuple[Array, dict]:
-    del train  # No dropout or other train-only behaviour.
-    weights, aux = _generate(params, batch, key)
-    return score(params, weights, batch), aux
+    drop, key = _keys(train, key)
+    weights, aux = _generate(params, batch, key, drop)
+    return _score(params, weights, batch, drop), aux
+
+  def apply_positions(
+      params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
+  ) -> tuple[Array, dict]:
+    drop, key = _keys(train, key)
+    weights, aux = _generate(params, batch, key, drop, all_positions=True)
+    users = _user_vectors(params, weights, batch, drop, all_positions=True)   # [B, L, d]
+    with jax.named_scope("backbone"):
+      target_vec = encoders.target_embedding(params, jnp.asarray(batch["target"]), cfg)
+    return jnp.einsum("bld,blcd->blc", users, target_vec), aux
+
+  def encode_users(params: Params, batch: Batch) -> Array:
+    return _user_vectors(params, generate(params, batch), batch)
+
+  def encode_items(params: Params, items: Array) -> Array:
+    return encoders.target_embedding(params, jnp.asarray(items), cfg)
 
   def trainable(params: Params) -> Any:
     def mark(path, _):
@@ -198,4 +255,8 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       return {**params, "codebook": aux["codebook_state"]}
     return params
 
-  return Model(init, apply, generate, score, trainable, update_state, cfg)
+  factorised = cfg.backbone != "din"
+  return Model(init, apply, generate, score, trainable, update_state, cfg,
+               apply_positions if cfg.positionwise else None,
+               encode_users if factorised else None,
+               encode_items if factorised else None)

@@ -40,6 +40,24 @@ def head_in_dim(cfg: ModelConfig) -> int:
   return 2 * cfg.dim if cfg.backbone == "din" else cfg.dim
 
 
+def _normal_init(key: Array, params: Params, std: float) -> Params:
+  """Dense kernels and embedding tables ~ N(0, std), biases 0, layer norms and GRUs unchanged."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for k, (path, leaf) in zip(keys, leaves):
+    names = [getattr(p, "key", None) for p in path]
+    if "gru" in names or names[-2:-1] in (["norm_1"], ["norm_2"], ["embedding_norm"]):
+      out.append(leaf)
+    elif names[-1] == "bias":
+      out.append(jnp.zeros_like(leaf))
+    elif names[-1] == "item_embedding":
+      out.append((std * jax.random.normal(k, leaf.shape, leaf.dtype)).at[0].set(0.0))
+    else:
+      out.append(std * jax.random.normal(k, leaf.shape, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def init(key: Array, cfg: ModelConfig) -> Params:
   """The backbone's parameters (top-level entries of the model's parameter dict).
 
@@ -52,24 +70,28 @@ def init(key: Array, cfg: ModelConfig) -> Params:
     ``docs/MODELS.md``.
   """
   d = cfg.dim
-  keys = jax.random.split(key, 8)
-  params = {
-      "item_embedding": layers.embedding_init(keys[0], cfg.num_items, d),
-      "seq_trans": layers.dense_init(keys[1], d, d),
-  }
-  if cfg.backbone == "din":
+  keys = jax.random.split(key, 9)
+  params = {"item_embedding": layers.embedding_init(keys[0], cfg.num_items, d)}
+  if cfg.embedding == "tanh_dense":
+    params["seq_trans"] = layers.dense_init(keys[1], d, d)
+  else:
+    params["embedding_norm"] = layers.layer_norm_init(d)
+  if cfg.target_tower == "embedding":
+    pass  # the target tower is the item embedding itself
+  elif cfg.backbone == "din":
     params["target_trans"] = layers.mlp_init(keys[2], (d, d))
+  else:
+    params["target_trans"] = layers.mlp_init(keys[2], (d, d, d))
+  if cfg.backbone == "din":
     ka, kk, kv = jax.random.split(keys[3], 3)
     params["attention"] = {
         "query": layers.dense_init(ka, d, d, bias=False),
         "key": layers.dense_init(kk, d, d, bias=False),
         "value": layers.dense_init(kv, d, d, bias=False),
     }
-  else:
-    params["target_trans"] = layers.mlp_init(keys[2], (d, d, d))
   if cfg.backbone in ("sasrec", "bert4rec"):
     params["position_embedding"] = layers.xavier_uniform(keys[4], (cfg.seq_len, d))
-    num_layers = 1 if cfg.backbone == "sasrec" else cfg.bert_layers
+    num_layers = cfg.sasrec_layers if cfg.backbone == "sasrec" else cfg.bert_layers
     layer_keys = jax.random.split(keys[5], num_layers)
     params["transformer"] = {
         f"layer_{i}": layers.transformer_layer_init(k, d, cfg.ff_dim)
@@ -77,19 +99,48 @@ def init(key: Array, cfg: ModelConfig) -> Params:
     }
   if cfg.backbone == "gru4rec":
     params["gru"] = layers.gru_init(keys[6], d, d)
+  if cfg.init_std > 0:
+    params = _normal_init(keys[8], params, cfg.init_std)
   return params
 
 
-def sequence_embedding(params: Params, items: Array, cfg: ModelConfig) -> Array:
-  """``tanh((E[items] (+ P)) @ seq_trans)``: int[B, L] -> float32[B, L, d]."""
+def positions(items: Array, cfg: ModelConfig) -> Array:
+  """int32[B, L] index into the position table of every history slot.
+
+  ``position_alignment="start"``: slot t is position t. ``"end"``: the newest real item is
+  position L-1 and older ones count down (what a left-padded input sees); padding slots get 0.
+  """
+  length = items.shape[-1]
+  t = jnp.arange(length, dtype=jnp.int32)
+  if cfg.position_alignment == "start":
+    return jnp.broadcast_to(t, items.shape)
+  shift = length - lengths_of(items)[..., None]
+  return jnp.where(items != 0, t + shift, 0)
+
+
+def sequence_embedding(params: Params, items: Array, cfg: ModelConfig,
+                       key: Array | None = None) -> Array:
+  """The sequence embeddings: int[B, L] -> float32[B, L, d].
+
+  ``embedding="tanh_dense"``: ``tanh((E[items] (+ P)) @ seq_trans)``; ``"layer_norm"``:
+  ``dropout(LN(E[items] (+ P)))`` (P for SASRec / BERT4Rec). ``key`` (training) draws the
+  embedding dropout mask.
+  """
   x = layers.embed(params["item_embedding"], items)
   if cfg.backbone in ("sasrec", "bert4rec"):
-    x = x + params["position_embedding"][: items.shape[-1]]
-  return jnp.tanh(layers.dense(params["seq_trans"], x))
+    x = x + layers.embed(params["position_embedding"], positions(items, cfg))
+  if cfg.embedding == "tanh_dense":
+    x = jnp.tanh(layers.dense(params["seq_trans"], x))
+  else:
+    x = layers.layer_norm(params["embedding_norm"], x, cfg.layer_norm_eps)
+  return layers.dropout(x, cfg.dropout_embedding, key)
 
 
 def target_embedding(params: Params, target: Array, cfg: ModelConfig) -> Array:
-  """Target tower int[B] -> float32[B, d]: DIN one tanh layer; others tanh layer then linear."""
+  """Target tower int[...] -> float32[..., d]: the item embedding itself
+  (``target_tower="embedding"``), DIN one tanh layer, the others a tanh layer then a linear one."""
+  if cfg.target_tower == "embedding":
+    return layers.embed(params["item_embedding"], target)
   acts = ("tanh",) if cfg.backbone == "din" else ("tanh", None)
   return layers.mlp(params["target_trans"], layers.embed(params["item_embedding"], target), acts)
 
@@ -123,6 +174,8 @@ def head_input(
     cfg: ModelConfig,
     *,
     unroll: int = 1,
+    key: Array | None = None,
+    all_positions: bool = False,
 ) -> Array:
   """The head's input.
 
@@ -133,22 +186,30 @@ def head_input(
     target_vec: float[B, d] from ``target_embedding`` (used by DIN only).
     cfg: model configuration.
     unroll: unroll factor of the GRU scan.
+    key: PRNG key of the transformer's dropout (training; None: no dropout).
+    all_positions: return the state after every position, float[B, L, d] (causal SASRec and
+      GRU4Rec only: ``cfg.positionwise``), instead of the state at n-1.
 
   Returns:
     float[B, d] user state at position n-1 (SASRec, BERT4Rec, GRU4Rec) or float[B, 2d]
-    ``concat(target_vec, pooled)`` (DIN).
+    ``concat(target_vec, pooled)`` (DIN); float[B, L, d] with ``all_positions``.
   """
+  if all_positions and not cfg.positionwise:
+    raise ValueError(f"backbone {cfg.backbone!r} (causal={cfg.causal}) cannot be trained on every "
+                     "position at once: its state at t would see later items")
   valid = items != 0
   lengths = lengths_of(items)
   if cfg.backbone == "gru4rec":
+    if all_positions:
+      return layers.gru_all_states([params["gru"]], [seq_emb], unroll=unroll)[0]
     return layers.gru_last_state(params["gru"], seq_emb, lengths, unroll=unroll)
   if cfg.backbone == "din":
     return jnp.concatenate([target_vec, din_pool(params, seq_emb, valid, target_vec)], axis=-1)
-  ff_act = "relu" if cfg.backbone == "sasrec" else "gelu"
+  ff_act = cfg.ff_activation or ("relu" if cfg.backbone == "sasrec" else "gelu")
   blocks = params["transformer"]
   x = seq_emb
   for i in range(len(blocks)):
-    last = i == len(blocks) - 1
+    last = i == len(blocks) - 1 and not all_positions
     x = layers.transformer_layer(
         blocks[f"layer_{i}"],
         x,
@@ -156,5 +217,10 @@ def head_input(
         num_heads=cfg.num_heads,
         ff_activation=ff_act,
         query_index=last_index(lengths) if last else None,
+        causal=cfg.causal and cfg.backbone == "sasrec",
+        eps=cfg.layer_norm_eps,
+        dropout_hidden=cfg.dropout_hidden,
+        dropout_attention=cfg.dropout_attention,
+        key=layers.fold(key, i),
     )
   return x

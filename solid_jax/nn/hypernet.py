@@ -35,11 +35,13 @@ PROJECTION_NAMES = ("A", "a", "B", "c")
 def layer_specs(cfg: ModelConfig) -> list[LayerSpec]:
   """``(N_in, N_out, activation)`` of every head layer.
 
-  SASRec/GRU4Rec/BERT4Rec: ``[(d, d, "tanh"), (d, d, None)]``; DIN: ``[(2d, h1, "tanh"), (h1, h2,
+  SASRec/GRU4Rec/BERT4Rec: ``cfg.head_layers`` layers d -> d, tanh between them (the default 2:
+  ``[(d, d, "tanh"), (d, d, None)]``; 0: no layer); DIN: ``[(2d, h1, "tanh"), (h1, h2,
   "tanh"), (h2, 1, None)]`` with ``(h1, h2) = cfg.din_hidden``.
   """
   if cfg.backbone != "din":
-    return [(cfg.dim, cfg.dim, "tanh"), (cfg.dim, cfg.dim, None)]
+    n = cfg.head_layers
+    return [(cfg.dim, cfg.dim, "tanh")] * max(n - 1, 0) + [(cfg.dim, cfg.dim, None)] * min(n, 1)
   sizes = [encoders.head_in_dim(cfg), *cfg.din_hidden, 1]
   acts = ["tanh"] * len(cfg.din_hidden) + [None]
   return [(a, b, act) for a, b, act in zip(sizes[:-1], sizes[1:], acts)]
@@ -133,6 +135,7 @@ def generate(
     kind: str,
     *,
     unroll: int = 1,
+    all_positions: bool = False,
 ) -> list[Params]:
   """Runs one or more generators (their GRUs fused in a single scan) and returns their weights.
 
@@ -143,13 +146,19 @@ def generate(
     cfg: model configuration.
     kind: "duet" or "apg".
     unroll: unroll factor of the GRU scan.
+    all_positions: generate weights for every prefix of the sequence (the GRU state after each
+      position): the weights then have leading axis B * L (row-major: user, then position).
 
   Returns:
     One weight pytree (``project``) per generator.
   """
   with jax.named_scope("generator_gru"):
-    states = layers.gru_last_states([p["gru"] for p in params_list], seq_list, lengths,
-                                    unroll=unroll)
+    if all_positions:
+      states = layers.gru_all_states([p["gru"] for p in params_list], seq_list, unroll=unroll)
+      states = [h.reshape(-1, h.shape[-1]) for h in states]
+    else:
+      states = layers.gru_last_states([p["gru"] for p in params_list], seq_list, lengths,
+                                      unroll=unroll)
   with jax.named_scope("generator_project"):
     return [project(p, condition(p, h), cfg, kind) for p, h in zip(params_list, states)]
 

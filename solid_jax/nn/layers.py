@@ -105,12 +105,38 @@ def layer_norm_init(dim: int) -> Params:
   return {"scale": jnp.ones((dim,), jnp.float32), "bias": jnp.zeros((dim,), jnp.float32)}
 
 
-def layer_norm(params: Params, x: Array) -> Array:
-  """Layer norm over the last axis, biased variance, epsilon ``LAYER_NORM_EPS`` (1e-5)."""
+def layer_norm(params: Params, x: Array, eps: float = LAYER_NORM_EPS) -> Array:
+  """Layer norm over the last axis, biased variance, epsilon ``eps`` (default 1e-5)."""
   mean = jnp.mean(x, axis=-1, keepdims=True)
   centred = x - mean
   var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-  return centred * jax.lax.rsqrt(var + LAYER_NORM_EPS) * params["scale"] + params["bias"]
+  return centred * jax.lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+
+
+# ------------------------------------------------------------------------------------------ dropout
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+  """Inverted dropout: zero each entry with probability ``rate``, scale the rest by 1/(1-rate).
+
+  ``key=None`` or ``rate == 0`` is the identity (evaluation). Keys are explicit: the caller
+  derives one per place (``jax.random.fold_in``), so a training step is a pure function of its key.
+  """
+  if key is None or rate <= 0.0:
+    return x
+  if rate >= 1.0:
+    return jnp.zeros_like(x)
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def fold(key: Array | None, *path: int) -> Array | None:
+  """``fold_in(key, p0, p1, ...)`` one integer at a time; None stays None."""
+  for p in path:
+    if key is None:
+      return None
+    key = jax.random.fold_in(key, p)
+  return key
 
 
 # ---------------------------------------------------------------------------------------- attention
@@ -149,7 +175,9 @@ def attention_init(key: Array, dim: int) -> Params:
 
 
 def multi_head_attention(
-    params: Params, x_q: Array, x_kv: Array, key_mask: Array, num_heads: int
+    params: Params, x_q: Array, x_kv: Array, key_mask: Array, num_heads: int, *,
+    causal_positions: Array | None = None, dropout_rate: float = 0.0,
+    key: Array | None = None,
 ) -> Array:
   """Scaled dot-product multi-head attention with a key-padding mask.
 
@@ -159,6 +187,10 @@ def multi_head_attention(
     x_kv: float[B, L, d] keys and values.
     key_mask: bool[B, L], True for keys that may be attended to.
     num_heads: H; head h uses features ``h*d/H:(h+1)*d/H`` of the projections.
+    causal_positions: optional int[B, Q], the sequence position of every query; query q then
+      attends only to keys at positions ``<= causal_positions[b, q]`` (a causal mask).
+    dropout_rate: dropout on the attention probabilities (with ``key``; training only).
+    key: PRNG key of that dropout (None: no dropout).
 
   Returns:
     float[B, Q, d].
@@ -170,7 +202,10 @@ def multi_head_attention(
   k = dense(params["key"], x_kv).reshape(b, nk, num_heads, dh)
   v = dense(params["value"], x_kv).reshape(b, nk, num_heads, dh)
   scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(jnp.float32(dh))
-  probs = masked_softmax(scores, key_mask[:, None, None, :])
+  mask = key_mask[:, None, None, :]
+  if causal_positions is not None:
+    mask = mask & (jnp.arange(nk)[None, None, None, :] <= causal_positions[:, None, :, None])
+  probs = dropout(masked_softmax(scores, mask), dropout_rate, key)
   out = jnp.einsum("bhqk,bkhe->bqhe", probs, v).reshape(b, nq, d)
   return dense(params["out"], out)
 
@@ -195,10 +230,16 @@ def transformer_layer(
     num_heads: int,
     ff_activation: str = "relu",
     query_index: Array | None = None,
+    causal: bool = False,
+    eps: float = LAYER_NORM_EPS,
+    dropout_hidden: float = 0.0,
+    dropout_attention: float = 0.0,
+    key: Array | None = None,
 ) -> Array:
   """A post-norm transformer encoder layer (dropout 0) as PyTorch's ``TransformerEncoderLayer``.
 
-  ``y = norm_1(x + attention(x)); out = norm_2(y + ff_2(act(ff_1(y))))``.
+  ``y = norm_1(x + drop(attention(x))); out = norm_2(y + drop(ff_2(act(ff_1(y)))))``; dropout
+  (on the attention probabilities and on both residual branches) only when a ``key`` is given.
 
   Args:
     params: from ``transformer_layer_init``.
@@ -207,18 +248,28 @@ def transformer_layer(
     num_heads: number of attention heads.
     ff_activation: "relu" or "gelu" (exact erf form).
     query_index: optional int[B]; when given only that row is computed, for every user.
+    causal: position i attends only to positions <= i (SASRec trained on every position).
+    eps: layer-norm epsilon.
+    dropout_hidden: dropout rate of the attention output and the feed-forward output.
+    dropout_attention: dropout rate of the attention probabilities.
+    key: PRNG key of the dropout masks (None: no dropout).
 
   Returns:
     float[B, L, d], or float[B, d] when ``query_index`` is given.
   """
+  b, length = x.shape[:2]
   if query_index is None:
     x_q = x
+    positions = jnp.broadcast_to(jnp.arange(length)[None, :], (b, length))
   else:
     x_q = jnp.take_along_axis(x, query_index[:, None, None], axis=1)
-  y = layer_norm(params["norm_1"], x_q + multi_head_attention(
-      params["attention"], x_q, x, key_mask, num_heads))
+    positions = query_index[:, None]
+  att = multi_head_attention(params["attention"], x_q, x, key_mask, num_heads,
+                             causal_positions=positions if causal else None,
+                             dropout_rate=dropout_attention, key=fold(key, 0))
+  y = layer_norm(params["norm_1"], x_q + dropout(att, dropout_hidden, fold(key, 1)), eps)
   ff = dense(params["ff_2"], activation(ff_activation)(dense(params["ff_1"], y)))
-  out = layer_norm(params["norm_2"], y + ff)
+  out = layer_norm(params["norm_2"], y + dropout(ff, dropout_hidden, fold(key, 2)), eps)
   return out if query_index is None else out[:, 0]
 
 
@@ -391,6 +442,26 @@ def gru_last_states_autodiff(
 
   final, _ = jax.lax.scan(step, h0, (steps, gis), unroll=unroll)
   return final
+
+
+def gru_all_states(params_list: Sequence[Params], xs_list: Sequence[Array], *,
+                   unroll: int = 1) -> list[Array]:
+  """Several GRUs in one scan, returning the state after EVERY step: float[B, L, h] each.
+
+  Row b's state at step t summarises items ``0..t``; steps past the row's length are computed
+  too (their inputs are padding) and are the caller's to ignore. Differentiated by JAX through
+  the scan (training on every position of a sequence).
+  """
+  gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
+  h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype)
+        for p, xs in zip(params_list, xs_list)]
+
+  def step(hs, gi_t):
+    new = [gru_cell(p, g, h) for p, g, h in zip(params_list, gi_t, hs)]
+    return new, new
+
+  _, states = jax.lax.scan(step, h0, gis, unroll=unroll)
+  return [jnp.swapaxes(s, 0, 1) for s in states]
 
 
 def gru_last_state(params: Params, xs: Array, lengths: Array, *, unroll: int = 1) -> Array:
