@@ -199,6 +199,35 @@ def summarize(above: np.ndarray, ties: np.ndarray, not_covered_log: np.ndarray, 
   return out
 
 
+def sampled_per_user(scores: np.ndarray, labels: np.ndarray, group: int,
+                     ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
+  """Per-user metrics of a grouped sampled split (one positive among ``group`` candidates).
+
+  Args:
+    scores: float[U * group], candidates of one user consecutive, in the split's order.
+    labels: float[U * group], exactly one 1 per group.
+    group: candidates per user.
+    ks: cut-offs.
+
+  Returns:
+    ``auc`` (the user's AUC, ties count one half), ``hr@k``, ``ndcg@k``, ``rr``, ``above``,
+    ``ties`` (negatives above / tied with the positive), each [U]; the means of ``auc``,
+    ``ndcg@k`` and ``hr@k`` are `solid_jax.metrics.evaluate`'s UAUC, NDCG@k and HR@k.
+  """
+  s = np.asarray(scores, np.float32).reshape(-1, group)
+  y = np.asarray(labels).reshape(-1, group) > 0.5
+  if not np.all(y.sum(axis=1) == 1):
+    raise ValueError("every group needs exactly one positive")
+  pos = s[y]
+  neg = s[~y].reshape(s.shape[0], group - 1)
+  above = np.sum(neg > pos[:, None], axis=1)
+  ties = np.sum(neg == pos[:, None], axis=1)
+  out = {k: np.asarray(v) for k, v in jax.device_get(per_user_metrics(above, ties, ks)).items()}
+  out["auc"] = (group - 1 - above - ties + 0.5 * ties) / max(group - 1, 1)
+  out.update(above=above.astype(np.int32), ties=ties.astype(np.int32))
+  return out
+
+
 @functools.partial(jax.jit, static_argnames=("tile", "num_items"))
 def _evaluate_matrix(scores, target, seen, *, tile, num_items):
   u, n = scores.shape
@@ -260,4 +289,4 @@ def evaluate_full(scores, target, seen, *, ks: Sequence[int] = FULL_KS,
 
 
 __all__ = ["COVERAGE_K", "FULL_KS", "evaluate_full", "full_metric_names", "per_user_metrics",
-           "rank_counts", "summarize"]
+           "rank_counts", "sampled_per_user", "summarize"]

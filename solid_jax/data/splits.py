@@ -28,7 +28,7 @@ from solid_jax.data.dataset import Dataset
 from solid_jax.data.errors import DataError
 
 ROW_KEYS = ("user", "items", "semantics", "target", "target_semantic", "label")
-_STREAM_TRAIN, _STREAM_VALID, _STREAM_TEST = 1, 2, 3
+_STREAM_TRAIN, _STREAM_VALID, _STREAM_TEST, _STREAM_POSITIONS = 1, 2, 3, 4
 _MAX_REJECTION_ROUNDS = 64
 
 
@@ -232,3 +232,89 @@ def resample_train(ds: Dataset, splits: dict[str, Any], epoch: int) -> dict[str,
                                meta["seen_items"], ds.num_items)
   return _rows(ds, users, histories(ds, positions, users, meta["seq_len"]),
                ds.seq_items[positions], negatives)
+
+
+def position_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *,
+                  negatives: int | None = None) -> dict[str, np.ndarray]:
+  """Training rows of `epoch` for training on every position (SASRec's next-item objective).
+
+  One row per user with at least one training target: the input is the user's last
+  ``seq_len`` training events that have a successor in the training part (``e_0 .. e_{n-4}``,
+  the oldest dropped first), right-padded with 0; position t predicts the event after it (the
+  targets ``e_1 .. e_{n-3}`` of `make_splits`, so the validation and test items are never
+  trained on). Every position carries its positive followed by ``negatives`` uniform negatives
+  from the items the user never interacted with (as `resample_train`, a pure function of
+  (seed, epoch), from its own random stream).
+
+  Args:
+    ds: the Dataset the splits were made from.
+    splits: output of `make_splits` (only "meta" is read).
+    epoch: epoch number.
+    negatives: negatives per position (default: the splits' ``train_negatives``).
+
+  Returns:
+    ``user`` int32[N], ``items`` / ``semantics`` int32[N, L], ``target`` / ``target_semantic``
+    int32[N, L, 1 + k] (0 at padding positions), ``label`` float32[N, L, 1 + k] (1 for the
+    positive of a real position, else 0).
+  """
+  meta = splits["meta"]
+  if meta["fingerprint"] != ds.fingerprint or meta["num_items"] != ds.num_items:
+    raise DataError(f"these splits were made from another data set ({meta['dataset']}, "
+                    f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}")
+  k = meta["train_negatives"] if negatives is None else int(negatives)
+  length = meta["seq_len"]
+  positions = meta["train_positions"]
+  users = np.searchsorted(ds.seq_offsets, positions, side="right") - 1
+  row_users, first, counts = np.unique(users, return_index=True, return_counts=True)
+  index_in_user = np.arange(positions.size) - np.repeat(first, counts)
+  count = np.repeat(counts, counts)
+  keep = index_in_user >= count - length            # the last L targets of every user
+  row = np.repeat(np.arange(row_users.size), counts)[keep]
+  col = (index_in_user - np.maximum(count - length, 0))[keep]
+  pos, pos_users = positions[keep], users[keep]
+  rng = np.random.default_rng([meta["seed"], _STREAM_POSITIONS, int(epoch)])
+  negs = sample_negatives(rng, pos_users, k, meta["seen_offsets"], meta["seen_items"],
+                          ds.num_items)
+  n = row_users.size
+  items = np.zeros((n, length), np.int32)
+  items[row, col] = ds.seq_items[pos - 1]
+  target = np.zeros((n, length, 1 + k), np.int32)
+  target[row, col] = np.concatenate([ds.seq_items[pos][:, None], negs], axis=1)
+  label = np.zeros((n, length, 1 + k), np.float32)
+  label[row, col, 0] = 1.0
+  return {"user": row_users.astype(np.int32), "items": items,
+          "semantics": ds.item_semantic[items], "target": target,
+          "target_semantic": ds.item_semantic[target], "label": label}
+
+
+def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[str, np.ndarray]:
+  """The users of a split for full-catalogue ranking (SPEC section 3b), one row per user.
+
+  Args:
+    ds: the Dataset.
+    splits: output of `make_splits`.
+    split: "valid" or "test".
+
+  Returns:
+    ``user`` int32[U], ``items`` / ``semantics`` int32[U, L] (the history, as in the sampled
+    split), ``target`` / ``target_semantic`` int32[U] and ``seen`` int32[U, S]: every item the
+    user interacted with before the target (training events; for test also the validation item),
+    0-padded, to be excluded from the ranking (the target itself stays ranked even when it
+    occurs there).
+  """
+  if split not in ("valid", "test"):
+    raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+  rows = splits[split]
+  group = 1 + splits["meta"]["eval_negatives"]
+  users = np.asarray(rows["user"])[::group]
+  start, n = ds.seq_offsets[users], ds.seq_lengths[users]
+  before = n - (2 if split == "valid" else 1)       # events before the target
+  width = max(1, int(before.max())) if users.size else 1
+  cols = np.arange(width)[None, :]
+  valid = cols < before[:, None]
+  seen = np.where(valid, ds.seq_items[np.where(valid, start[:, None] + cols, 0)], 0)
+  return {"user": users.astype(np.int32), "items": np.asarray(rows["items"])[::group],
+          "semantics": np.asarray(rows["semantics"])[::group],
+          "target": np.asarray(rows["target"])[::group],
+          "target_semantic": np.asarray(rows["target_semantic"])[::group],
+          "seen": seen.astype(np.int32)}

@@ -16,6 +16,8 @@ from solid_jax import configs as model_configs
 METHODS = ("static", "duet", "apg", "solid", "solid_apg")
 SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
 SELECT_ON = ("valid", "test")
+EVAL_PROTOCOLS = ("sampled", "full", "both")
+OBJECTIVES = ("rows", "positions")
 
 # Fields that change how a run is carried out or displayed, not what it computes (metrics, records
 # and checkpoints' contents are the same): they may differ between a launch and a relaunch on the
@@ -23,7 +25,22 @@ SELECT_ON = ("valid", "test")
 # computes on the same global batch (up to the order of floating-point sums), so a run may be
 # resumed on another number of devices.
 RUNTIME_FIELDS = ("progress", "tensorboard", "prefetch", "check_every_steps",
-                  "checkpoint_every_steps", "data_parallel")
+                  "checkpoint_every_steps", "data_parallel", "save_scores")
+
+
+def parse_select_metric(value: str) -> tuple[str, str]:
+  """``"full:ndcg@10"`` -> ("full", "ndcg@10"); ``"sampled:uauc"`` -> ("sampled", "uauc").
+
+  Raises:
+    ValueError: not ``protocol:metric`` with a protocol and metric that exist.
+  """
+  from solid_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  protocol, _, metric = value.partition(":")
+  names = {"sampled": metrics_lib.metric_names(), "full": metrics_lib.full_metric_names()}
+  if protocol not in names or metric not in names[protocol]:
+    raise ValueError(f"select_metric={value!r}: expected 'sampled:<m>' with m in "
+                     f"{list(names['sampled'])} or 'full:<m>' with m in {list(names['full'])}")
+  return protocol, metric
 
 
 def _field(default, help_text: str, **kwargs):
@@ -56,6 +73,26 @@ class TrainConfig:
   apg_rank: int = _field(16, "K of the APG low-rank cores")
   paper_compat: bool = _field(False, "freeze the generators' final projections at their init, as "
                               "the authors' code does")
+  num_heads: int = _field(4, "attention heads of SASRec / BERT4Rec")
+  ff_dim: int = _field(128, "feed-forward width of the transformer")
+  sasrec_layers: int = _field(1, "transformer blocks of SASRec")
+  causal: bool = _field(False, "causal self-attention in SASRec (needed by --objective=positions)")
+  ff_activation: str = _field("", "transformer feed-forward activation ('' = relu for SASRec, gelu "
+                              "for BERT4Rec)", choices=model_configs.ACTIVATIONS)
+  embedding: str = _field("tanh_dense", "sequence embedding: tanh_dense (the SOLID authors') or "
+                          "layer_norm (LN(E + P), SASRec's)", choices=model_configs.EMBEDDINGS)
+  position_alignment: str = _field("start", "position 0 is the oldest history item (start) or the "
+                                   "newest is always position L-1 (end, a left-padded SASRec)",
+                                   choices=("start", "end"))
+  target_tower: str = _field("mlp", "target tower: mlp (the authors') or embedding (the shared "
+                             "item embedding, SASRec's)", choices=model_configs.TARGET_TOWERS)
+  head_layers: int = _field(2, "layers of the dynamic heads (and of the static head unless "
+                            "--static_head_layers is set)")
+  static_head_layers: int = _field(-1, "layers of the static head; 0 = none (the backbone's state "
+                                   "scores the items, as SASRec); -1 = --head_layers")
+  init_std: float = _field(0.0, "> 0: backbone kernels and embeddings ~ N(0, init_std), biases 0 "
+                           "(BERT / S3-Rec init); 0: the default per-layer inits")
+  layer_norm_eps: float = _field(1e-5, "epsilon of the backbone's layer norms")
 
   # Semantics (SOLID methods only).
   semantics: str = _field("labels", "where semantic ids come from: the dataset's category labels, "
@@ -73,14 +110,34 @@ class TrainConfig:
   epochs: int = _field(10, "epochs of the main stage (stage 2, or the single stage)")
   stage0_epochs: int = _field(0, "epochs of stage 0 (id-embedding DUET); 0 = epochs")
   stage1_epochs: int = _field(0, "epochs of stage 1 (semantic metacode); 0 = epochs")
-  batch_size: int = _field(1024, "training batch size (the last batch is padded, weight 0)")
+  batch_size: int = _field(1024, "training batch size: rows (sequences with --objective="
+                           "positions); the last batch is padded with weight 0")
   eval_batch_size: int = _field(8192, "rows per evaluation batch")
   lr: float = _field(1e-3, "Adam learning rate")
   group_candidates: bool = _field(True, "train on whole candidate groups (a positive and its "
                                   "negatives share one history, encoded once per group); a batch "
                                   "then holds round(batch_size / (1 + train_negatives)) groups")
-  select_on: str = _field("valid", "split whose UAUC selects the epoch; 'test' only to compare "
-                          "with the authors' protocol (optimistic)", choices=SELECT_ON)
+  select_on: str = _field("valid", "split whose --select_metric selects the epoch; 'test' only to "
+                          "compare with the authors' protocol (optimistic)", choices=SELECT_ON)
+  select_metric: str = _field("full:ndcg@10", "metric that selects the epoch (higher is better): "
+                              "'full:<m>' (full-catalogue ranking, e.g. full:ndcg@10) or "
+                              "'sampled:<m>' (e.g. sampled:uauc, the SOLID paper's choice)")
+  eval_protocol: str = _field("both", "what each epoch evaluates: the sampled candidates (1 + "
+                              "eval_negatives), the full catalogue, or both",
+                              choices=EVAL_PROTOCOLS)
+  patience: int = _field(0, "stop a stage after this many epochs without improvement of the "
+                         "selection metric (0: always train --epochs epochs)")
+  objective: str = _field("rows", "training rows: 'rows' (one row per target with its <= L "
+                          "previous items, the SOLID paper's) or 'positions' (one row per user, "
+                          "every position of its last L training events predicts the next item, "
+                          "as SASRec; causal SASRec and GRU4Rec only)", choices=OBJECTIVES)
+  weight_decay: float = _field(0.0, "decoupled weight decay (AdamW) on the trainable parameters; "
+                               "0 = Adam")
+  grad_clip_norm: float = _field(0.0, "clip the gradient to this global L2 norm (0 = off)")
+  dropout_embedding: float = _field(0.0, "dropout after the sequence embedding (training only)")
+  dropout_hidden: float = _field(0.0, "dropout of the transformer's attention and feed-forward "
+                                 "outputs (training only)")
+  dropout_attention: float = _field(0.0, "dropout of the attention probabilities (training only)")
 
   # Bookkeeping.
   checkpoint_every_steps: int = _field(0, "also checkpoint every N optimizer steps within an "
@@ -91,6 +148,8 @@ class TrainConfig:
   data_parallel: bool = _field(True, "split every batch over all devices when there are several "
                                "(all local devices, and those of every process of a multi-host "
                                "run); the batches, steps and losses stay those of one device")
+  save_scores: bool = _field(False, "also save the raw sampled candidate scores of the selected "
+                             "epoch next to its per-user metrics")
   progress: bool = _field(True, "progress bar (only when stderr is a terminal)")
   tensorboard: bool = _field(True, "write TensorBoard event files when tensorboardX is installed")
 
@@ -105,6 +164,23 @@ class TrainConfig:
     check("codebook", model_configs.CODEBOOK_MODES)
     check("semantics", SEMANTIC_SOURCES)
     check("select_on", SELECT_ON)
+    check("eval_protocol", EVAL_PROTOCOLS)
+    check("objective", OBJECTIVES)
+    protocol, _ = parse_select_metric(self.select_metric)
+    if self.eval_protocol not in (protocol, "both"):
+      raise ValueError(f"TrainConfig.select_metric={self.select_metric!r} needs the {protocol} "
+                       f"protocol, but eval_protocol={self.eval_protocol!r}")
+    if self.objective == "positions" and not (
+        self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)):
+      raise ValueError(f"TrainConfig.objective='positions' needs a causal backbone (gru4rec, or "
+                       f"sasrec with causal=True), not backbone={self.backbone!r} "
+                       f"causal={self.causal}")
+    for name in ("patience", "sasrec_layers", "num_heads", "ff_dim"):
+      if getattr(self, name) < (0 if name == "patience" else 1):
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")
+    for name in ("weight_decay", "grad_clip_norm"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
     for name in ("seq_len", "dim", "batch_size", "eval_batch_size", "kmeans_iters"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
@@ -163,7 +239,14 @@ class TrainConfig:
       The frozen model configuration.
     """
     common = dict(backbone=self.backbone, seq_len=self.seq_len, dim=self.dim,
-                  apg_rank=self.apg_rank, paper_compat=self.paper_compat)
+                  apg_rank=self.apg_rank, paper_compat=self.paper_compat,
+                  num_heads=self.num_heads, ff_dim=self.ff_dim, sasrec_layers=self.sasrec_layers,
+                  causal=self.causal, ff_activation=self.ff_activation,
+                  embedding=self.embedding, position_alignment=self.position_alignment,
+                  target_tower=self.target_tower, head_layers=self.head_layers,
+                  init_std=self.init_std, layer_norm_eps=self.layer_norm_eps,
+                  dropout_embedding=self.dropout_embedding, dropout_hidden=self.dropout_hidden,
+                  dropout_attention=self.dropout_attention)
     if stage == "stage0":
       return model_configs.ModelConfig(head="duet", num_items=num_items,
                                        num_semantics=num_semantics, **common)
@@ -178,6 +261,8 @@ class TrainConfig:
           clip_t=self.clip_t, consistency_weight=self.consistency_weight,
           commitment_weight=self.commitment_weight, ema_decay=self.ema_decay, **common)
     if stage == "main":
+      if self.method == "static" and self.static_head_layers >= 0:
+        common["head_layers"] = self.static_head_layers
       return model_configs.ModelConfig(head=self.method, num_items=num_items,
                                        num_semantics=num_semantics, **common)
     raise ValueError(f"unknown stage {stage!r}")
@@ -199,11 +284,14 @@ class TrainConfig:
 def config_differences(saved: dict[str, Any], current: dict[str, Any],
                        ignore: tuple[str, ...] = RUNTIME_FIELDS) -> list[str]:
   """Human-readable differences between two configuration dicts (``name: saved -> current``)."""
+  defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
   out = []
   for name in sorted(set(saved) | set(current)):
     if name in ignore:
       continue
-    a, b = saved.get(name, "<absent>"), current.get(name, "<absent>")
+    # A field added after the run was saved holds its default there.
+    a = saved.get(name, defaults.get(name, "<absent>"))
+    b = current.get(name, "<absent>")
     if a != b:
       out.append(f"{name}: {a!r} -> {b!r}")
   return out

@@ -55,6 +55,8 @@ class StageData:
       resampled as a pure function of (seed, epoch)).
     valid: the validation split (dict of numpy arrays).
     test: the test split.
+    valid_full, test_full: the users of the full-catalogue protocol
+      (`solid_jax.data.full_ranking_users`), or None where the stage does not rank items.
     batches: ``(rows, batch_size, *, seed, epoch, shuffle, start_step) -> iterator of batches``
       (``solid_jax.data.batches``); every batch carries ``weight``.
   """
@@ -63,6 +65,8 @@ class StageData:
   valid: dict[str, np.ndarray]
   test: dict[str, np.ndarray]
   batches: Callable[..., Iterable[dict[str, np.ndarray]]]
+  valid_full: dict[str, np.ndarray] | None = None
+  test_full: dict[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,15 @@ class StageSpec:
 
 
 RESULT_FILE = "result.json"
+PER_USER_FILE = "per_user_{split}.npz"
+
+
+def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric: str) -> bool:
+  """Whether the last ``patience`` epochs brought no improvement over the best before them."""
+  if patience <= 0 or len(history) <= patience:
+    return False
+  values = [_finite(r[key][metric]) for r in history]
+  return max(values[-patience:]) <= max(values[:-patience])
 
 
 def stage_result(directory: str) -> dict[str, Any] | None:
@@ -170,8 +183,10 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
                 eval_batch_size: int = 8192, select_on: str = "valid",
                 checkpoint_every_steps: int = 0, check_every_steps: int = 50,
                 prefetch: int = 2, progress: bool = True, tensorboard: bool = True,
-                group_candidates: bool = True, data_parallel: bool = True
-                ) -> tuple[dict[str, Any], Any]:
+                group_candidates: bool = True, data_parallel: bool = True,
+                select_metric: str = "full:ndcg@10", eval_protocol: str = "both",
+                patience: int = 0, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
+                save_scores: bool = False) -> tuple[dict[str, Any], Any]:
   """Trains one stage, resuming from its latest checkpoint, and returns its result.
 
   Args:
@@ -182,7 +197,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       histories of G candidates each).
     lr: Adam learning rate.
     eval_batch_size: rows per evaluation batch.
-    select_on: "valid" (select the epoch on validation UAUC, evaluate test once at the end) or
+    select_on: "valid" (select the epoch on validation, evaluate test once at the end) or
       "test" (the authors' protocol: test is evaluated every epoch and selects the epoch).
     checkpoint_every_steps: also checkpoint every N global steps within an epoch (0: never).
     check_every_steps: fetch and check the step losses every N steps.
@@ -196,11 +211,20 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       every batch over all of them (see the module docstring); one device is used otherwise. With
       several processes only process 0 writes ``metrics.jsonl``, TensorBoard files and
       ``result.json``; the checkpoints are written by all (Orbax), in a directory they share.
+    select_metric: ``"full:<metric>"`` or ``"sampled:<metric>"`` (`config.parse_select_metric`),
+      higher is better. A stage without full-catalogue users (stage 1 ranks semantic ids) is
+      selected on ``sampled:uauc``.
+    eval_protocol: "sampled", "full" or "both": what every epoch evaluates.
+    patience: stop after this many epochs without improvement of the selection metric (0: off).
+    weight_decay: AdamW's decoupled weight decay (0: Adam).
+    grad_clip_norm: global-norm gradient clipping (0: off).
+    save_scores: also save the raw sampled candidate scores of the selected epoch.
 
   Returns:
     (result, params): the stage result dict (as written to ``result.json``: selected epoch and
-    step, valid and test metrics there, history, timing, ``devices``: the number of devices the
-    launch that finished the stage trained on) and the parameters of the selected epoch
+    step, the metrics there (``valid`` / ``test``: sampled, ``valid_full`` / ``test_full``: full
+    catalogue), ``stopped_epoch`` and ``stop_reason``, history, timing, ``devices``: the number of
+    devices the launch that finished the stage trained on) and the parameters of the selected epoch
     (replicated over the mesh when data-parallel). A stage whose ``result.json`` exists is read
     back, not retrained.
 
@@ -223,7 +247,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   root = jax.random.key(seed)
   # One compiled init instead of many small eager dispatches.
   params = jax.jit(spec.init)(jax.random.fold_in(root, 0))
-  tx = step_lib.make_optimizer(model, params, lr)
+  tx = step_lib.make_optimizer(model, params, lr, weight_decay=weight_decay,
+                               clip_norm=grad_clip_norm)
   opt_state = tx.init(params)
   if mesh is not None:
     logging.info("%s: data parallel over %d devices (%d process(es)), mesh %s", spec.name,
@@ -254,11 +279,33 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   def step_arg(step):
     return np.int32(step) if mesh is None else parallel.replicate(np.int32(step), mesh)
 
+  from solid_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel
+  protocol, metric = config_lib.parse_select_metric(select_metric)
+  with_full = (eval_protocol in ("full", "both") and data.valid_full is not None
+               and spec.transform is None)
+  with_sampled = eval_protocol in ("sampled", "both")
+  if protocol == "full" and not with_full:
+    logging.info("%s: no full-catalogue ranking in this stage; the epoch is selected on sampled "
+                 "UAUC", spec.name)
+    protocol, metric, with_sampled = "sampled", "uauc", True
+  select_key = select_on + ("_full" if protocol == "full" else "")
   scorers = {}
   valid_eval = step_lib.Evaluator(model, data.valid, eval_batch_size, transform=spec.transform,
-                                  scorers=scorers, mesh=mesh)
+                                  scorers=scorers, mesh=mesh) if with_sampled else None
   test_eval = step_lib.Evaluator(model, data.test, eval_batch_size, transform=spec.transform,
-                                 scorers=scorers, mesh=mesh)
+                                 scorers=scorers, mesh=mesh) if with_sampled else None
+  valid_full = full_eval.FullEvaluator(model, data.valid_full, mesh=mesh) if with_full else None
+  test_full = full_eval.FullEvaluator(model, data.test_full, mesh=mesh) if with_full else None
+
+  def evaluate_split(split, p):
+    out = {}
+    sampled, full = (valid_eval, valid_full) if split == "valid" else (test_eval, test_full)
+    if sampled is not None:
+      out[split] = sampled(p)
+    if full is not None:
+      out[split + "_full"] = full(p)
+    return out
 
   ckpts = checkpoint_lib.StageCheckpoints(spec.directory)
   latest = ckpts.latest_step()
@@ -292,6 +339,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
 
   try:
     for epoch in range(epoch, spec.epochs):
+      if stopped_early(history, patience, select_key, metric):
+        break
       rows = data.train_rows(epoch)
       num_rows = len(rows["label"])
       group = step_lib.candidate_groups(rows) if group_candidates else None
@@ -360,9 +409,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
 
       eval_start = time.perf_counter()
       record = {"epoch": epoch + 1, "step": global_step}
-      record["valid"] = valid_eval(params)
+      record.update(evaluate_split("valid", params))
       if select_on == "test":
-        record["test"] = test_eval(params)
+        record.update(evaluate_split("test", params))
       eval_seconds += time.perf_counter() - eval_start
       means = running.means()
       record["train_loss"] = means.pop("loss")
@@ -370,7 +419,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       record["samples_per_s"] = rate
       record["seconds"] = seconds + time.perf_counter() - eval_start
       history.append(record)
-      selection = record[select_on]["uauc"]
+      selection = record[select_key][metric]
       ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(True),
                  selection=selection if math.isfinite(selection) else -math.inf)
       writer.write_epoch(record)
@@ -389,13 +438,23 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
 
   if not history:
     raise ValueError(f"{spec.name}: no epoch was trained (epochs={spec.epochs})")
-  best = max(history, key=lambda r: (_finite(r[select_on]["uauc"]), -r["step"]))
+  best = max(history, key=lambda r: (_finite(r[select_key][metric]), -r["step"]))
+  stop_reason = ("patience" if stopped_early(history, patience, select_key, metric)
+                 else "max_epochs")
   params = ckpts.restore_params(best["step"], params)
-  test = best["test"] if select_on == "test" else test_eval(params)
+  final = {k: best[k] for k in ("valid", "valid_full") if k in best}
+  final.update({k: best[k] for k in ("test", "test_full") if k in best}
+               if select_on == "test" else evaluate_split("test", params))
   ckpts.close()
+  if primary:
+    for split, sampled, full in (("valid", valid_eval, valid_full), ("test", test_eval, test_full)):
+      save_per_user(os.path.join(spec.directory, PER_USER_FILE.format(split=split)), params,
+                    sampled, full, save_scores=save_scores)
   result = {
       "stage": spec.name, "selected_epoch": best["epoch"], "selected_step": best["step"],
-      "valid": best["valid"], "test": test, "epochs": spec.epochs,
+      **final, "epochs": spec.epochs, "stopped_epoch": len(history),
+      "stop_reason": stop_reason, "patience": patience,
+      "selection": {"split": select_on, "protocol": protocol, "metric": metric},
       "train_seconds": train_seconds, "eval_seconds": eval_seconds,
       "train_samples": train_samples,
       "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
@@ -405,6 +464,37 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   if primary:
     writers.write_json_atomic(os.path.join(spec.directory, RESULT_FILE), result)
   return result, params
+
+
+def save_per_user(path: str, params, sampled, full, *, save_scores: bool = False) -> None:
+  """Writes the per-user metrics of one split (both protocols) to an ``.npz`` file.
+
+  Keys: ``sampled/user`` and ``sampled/<m>`` for m in auc, hr@k, ndcg@k, rr, above, ties (the
+  negatives above / tied with the positive); ``full/user`` and ``full/<m>`` for hr@k, ndcg@k, rr,
+  above, ties (ranked items above / tied with the target); with ``save_scores`` also
+  ``sampled/scores`` and ``sampled/candidates`` float32 / int32[U, G] (the positive first). These
+  are what paired significance tests between two runs need (`experiments/significance.py`).
+  """
+  from solid_jax import ranking  # pylint: disable=import-outside-toplevel
+  out = {}
+  if sampled is not None and sampled.group is not None:
+    scores = sampled.scores(params)
+    if sampled.mesh is not None:
+      scores = scores.addressable_data(0)
+    scores = np.asarray(jax.device_get(scores))
+    rows = ranking.sampled_per_user(scores, sampled.labels, sampled.group)
+    out["sampled/user"] = sampled.users[::sampled.group]
+    out.update({f"sampled/{k}": v for k, v in rows.items()})
+    if save_scores:
+      out["sampled/scores"] = scores.reshape(-1, sampled.group)
+      out["sampled/candidates"] = sampled.targets.reshape(-1, sampled.group)
+  if full is not None:
+    _, rows = full.evaluate(params, per_user=True)
+    out.update({f"full/{k}": v for k, v in rows.items()})
+  if out:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
 
 
 def _finite(x: float) -> float:

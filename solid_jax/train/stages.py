@@ -58,8 +58,12 @@ RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
 SEMANTICS_PREFIX = "semantics"
-SELECTION_LABELS = {"valid": "valid UAUC",
-                    "test": "test (authors' protocol; optimistic)"}
+
+
+def selection_label(config: TrainConfig) -> str:
+  """How the epoch was selected, e.g. "valid full:ndcg@10" or "test sampled:uauc (authors'...)"."""
+  label = f"{config.select_on} {config.select_metric}"
+  return label + (" (authors' protocol; optimistic)" if config.select_on == "test" else "")
 
 
 class WorkdirError(ValueError):
@@ -210,15 +214,22 @@ def _check_semantic_source(config: TrainConfig, ds) -> None:
 # ------------------------------------------------------------------------------------------- stages
 
 
-def _stage_data(splits, ds, table: np.ndarray, batches) -> loop.StageData:
+def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> loop.StageData:
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
 
   def train_rows(epoch):
-    rows = splits["train"] if epoch == 0 else sj_data.resample_train(ds, splits, epoch)
+    if config.objective == "positions":
+      rows = sj_data.position_rows(ds, splits, epoch)
+    else:
+      rows = splits["train"] if epoch == 0 else sj_data.resample_train(ds, splits, epoch)
     return with_semantics(rows, table)
 
+  full = {}
+  if config.eval_protocol in ("full", "both"):
+    full = {f"{split}_full": with_semantics(sj_data.full_ranking_users(ds, splits, split), table)
+            for split in ("valid", "test")}
   return loop.StageData(train_rows=train_rows, valid=with_semantics(splits["valid"], table),
-                        test=with_semantics(splits["test"], table), batches=batches)
+                        test=with_semantics(splits["test"], table), batches=batches, **full)
 
 
 def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -227,7 +238,10 @@ def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
               checkpoint_every_steps=config.checkpoint_every_steps,
               check_every_steps=config.check_every_steps, prefetch=config.prefetch,
               progress=config.progress, tensorboard=config.tensorboard,
-              group_candidates=config.group_candidates, data_parallel=config.data_parallel)
+              group_candidates=config.group_candidates, data_parallel=config.data_parallel,
+              select_metric=config.select_metric, eval_protocol=config.eval_protocol,
+              patience=config.patience, weight_decay=config.weight_decay,
+              grad_clip_norm=config.grad_clip_norm, save_scores=config.save_scores)
 
 
 def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -363,13 +377,13 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     label_table = ds.item_semantic
     run_stage("main", config.model_config("main", num_items=ds.num_items,
                                           num_semantics=ds.num_semantics),
-              _stage_data(splits, ds, label_table, batches))
+              _stage_data(splits, ds, label_table, batches, config))
     final = "main"
   else:
     if table is None:  # id semantics: stage 0, then k-means over its item embeddings
       params0 = run_stage("stage0", config.model_config(
           "stage0", num_items=ds.num_items, num_semantics=ds.num_semantics),
-                          _stage_data(splits, ds, ds.item_semantic, batches))
+                          _stage_data(splits, ds, ds.item_semantic, batches, config))
       t0 = time.perf_counter()
       table = _kmeans_table(config, ds, np.asarray(params0["item_embedding"]))
       sem_seconds = time.perf_counter() - t0
@@ -379,7 +393,7 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       done = loop.stage_result(os.path.join(workdir, "stage0"))  # clustered in an earlier launch
       stage_results["stage0"] = {k: v for k, v in done.items() if k != "history"}
     num_semantics = int(table.max()) + 1
-    data = _stage_data(splits, ds, table, batches)
+    data = _stage_data(splits, ds, table, batches, config)
     if config.stage1_dir:
       metacode = _load_metacode(config.stage1_dir)
       stage_results["stage1"] = {k: v for k, v in loop.stage_result(config.stage1_dir).items()
@@ -398,8 +412,10 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   main = stage_results[final]
   results = {
       "method": config.method, "final_stage": final,
-      "selection": SELECTION_LABELS[config.select_on],
-      "selected_epoch": main["selected_epoch"], "valid": main["valid"], "test": main["test"],
+      "selection": selection_label(config),
+      "selected_epoch": main["selected_epoch"],
+      **{k: main[k] for k in ("valid", "test", "valid_full", "test_full") if k in main},
+      "stopped_epoch": main["stopped_epoch"], "stop_reason": main["stop_reason"],
       "stages": stage_results, "dataset": dataset_record, "config": config.to_dict(),
       "seconds_this_launch": time.perf_counter() - start,
       "train_seconds": sum(r["train_seconds"] for r in stage_results.values()),
@@ -426,35 +442,47 @@ def _load_metacode(stage1_dir: str) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------- table
 
-_TABLE_METRICS = ("auc", "uauc", "ndcg@10", "hr@10")
+_TABLE_COLUMNS = (("valid", "uauc"), ("valid", "ndcg@10"), ("valid_full", "ndcg@10"),
+                  ("test", "auc"), ("test", "uauc"), ("test", "ndcg@10"), ("test", "hr@10"),
+                  ("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_full", "mrr"),
+                  ("test_full", "coverage@10"))
+
+
+def _column_name(split: str, metric: str) -> str:
+  protocol = "full" if split.endswith("_full") else "sampled"
+  return f"{split.split('_')[0]} {protocol} {metric.upper()}"
 
 
 def summary_table(results_by_method: Mapping[str, Mapping[str, Any]]) -> str:
-  """A plain-text table of valid and test metrics per method (static / DUET / SOLID rows ...).
+  """A plain-text table of both protocols' metrics per method (static / DUET / SOLID rows ...).
 
   Args:
     results_by_method: method label -> results dict of ``run_experiment``.
 
   Returns:
-    The table, one line per method, with valid and test AUC, UAUC, NDCG@10 and HR@10, the
-    selected epoch and the training minutes of all stages.
+    The table, one line per method: the selected epoch (and the last trained one), validation
+    sampled UAUC / NDCG@10 and full NDCG@10, test sampled AUC / UAUC / NDCG@10 / HR@10 and full
+    HR@10 / NDCG@10 / MRR / Coverage@10, and the training minutes of all stages; "n/a" where a
+    protocol was not evaluated.
   """
-  head = ["method", "epoch"] + [f"valid {m.upper()}" for m in _TABLE_METRICS] + \
-         [f"test {m.upper()}" for m in _TABLE_METRICS] + ["train min"]
+  head = ["method", "epoch"] + [_column_name(s, m) for s, m in _TABLE_COLUMNS] + ["train min"]
   rows = []
   selections = set()
   for label, res in results_by_method.items():
-    selections.add(res.get("selection", SELECTION_LABELS["valid"]))
-    cells = [str(label), str(res.get("selected_epoch", ""))]
-    for split in ("valid", "test"):
-      cells += [_fmt(res.get(split, {}).get(m)) for m in _TABLE_METRICS]
+    selections.add(res.get("selection", "valid"))
+    epoch = str(res.get("selected_epoch", ""))
+    if "stopped_epoch" in res:
+      epoch += f"/{res['stopped_epoch']}"
+    cells = [str(label), epoch]
+    cells += [_fmt((res.get(split) or {}).get(m)) for split, m in _TABLE_COLUMNS]
     cells.append(_fmt(res.get("train_seconds", float("nan")) / 60, 2))
     rows.append(cells)
   widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
   line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
                                  for i, (c, w) in enumerate(zip(cells, widths)))
   out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-  out.append(f"epoch selected on: {', '.join(sorted(selections))}")
+  out.append(f"epoch (selected/last trained) selected on: {', '.join(sorted(selections))}; "
+             "sampled = 1 positive + sampled negatives, full = every item ranked, history excluded")
   return "\n".join(out)
 
 

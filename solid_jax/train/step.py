@@ -66,9 +66,25 @@ def trainable_labels(model, params) -> Any:
   return jax.tree.map(lambda m: "train" if bool(m) else "frozen", mask)
 
 
-def make_optimizer(model, params, lr: float) -> optax.GradientTransformation:
-  """Adam on the trainable leaves; frozen leaves get exactly zero updates and no Adam state."""
-  return optax.multi_transform({"train": optax.adam(lr), "frozen": optax.set_to_zero()},
+def make_optimizer(model, params, lr: float, *, weight_decay: float = 0.0,
+                   clip_norm: float = 0.0) -> optax.GradientTransformation:
+  """Adam (AdamW when ``weight_decay > 0``) on the trainable leaves, zero updates elsewhere.
+
+  Args:
+    model: the Model (``trainable`` marks the leaves that learn).
+    params: a parameter pytree of the model.
+    lr: learning rate.
+    weight_decay: decoupled weight decay of AdamW (``p -= lr * wd * p`` every step, on every
+      trainable leaf); 0 is plain Adam.
+    clip_norm: > 0: the gradients of the trainable leaves are scaled down to this global L2 norm
+      first (``optax.clip_by_global_norm``); 0: no clipping.
+
+  Frozen leaves get exactly zero updates and no optimizer state.
+  """
+  inner = optax.adamw(lr, weight_decay=weight_decay) if weight_decay > 0 else optax.adam(lr)
+  if clip_norm > 0:
+    inner = optax.chain(optax.clip_by_global_norm(clip_norm), inner)
+  return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()},
                                trainable_labels(model, params))
 
 
@@ -137,8 +153,10 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
     ``step_fn(params, opt_state, batch, step) -> (params, opt_state, scalars)`` where ``batch``
     holds int32 items/semantics [B, L], target/target_semantic [B] (or [B, G]), float32 label
     [B] (or [B, G]) and weight [B], ``step`` is the int32 global step, and ``scalars`` a dict of
-    float32 scalars: "loss" (the optimised loss), "bce", "weight" (sum of row weights) and the
-    model's scalar aux entries. ``params`` and ``opt_state`` are donated.
+    float32 scalars: "loss" (the optimised loss), "bce", "weight" (the number of scored
+    candidates) and the model's scalar aux entries. ``params`` and ``opt_state`` are donated.
+    Position batches (``target``/``label`` [B, L, C], `solid_jax.data.position_rows`) go through
+    ``model.apply_positions``: every real position scores its C candidates.
   """
   takes_key = _accepts(model.apply, "key")
   takes_train = _accepts(model.apply, "train")
@@ -162,6 +180,14 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
       logits, aux = jax.vmap(per_candidate, in_axes=1, out_axes=(1, None))(candidates)
       weights = jnp.broadcast_to(batch["weight"][:, None], logits.shape)
       bce = weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
+    elif batch["label"].ndim == 3:
+      # Every position of a sequence (``solid_jax.data.position_rows``): C candidates per
+      # position, padding positions weigh 0.
+      logits, aux = model.apply_positions(
+          params, _model_batch(batch, transform, with_weight=True), **kwargs)
+      live = (batch["items"] != 0).astype(jnp.float32)[:, :, None] * batch["weight"][:, None, None]
+      weights = jnp.broadcast_to(live, logits.shape)
+      bce = weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
     else:
       logits, aux = model.apply(params, _model_batch(batch, transform, with_weight=True),
                                 **kwargs)
@@ -174,7 +200,10 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     params = model.update_state(params, aux)
-    rows = jnp.sum(batch["weight"]) * (batch["label"].shape[1] if grouped else 1)
+    if batch["label"].ndim == 3:  # candidates scored at real positions
+      rows = jnp.sum((batch["items"] != 0) * batch["weight"][:, None]) * batch["label"].shape[2]
+    else:
+      rows = jnp.sum(batch["weight"]) * (batch["label"].shape[1] if grouped else 1)
     scalars = {**scalar_aux(aux), "loss": loss, "bce": bce, "weight": rows.astype(jnp.float32)}
     return params, opt_state, scalars
 
@@ -343,6 +372,7 @@ class Evaluator:
     self.num_rows = len(split["label"])
     self.labels = np.asarray(split["label"], np.float32)
     self.users = np.asarray(split["user"], np.int32)
+    self.targets = np.asarray(split["target"], np.int32)
     self.group = candidate_groups(split) if grouped else None
     if self.group is not None:
       g = self.group

@@ -93,7 +93,7 @@ class StageWriter:
     for key in ("train_loss", "samples_per_s", "seconds"):
       if key in record:
         parts.append(f"{key}={record[key]:.4g}")
-    for split in ("valid", "test"):
+    for split in ("valid", "valid_full", "test", "test_full"):
       if isinstance(record.get(split), dict):
         m = record[split]
         parts.append(f"{split} " + " ".join(f"{k}={m[k]:.4f}" for k in ("auc", "uauc", "ndcg@10",
