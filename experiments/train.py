@@ -40,7 +40,8 @@ def main(argv):
   results = stages.run_experiment(config, FLAGS.workdir)
   print(stages.summary_table({config.method: results}))
   print(f"results: {os.path.join(os.path.abspath(FLAGS.workdir), stages.RESULTS_FILE)}")
-  logging.info("%s", json.dumps({k: results[k] for k in ("valid", "test", "selected_epoch")}))
+  logging.info("%s", json.dumps({k: results[k] for k in ("valid", "test", "valid_full", "test_full",
+                                                        "selected_epoch") if k in results}))
 
 
 if __name__ == "__main__":
