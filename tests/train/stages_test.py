@@ -107,18 +107,27 @@ def test_with_semantics_recomputes_columns():
   assert out["label"] is rows["label"]
 
 
-def test_summary_table_lists_methods_and_metrics():
-  def res(v, selection="valid UAUC"):
+def test_summary_table_lists_methods_and_both_protocols():
+  full_keys = sj.metrics.full_metric_names()
+
+  def res(v, selection="valid full:ndcg@10", full=True):
     m = {k: v for k in METRIC_KEYS}
-    return {"valid": m, "test": {**m, "uauc": v + 0.01}, "selected_epoch": 3,
-            "train_seconds": 90.0, "selection": selection}
-  text = stages.summary_table({"static": res(0.5), "duet": res(0.6), "solid": res(0.7)})
+    out = {"valid": m, "test": {**m, "uauc": v + 0.01}, "selected_epoch": 3,
+           "stopped_epoch": 5, "train_seconds": 90.0, "selection": selection}
+    if full:
+      out["valid_full"] = {k: v / 10 for k in full_keys}
+      out["test_full"] = {k: v / 10 + 0.001 for k in full_keys}
+    return out
+  text = stages.summary_table({"static": res(0.5), "duet": res(0.6, full=False),
+                               "solid": res(0.7)})
   lines = text.splitlines()
-  assert lines[0].split()[:4] == ["method", "epoch", "valid", "AUC"]
+  assert lines[0].split()[:5] == ["method", "epoch", "valid", "sampled", "UAUC"]
+  assert "test full NDCG@10" in lines[0] and "test full COVERAGE@10" in lines[0]
   assert [l.split()[0] for l in lines[2:5]] == ["static", "duet", "solid"]
-  assert lines[4].split() == ["solid", "3"] + ["0.7000"] * 4 + ["0.7000", "0.7100", "0.7000",
-                                                               "0.7000", "1.50"]
-  assert lines[-1] == "epoch selected on: valid UAUC"
+  assert lines[4].split() == (["solid", "3/5", "0.7000", "0.7000", "0.0700", "0.7000", "0.7100",
+                               "0.7000", "0.7000"] + ["0.0710"] * 4 + ["1.50"])
+  assert lines[3].split()[4] == "n/a"   # no full protocol for that run
+  assert lines[-1].startswith("epoch (selected/last trained) selected on: valid full:ndcg@10")
 
 
 @pytest.mark.slow
@@ -127,7 +136,7 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
   workdir = str(tmp_path / "run")
   results = stages.run_experiment(config, workdir)
   assert set(results["valid"]) == METRIC_KEYS and set(results["test"]) == METRIC_KEYS
-  assert results["selection"] == "valid UAUC" and results["final_stage"] == "stage2"
+  assert results["selection"] == "valid full:ndcg@10" and results["final_stage"] == "stage2"
   assert set(results["stages"]) == {"stage1", "stage2"}
   for stage in ("stage1", "stage2"):
     info = results["stages"][stage]
@@ -188,7 +197,7 @@ def test_feature_semantics_and_test_selection(tiny_config, toy_features_dataset,
                                semantics="text_image", num_clusters=3, epochs=1,
                                select_on="test")
   results = stages.run_experiment(config, str(tmp_path / "run"))
-  assert results["selection"] == "test (authors' protocol; optimistic)"
+  assert results["selection"] == "test full:ndcg@10 (authors' protocol; optimistic)"
   table, info = semantics.load_table(str(tmp_path / "run" / "semantics"))
   assert info["source"] == "text_image" and info["k"] == 3
   # The synthetic features are cluster directions plus noise: k-means finds the clusters.
