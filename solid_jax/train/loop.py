@@ -446,10 +446,11 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   final.update({k: best[k] for k in ("test", "test_full") if k in best}
                if select_on == "test" else evaluate_split("test", params))
   ckpts.close()
-  if primary:
-    for split, sampled, full in (("valid", valid_eval, valid_full), ("test", test_eval, test_full)):
-      save_per_user(os.path.join(spec.directory, PER_USER_FILE.format(split=split)), params,
-                    sampled, full, save_scores=save_scores)
+  for split, sampled, full in (("valid", valid_eval, valid_full), ("test", test_eval, test_full)):
+    # Every process evaluates (the scorers are collective over the mesh); process 0 writes.
+    rows = per_user_rows(params, sampled, full, save_scores=save_scores)
+    if primary:
+      write_per_user(os.path.join(spec.directory, PER_USER_FILE.format(split=split)), rows)
   result = {
       "stage": spec.name, "selected_epoch": best["epoch"], "selected_step": best["step"],
       **final, "epochs": spec.epochs, "stopped_epoch": len(history),
@@ -466,14 +467,10 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   return result, params
 
 
-def save_per_user(path: str, params, sampled, full, *, save_scores: bool = False) -> None:
-  """Writes the per-user metrics of one split (both protocols) to an ``.npz`` file.
+def per_user_rows(params, sampled, full, *, save_scores: bool = False) -> dict[str, np.ndarray]:
+  """The per-user metrics of one split under both protocols (see `write_per_user` for the keys).
 
-  Keys: ``sampled/user`` and ``sampled/<m>`` for m in auc, hr@k, ndcg@k, rr, above, ties (the
-  negatives above / tied with the positive); ``full/user`` and ``full/<m>`` for hr@k, ndcg@k, rr,
-  above, ties (ranked items above / tied with the target); with ``save_scores`` also
-  ``sampled/scores`` and ``sampled/candidates`` float32 / int32[U, G] (the positive first). These
-  are what paired significance tests between two runs need (`experiments/significance.py`).
+  In a multi-process run every process must call this (the scorers run over the whole mesh).
   """
   from solid_jax import ranking  # pylint: disable=import-outside-toplevel
   out = {}
@@ -491,10 +488,28 @@ def save_per_user(path: str, params, sampled, full, *, save_scores: bool = False
   if full is not None:
     _, rows = full.evaluate(params, per_user=True)
     out.update({f"full/{k}": v for k, v in rows.items()})
-  if out:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+  return out
+
+
+def write_per_user(path: str, rows: dict[str, np.ndarray]) -> None:
+  """Writes per-user metrics (`per_user_rows`) to an ``.npz`` file, atomically.
+
+  Keys: ``sampled/user`` and ``sampled/<m>`` for m in auc, hr@k, ndcg@k, rr, above, ties (the
+  negatives above / tied with the positive); ``full/user`` and ``full/<m>`` for hr@k, ndcg@k, rr,
+  above, ties (ranked items above / tied with the target); with ``save_scores`` also
+  ``sampled/scores`` and ``sampled/candidates`` float32 / int32[U, G] (the positive first). Users
+  are in the same order in every run of a data set and seed, which paired tests between runs need.
+  """
+  if not rows:
+    return
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **rows)
+  os.replace(tmp, path)
+
+
+def save_per_user(path: str, params, sampled, full, *, save_scores: bool = False) -> None:
+  """`per_user_rows` then `write_per_user` (one process)."""
+  write_per_user(path, per_user_rows(params, sampled, full, save_scores=save_scores))
 
 
 def _finite(x: float) -> float:
