@@ -239,6 +239,14 @@ def main(argv):
   groups = [g for g in GROUPS if not FLAGS.groups or g.name in FLAGS.groups]
   tables = collect(FLAGS.workdir_root, seeds, FLAGS.epochs, groups, train=not FLAGS.report_only)
   report = render(tables, FLAGS.epochs, seeds)
+  # The "published baselines" section belongs to experiments/published.py: keep it.
+  from experiments import published  # pylint: disable=import-outside-toplevel
+  if os.path.exists(FLAGS.output):
+    with open(FLAGS.output) as f:
+      old = f.read()
+    if published.START in old and published.END in old:
+      block = published.START + old.split(published.START, 1)[1].split(published.END, 1)[0]
+      report = report.rstrip("\n") + "\n\n" + block + published.END + "\n"
   with open(FLAGS.output, "w") as f:
     f.write(report)
   print(report)

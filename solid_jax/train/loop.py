@@ -498,7 +498,8 @@ def write_per_user(path: str, rows: dict[str, np.ndarray]) -> None:
   negatives above / tied with the positive); ``full/user`` and ``full/<m>`` for hr@k, ndcg@k, rr,
   above, ties (ranked items above / tied with the target); with ``save_scores`` also
   ``sampled/scores`` and ``sampled/candidates`` float32 / int32[U, G] (the positive first). Users
-  are in the same order in every run of a data set and seed, which paired tests between runs need.
+  are in the same order in every run of a data set and seed, which paired tests between runs need
+  (`experiments/significance.py`, `rescore.paired_permutation_test`).
   """
   if not rows:
     return

@@ -118,3 +118,36 @@ def load_per_user(workdir: str, split: str = "test") -> dict[str, np.ndarray]:
   path = os.path.join(workdir, config.stages()[-1], loop.PER_USER_FILE.format(split=split))
   with np.load(path) as z:
     return {k: z[k] for k in z.files}
+
+
+def paired_permutation_test(a: np.ndarray, b: np.ndarray, *, permutations: int = 10_000,
+                            seed: int = 0) -> dict[str, float]:
+  """Two-sided paired randomisation test of ``mean(a - b)`` over users (sign flips).
+
+  Under the null hypothesis the two runs are exchangeable for every user, so each per-user
+  difference keeps or flips its sign with probability 1/2; the p-value is the share of random sign
+  patterns whose mean difference is at least as far from 0 as the observed one (with the observed
+  pattern counted, so it is never 0).
+
+  Args:
+    a, b: float[U] per-user metrics of two runs over the same users in the same order (e.g.
+      ``load_per_user(DIR)["full/ndcg@10"]``).
+    permutations: random sign patterns.
+    seed: seed of the patterns.
+
+  Returns:
+    ``{"mean_a", "mean_b", "mean_diff", "p_value", "users"}``.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 1:
+    raise ValueError(f"expected two per-user vectors of one shape, got {a.shape} and {b.shape}")
+  diff = a - b
+  observed = abs(diff.mean()) if diff.size else 0.0
+  rng = np.random.default_rng(seed)
+  hits = 0
+  for start in range(0, permutations, 1000):
+    n = min(1000, permutations - start)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n, diff.size))
+    hits += int(np.sum(np.abs(signs @ diff) / max(diff.size, 1) >= observed - 1e-12))
+  return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_diff": float(diff.mean()),
+          "p_value": (hits + 1) / (permutations + 1), "users": int(diff.size)}

@@ -189,3 +189,21 @@ def test_run_experiment_and_rescore(tiny_config, tmp_path):
       assert out[split][key] == pytest.approx(value, abs=1e-6), (split, key)
   rows = rescore.load_per_user(workdir, "test")
   assert np.mean(rows["full/ndcg@10"]) == pytest.approx(saved["test_full"]["ndcg@10"], abs=1e-6)
+
+
+def test_paired_permutation_test_against_exact_enumeration():
+  import itertools  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  a = rng.random(8)
+  b = a - rng.normal(0.1, 0.2, size=8)
+  diff = a - b
+  exact = np.mean([abs(np.dot(s, diff)) / 8 >= abs(diff.mean()) - 1e-12
+                   for s in itertools.product([-1, 1], repeat=8)])
+  got = rescore.paired_permutation_test(a, b, permutations=20_000)
+  assert got["p_value"] == pytest.approx(exact, abs=0.015)
+  assert got["mean_diff"] == pytest.approx(diff.mean())
+  assert rescore.paired_permutation_test(a, a)["p_value"] == 1.0
+  far = rescore.paired_permutation_test(a + 1.0, a, permutations=999)
+  assert far["p_value"] == pytest.approx(1 / 1000)
+  with pytest.raises(ValueError, match="one shape"):
+    rescore.paired_permutation_test(a, a[:3])
