@@ -76,6 +76,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("report_only", False, "do not train; write the report from finished runs")
   flags.DEFINE_string("output", os.path.join(ROOT, "docs", "RESULTS.md"), "report file")
   flags.DEFINE_list("extra_flags", [], "more flags for every run, e.g. --extra_flags=--epochs=2")
+  flags.DEFINE_bool("multi_thread", True, "let XLA's CPU kernels use every core in each run (the "
+                    "runs go one at a time; the launchers default to one thread)")
 
 
 def plan(backbones, datasets, seeds) -> list[Run]:
@@ -104,7 +106,8 @@ def record(root: str, run: Run) -> None:
     json.dump(keep, f, indent=1, sort_keys=True)
 
 
-def run_one(run: Run, root: str, data_root: str, extra: list[str]) -> None:
+def run_one(run: Run, root: str, data_root: str, extra: list[str], *,
+            multi_thread: bool = False) -> None:
   """Trains (or resumes) one run in its own process; raises if it fails."""
   workdir = os.path.join(root, run.name)
   if load(root, run) is not None:
@@ -113,7 +116,10 @@ def run_one(run: Run, root: str, data_root: str, extra: list[str]) -> None:
          f"--dataset={os.path.join(data_root, run.dataset)}", "--method=static",
          f"--seed={run.seed}", f"--workdir={workdir}", "--progress=false", *extra]
   logging.info("running %s", " ".join(cmd))
-  subprocess.run(cmd, check=True, cwd=ROOT)
+  env = dict(os.environ)
+  if multi_thread and "xla_cpu_multi_thread_eigen" not in env.get("XLA_FLAGS", ""):
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true").strip()
+  subprocess.run(cmd, check=True, cwd=ROOT, env=env)
   record(root, run)
 
 
@@ -230,7 +236,8 @@ def main(argv):
     record(FLAGS.workdir_root, run)
   if not FLAGS.report_only:
     for run in runs:
-      run_one(run, FLAGS.workdir_root, FLAGS.data_root, FLAGS.extra_flags)
+      run_one(run, FLAGS.workdir_root, FLAGS.data_root, FLAGS.extra_flags,
+              multi_thread=FLAGS.multi_thread)
       splice(FLAGS.output, report(FLAGS.workdir_root, runs))
   splice(FLAGS.output, report(FLAGS.workdir_root, runs))
   print(report(FLAGS.workdir_root, runs))
