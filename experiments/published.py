@@ -189,7 +189,10 @@ def report(root: str, runs: list[Run]) -> str:
         continue
       published = PUBLISHED[(b, dataset)]
       ours = [[r[s][m] for r in results if r.get(s)] for s, m in COLUMNS]
-      epochs = ", ".join(f"{r['selected_epoch']}/{r.get('stopped_epoch', '?')}" for r in results)
+      epochs = ", ".join(
+          f"{r['selected_epoch']}/{r.get('stopped_epoch', '?')}"
+          + ("" if r.get("config", {}).get("stop_rule", "select") == "any" else "*")
+          for r in results)
       lines.append(f"| {dataset} | {len(results)} | ours | " + " | ".join(map(_cell, ours))
                    + f" | {epochs} |")
       lines.append(f"| | | published | " + " | ".join(
@@ -199,6 +202,9 @@ def report(root: str, runs: list[Run]) -> str:
         gaps.append("—" if p is None or not values else f"{100 * (np.mean(values) - p) / p:+.1f}%")
       lines.append("| | | gap | " + " | ".join(gaps) + " | |")
     lines.append("")
+  lines.append("Epochs marked * stopped on the single-metric rule (10 epochs without a better "
+               "validation full NDCG@10) instead of S3-Rec's any-metric rule of the config.")
+  lines.append("")
   expected = len(runs)
   done = sum(len(v) for v in by_key.values())
   if done < expected:

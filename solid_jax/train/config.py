@@ -127,6 +127,9 @@ class TrainConfig:
                               choices=EVAL_PROTOCOLS)
   patience: int = _field(0, "stop a stage after this many epochs without improvement of the "
                          "selection metric (0: always train --epochs epochs)")
+  stop_rule: str = _field("select", "what resets --patience: 'select' (an improvement of the "
+                          "selection metric) or 'any' (of any metric of its protocol over the last "
+                          "improving epoch, S3-Rec's early stopping)", choices=("select", "any"))
   objective: str = _field("rows", "training rows: 'rows' (one row per target with its <= L "
                           "previous items, the SOLID paper's) or 'positions' (one row per user, "
                           "every position of its last L training events predicts the next item, "
@@ -166,6 +169,7 @@ class TrainConfig:
     check("select_on", SELECT_ON)
     check("eval_protocol", EVAL_PROTOCOLS)
     check("objective", OBJECTIVES)
+    check("stop_rule", ("select", "any"))
     protocol, _ = parse_select_metric(self.select_metric)
     if self.eval_protocol not in (protocol, "both"):
       raise ValueError(f"TrainConfig.select_metric={self.select_metric!r} needs the {protocol} "

@@ -94,12 +94,43 @@ RESULT_FILE = "result.json"
 PER_USER_FILE = "per_user_{split}.npz"
 
 
-def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric: str) -> bool:
-  """Whether the last ``patience`` epochs brought no improvement over the best before them."""
+STOP_RULES = ("select", "any")
+
+
+def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric: str,
+                  rule: str = "select") -> bool:
+  """Whether training stops after ``history`` (a pure function of the epoch records).
+
+  Args:
+    history: the epoch records so far.
+    patience: epochs without improvement that stop the stage (0: never stop early).
+    key: the record entry of the selection ("valid_full", "valid", ...).
+    metric: the selection metric.
+    rule: "select": the last ``patience`` epochs did not beat the best selection metric before
+      them. "any" (S3-Rec's early stopping): an epoch counts as an improvement when ANY metric of
+      the ``key`` entry beats the metrics of the last improving epoch, which then becomes the
+      reference as a whole; stop after ``patience`` epochs in a row without one.
+
+  Returns:
+    True when the stage stops.
+  """
   if patience <= 0 or len(history) <= patience:
     return False
-  values = [_finite(r[key][metric]) for r in history]
-  return max(values[-patience:]) <= max(values[:-patience])
+  if rule == "select":
+    values = [_finite(r[key][metric]) for r in history]
+    return max(values[-patience:]) <= max(values[:-patience])
+  if rule != "any":
+    raise ValueError(f"stop rule {rule!r}; expected one of {STOP_RULES}")
+  names = sorted(history[0][key])
+  best = [_finite(history[0][key][n]) for n in names]
+  waited = 0
+  for record in history[1:]:
+    values = [_finite(record[key][n]) for n in names]
+    if any(v > b for v, b in zip(values, best)):
+      best, waited = values, 0
+    else:
+      waited += 1
+  return waited >= patience
 
 
 def stage_result(directory: str) -> dict[str, Any] | None:
@@ -186,7 +217,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
                 group_candidates: bool = True, data_parallel: bool = True,
                 select_metric: str = "full:ndcg@10", eval_protocol: str = "both",
                 patience: int = 0, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                save_scores: bool = False) -> tuple[dict[str, Any], Any]:
+                save_scores: bool = False, stop_rule: str = "select"
+                ) -> tuple[dict[str, Any], Any]:
   """Trains one stage, resuming from its latest checkpoint, and returns its result.
 
   Args:
@@ -215,7 +247,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       higher is better. A stage without full-catalogue users (stage 1 ranks semantic ids) is
       selected on ``sampled:uauc``.
     eval_protocol: "sampled", "full" or "both": what every epoch evaluates.
-    patience: stop after this many epochs without improvement of the selection metric (0: off).
+    patience: stop after this many epochs without improvement (0: off), see `stopped_early`.
+    stop_rule: what counts as an improvement: "select" (the selection metric) or "any" (any
+      metric of the selection protocol, S3-Rec's rule).
     weight_decay: AdamW's decoupled weight decay (0: Adam).
     grad_clip_norm: global-norm gradient clipping (0: off).
     save_scores: also save the raw sampled candidate scores of the selected epoch.
@@ -339,7 +373,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
 
   try:
     for epoch in range(epoch, spec.epochs):
-      if stopped_early(history, patience, select_key, metric):
+      if stopped_early(history, patience, select_key, metric, stop_rule):
         break
       rows = data.train_rows(epoch)
       num_rows = len(rows["label"])
@@ -439,7 +473,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   if not history:
     raise ValueError(f"{spec.name}: no epoch was trained (epochs={spec.epochs})")
   best = max(history, key=lambda r: (_finite(r[select_key][metric]), -r["step"]))
-  stop_reason = ("patience" if stopped_early(history, patience, select_key, metric)
+  stop_reason = ("patience" if stopped_early(history, patience, select_key, metric, stop_rule)
                  else "max_epochs")
   params = ckpts.restore_params(best["step"], params)
   final = {k: best[k] for k in ("valid", "valid_full") if k in best}
@@ -454,7 +488,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   result = {
       "stage": spec.name, "selected_epoch": best["epoch"], "selected_step": best["step"],
       **final, "epochs": spec.epochs, "stopped_epoch": len(history),
-      "stop_reason": stop_reason, "patience": patience,
+      "stop_reason": stop_reason, "patience": patience, "stop_rule": stop_rule,
       "selection": {"split": select_on, "protocol": protocol, "metric": metric},
       "train_seconds": train_seconds, "eval_seconds": eval_seconds,
       "train_samples": train_samples,

@@ -241,7 +241,8 @@ def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
               group_candidates=config.group_candidates, data_parallel=config.data_parallel,
               select_metric=config.select_metric, eval_protocol=config.eval_protocol,
               patience=config.patience, weight_decay=config.weight_decay,
-              grad_clip_norm=config.grad_clip_norm, save_scores=config.save_scores)
+              grad_clip_norm=config.grad_clip_norm, save_scores=config.save_scores,
+              stop_rule=config.stop_rule)
 
 
 def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:

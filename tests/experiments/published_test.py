@@ -5,20 +5,21 @@ import json
 from experiments import published
 
 
-def _finished(root, name, hr10, ndcg10):
+def _finished(root, name, hr10, ndcg10, rule="any"):
   run_dir = root / name
   run_dir.mkdir(parents=True)
   full = {"hr@10": 0.06, "ndcg@10": 0.03, "hr@20": 0.09, "ndcg@20": 0.04}
   (run_dir / "results.json").write_text(json.dumps({
       "test": {"hr@10": hr10, "ndcg@10": ndcg10}, "test_full": full, "selected_epoch": 40,
-      "stopped_epoch": 50, "stages": {"main": {"history": [1, 2]}}}))
+      "stopped_epoch": 50, "stages": {"main": {"history": [1, 2]}},
+      "config": {"stop_rule": rule}}))
 
 
 def test_report_and_splice(tmp_path, monkeypatch):
   monkeypatch.setattr(published, "RECORDS", str(tmp_path / "records"))
   root = tmp_path / "runs"
   _finished(root, "sasrec_beauty_seed0", 0.46, 0.31)
-  _finished(root, "sasrec_beauty_seed1", 0.48, 0.33)
+  _finished(root, "sasrec_beauty_seed1", 0.48, 0.33, rule="select")
   runs = published.plan(["sasrec"], ["beauty", "lastfm"], ["0", "1"])
   assert [r.name for r in runs] == ["sasrec_beauty_seed0", "sasrec_lastfm_seed0",
                                     "sasrec_beauty_seed1", "sasrec_lastfm_seed1"]
@@ -29,7 +30,7 @@ def test_report_and_splice(tmp_path, monkeypatch):
   text = published.report(str(root), runs)
   line = next(l for l in text.splitlines() if l.startswith("| beauty"))
   assert "| 2 | ours | 0.4700 ± 0.0141 | 0.3200 ± 0.0141 |" in line
-  assert "40/50, 40/50" in line
+  assert "40/50, 40/50*" in line   # * = stopped on the single-metric rule
   gap = text.splitlines()[text.splitlines().index(line) + 2]
   assert gap.startswith("| | | gap | +0.1% | +1.4% |")
   assert "**Partial:** 2 of 4 runs finished" in text

@@ -208,3 +208,15 @@ def test_paired_permutation_test_against_exact_enumeration():
   assert far["p_value"] == pytest.approx(1 / 1000)
   with pytest.raises(ValueError, match="one shape"):
     rescore.paired_permutation_test(a, a[:3])
+
+
+def test_any_metric_stop_rule_as_s3rec():
+  rec = lambda a, b: {"valid_full": {"hr@10": a, "ndcg@10": b}}
+  # Epoch 2 improves hr only, which resets the counter and becomes the reference as a whole.
+  hist = [rec(0.1, 0.3), rec(0.2, 0.1), rec(0.15, 0.2), rec(0.2, 0.1)]
+  assert not loop.stopped_early(hist, 2, "valid_full", "ndcg@10", "any")   # epoch 3: ndcg > 0.1
+  assert not loop.stopped_early(hist + [rec(0.2, 0.2)], 2, "valid_full", "ndcg@10", "any")
+  assert loop.stopped_early(hist + [rec(0.1, 0.05)] * 2, 2, "valid_full", "ndcg@10", "any")
+  assert loop.stopped_early(hist, 2, "valid_full", "ndcg@10", "select")
+  with pytest.raises(ValueError, match="stop rule"):
+    loop.stopped_early(hist, 2, "valid_full", "ndcg@10", "sometimes")
