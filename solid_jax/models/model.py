@@ -189,13 +189,17 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
         return layers.mlp(params.get("head", {}), x, [act for _, _, act in specs])
       return dynamic.head(weights, params.get("head") if kind == "apg" else None, x, specs)
 
-  def _user_vectors(params: Params, weights: Params, batch: Batch, drop: Array | None = None,
-                    all_positions: bool = False) -> Array:
+  def _head_input(params: Params, batch: Batch, drop: Array | None, target_vec: Array | None,
+                  all_positions: bool = False) -> Array:
     items = jnp.asarray(batch["items"])
     with jax.named_scope("backbone"):
       seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0))
-      x = encoders.head_input(params, seq_emb, items, None, cfg, unroll=unroll,
-                              key=layers.fold(drop, 1), all_positions=all_positions)
+      return encoders.head_input(params, seq_emb, items, target_vec, cfg, unroll=unroll,
+                                 key=layers.fold(drop, 1), all_positions=all_positions)
+
+  def _user_vectors(params: Params, weights: Params, batch: Batch, drop: Array | None = None,
+                    all_positions: bool = False) -> Array:
+    x = _head_input(params, batch, drop, None, all_positions)
     if not all_positions:
       return _head(params, weights, x)
     b, length, d = x.shape
@@ -204,12 +208,8 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
   def _score(params: Params, weights: Params, batch: Batch, drop: Array | None = None) -> Array:
     with jax.named_scope("backbone"):
       target_vec = encoders.target_embedding(params, jnp.asarray(batch["target"]), cfg)
-    if cfg.backbone == "din":
-      items = jnp.asarray(batch["items"])
-      with jax.named_scope("backbone"):
-        seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0))
-        x = encoders.head_input(params, seq_emb, items, target_vec, cfg, unroll=unroll)
-      return _head(params, weights, x)[:, 0]
+    if cfg.backbone == "din":  # the head sees the target
+      return _head(params, weights, _head_input(params, batch, drop, target_vec))[:, 0]
     return jnp.sum(_user_vectors(params, weights, batch, drop) * target_vec, axis=-1)
 
   def score(params: Params, weights: Params, batch: Batch) -> Array:

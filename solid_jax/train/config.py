@@ -18,6 +18,7 @@ SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_imag
 SELECT_ON = ("valid", "test")
 EVAL_PROTOCOLS = ("sampled", "full", "both")
 OBJECTIVES = ("rows", "positions")
+STOP_RULES = ("select", "any")
 
 # Fields that change how a run is carried out or displayed, not what it computes (metrics, records
 # and checkpoints' contents are the same): they may differ between a launch and a relaunch on the
@@ -41,6 +42,20 @@ def parse_select_metric(value: str) -> tuple[str, str]:
     raise ValueError(f"select_metric={value!r}: expected 'sampled:<m>' with m in "
                      f"{list(names['sampled'])} or 'full:<m>' with m in {list(names['full'])}")
   return protocol, metric
+
+
+# TrainConfig fields passed unchanged to the ModelConfig of every stage.
+SHARED_MODEL_FIELDS = ("backbone", "seq_len", "dim", "apg_rank", "paper_compat", "num_heads",
+                       "ff_dim", "sasrec_layers", "causal", "ff_activation", "embedding",
+                       "position_alignment", "target_tower", "head_layers", "init_std",
+                       "layer_norm_eps", "dropout_embedding", "dropout_hidden",
+                       "dropout_attention")
+# TrainConfig fields that are keyword arguments of `loop.train_stage` under the same name.
+LOOP_FIELDS = ("seed", "batch_size", "lr", "eval_batch_size", "select_on",
+               "checkpoint_every_steps", "check_every_steps", "prefetch", "progress",
+               "tensorboard", "group_candidates", "data_parallel", "select_metric",
+               "eval_protocol", "patience", "weight_decay", "grad_clip_norm", "save_scores",
+               "stop_rule")
 
 
 def _field(default, help_text: str, **kwargs):
@@ -129,7 +144,7 @@ class TrainConfig:
                          "selection metric (0: always train --epochs epochs)")
   stop_rule: str = _field("select", "what resets --patience: 'select' (an improvement of the "
                           "selection metric) or 'any' (of any metric of its protocol over the last "
-                          "improving epoch, S3-Rec's early stopping)", choices=("select", "any"))
+                          "improving epoch, S3-Rec's early stopping)", choices=STOP_RULES)
   objective: str = _field("rows", "training rows: 'rows' (one row per target with its <= L "
                           "previous items, the SOLID paper's) or 'positions' (one row per user, "
                           "every position of its last L training events predicts the next item, "
@@ -169,7 +184,7 @@ class TrainConfig:
     check("select_on", SELECT_ON)
     check("eval_protocol", EVAL_PROTOCOLS)
     check("objective", OBJECTIVES)
-    check("stop_rule", ("select", "any"))
+    check("stop_rule", STOP_RULES)
     protocol, _ = parse_select_metric(self.select_metric)
     if self.eval_protocol not in (protocol, "both"):
       raise ValueError(f"TrainConfig.select_metric={self.select_metric!r} needs the {protocol} "
@@ -242,15 +257,7 @@ class TrainConfig:
     Returns:
       The frozen model configuration.
     """
-    common = dict(backbone=self.backbone, seq_len=self.seq_len, dim=self.dim,
-                  apg_rank=self.apg_rank, paper_compat=self.paper_compat,
-                  num_heads=self.num_heads, ff_dim=self.ff_dim, sasrec_layers=self.sasrec_layers,
-                  causal=self.causal, ff_activation=self.ff_activation,
-                  embedding=self.embedding, position_alignment=self.position_alignment,
-                  target_tower=self.target_tower, head_layers=self.head_layers,
-                  init_std=self.init_std, layer_norm_eps=self.layer_norm_eps,
-                  dropout_embedding=self.dropout_embedding, dropout_hidden=self.dropout_hidden,
-                  dropout_attention=self.dropout_attention)
+    common = {name: getattr(self, name) for name in SHARED_MODEL_FIELDS}
     if stage == "stage0":
       return model_configs.ModelConfig(head="duet", num_items=num_items,
                                        num_semantics=num_semantics, **common)

@@ -33,6 +33,7 @@ import numpy as np
 
 from solid_jax import parallel
 from solid_jax.train import checkpoint as checkpoint_lib
+from solid_jax.train import config as config_lib
 from solid_jax.train import step as step_lib
 from solid_jax.train import writers
 
@@ -94,8 +95,6 @@ RESULT_FILE = "result.json"
 PER_USER_FILE = "per_user_{split}.npz"
 
 
-STOP_RULES = ("select", "any")
-
 
 def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric: str,
                   rule: str = "select") -> bool:
@@ -120,7 +119,7 @@ def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric
     values = [_finite(r[key][metric]) for r in history]
     return max(values[-patience:]) <= max(values[:-patience])
   if rule != "any":
-    raise ValueError(f"stop rule {rule!r}; expected one of {STOP_RULES}")
+    raise ValueError(f"stop rule {rule!r}; expected one of {config_lib.STOP_RULES}")
   names = sorted(history[0][key])
   best = [_finite(history[0][key][n]) for n in names]
   waited = 0
@@ -313,7 +312,6 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   def step_arg(step):
     return np.int32(step) if mesh is None else parallel.replicate(np.int32(step), mesh)
 
-  from solid_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel
   protocol, metric = config_lib.parse_select_metric(select_metric)
   with_full = (eval_protocol in ("full", "both") and data.valid_full is not None
@@ -476,13 +474,15 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   stop_reason = ("patience" if stopped_early(history, patience, select_key, metric, stop_rule)
                  else "max_epochs")
   params = ckpts.restore_params(best["step"], params)
-  final = {k: best[k] for k in ("valid", "valid_full") if k in best}
-  final.update({k: best[k] for k in ("test", "test_full") if k in best}
-               if select_on == "test" else evaluate_split("test", params))
   ckpts.close()
+  final = {k: best[k] for k in ("valid", "valid_full") if k in best}
+  if select_on == "test":
+    final.update({k: best[k] for k in ("test", "test_full") if k in best})
   for split, sampled, full in (("valid", valid_eval, valid_full), ("test", test_eval, test_full)):
     # Every process evaluates (the scorers are collective over the mesh); process 0 writes.
-    rows = per_user_rows(params, sampled, full, save_scores=save_scores)
+    metrics, rows = evaluate_selected(params, split, sampled, full, save_scores=save_scores)
+    if split == "test" and select_on != "test":
+      final.update(metrics)  # test is evaluated once, here, at the selected epoch
     if primary:
       write_per_user(os.path.join(spec.directory, PER_USER_FILE.format(split=split)), rows)
   result = {
@@ -501,32 +501,42 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   return result, params
 
 
-def per_user_rows(params, sampled, full, *, save_scores: bool = False) -> dict[str, np.ndarray]:
-  """The per-user metrics of one split under both protocols (see `write_per_user` for the keys).
+def evaluate_selected(params, split: str, sampled, full, *, save_scores: bool = False
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+  """One split under both protocols, with its per-user metrics, from one scoring pass each.
 
-  In a multi-process run every process must call this (the scorers run over the whole mesh).
+  Args:
+    params: the parameters.
+    split: "valid" or "test" (the keys of the metrics: ``split`` and ``split + "_full"``).
+    sampled: the split's `step.Evaluator` (or None).
+    full: its `full_eval.FullEvaluator` (or None).
+    save_scores: also keep the raw sampled candidate scores in the rows.
+
+  Returns:
+    ``({split: sampled metrics, split_full: full metrics}, rows)`` where ``rows`` holds the
+    per-user arrays described in `write_per_user`. In a multi-process run every process must call
+    this (the scorers run over the whole mesh).
   """
   from solid_jax import ranking  # pylint: disable=import-outside-toplevel
-  out = {}
-  if sampled is not None and sampled.group is not None:
-    scores = sampled.scores(params)
-    if sampled.mesh is not None:
-      scores = scores.addressable_data(0)
-    scores = np.asarray(jax.device_get(scores))
-    rows = ranking.sampled_per_user(scores, sampled.labels, sampled.group)
-    out["sampled/user"] = sampled.users[::sampled.group]
-    out.update({f"sampled/{k}": v for k, v in rows.items()})
-    if save_scores:
-      out["sampled/scores"] = scores.reshape(-1, sampled.group)
-      out["sampled/candidates"] = sampled.targets.reshape(-1, sampled.group)
+  metrics, out = {}, {}
+  if sampled is not None:
+    scores = sampled.host_scores(params)
+    metrics[split] = sampled.metrics_of(scores)
+    if sampled.group is not None:
+      rows = ranking.sampled_per_user(scores, sampled.labels, sampled.group)
+      out["sampled/user"] = sampled.users[::sampled.group]
+      out.update({f"sampled/{k}": v for k, v in rows.items()})
+      if save_scores:
+        out["sampled/scores"] = scores.reshape(-1, sampled.group)
+        out["sampled/candidates"] = sampled.targets.reshape(-1, sampled.group)
   if full is not None:
-    _, rows = full.evaluate(params, per_user=True)
+    metrics[split + "_full"], rows = full.evaluate(params, per_user=True)
     out.update({f"full/{k}": v for k, v in rows.items()})
-  return out
+  return metrics, out
 
 
 def write_per_user(path: str, rows: dict[str, np.ndarray]) -> None:
-  """Writes per-user metrics (`per_user_rows`) to an ``.npz`` file, atomically.
+  """Writes per-user metrics (`evaluate_selected`) to an ``.npz`` file, atomically.
 
   Keys: ``sampled/user`` and ``sampled/<m>`` for m in auc, hr@k, ndcg@k, rr, above, ties (the
   negatives above / tied with the positive); ``full/user`` and ``full/<m>`` for hr@k, ndcg@k, rr,
@@ -540,11 +550,6 @@ def write_per_user(path: str, rows: dict[str, np.ndarray]) -> None:
   tmp = path + ".tmp.npz"
   np.savez(tmp, **rows)
   os.replace(tmp, path)
-
-
-def save_per_user(path: str, params, sampled, full, *, save_scores: bool = False) -> None:
-  """`per_user_rows` then `write_per_user` (one process)."""
-  write_per_user(path, per_user_rows(params, sampled, full, save_scores=save_scores))
 
 
 def _finite(x: float) -> float:

@@ -103,11 +103,12 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
     users = stages.with_semantics(sj_data.full_ranking_users(ds, split_data, split), table)
     sampled = step_lib.Evaluator(model, rows, config.eval_batch_size)
     full = full_eval.FullEvaluator(model, users)
-    out[split] = sampled(params)
-    out[split + "_full"] = full(params)
+    metrics, per_user = loop.evaluate_selected(params, split, sampled, full,
+                                               save_scores=save_scores)
+    out.update(metrics)
     if write:
-      loop.save_per_user(os.path.join(stage_dir, loop.PER_USER_FILE.format(split=split)),
-                         params, sampled, full, save_scores=save_scores)
+      loop.write_per_user(os.path.join(stage_dir, loop.PER_USER_FILE.format(split=split)),
+                          per_user)
   return out
 
 

@@ -52,7 +52,7 @@ from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import loop
 from solid_jax.train import step as step_lib
 from solid_jax.train import writers
-from solid_jax.train.config import TrainConfig, config_differences
+from solid_jax.train.config import LOOP_FIELDS, TrainConfig, config_differences
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
@@ -233,16 +233,7 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
 
 
 def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
-  return dict(seed=config.seed, batch_size=config.batch_size, lr=config.lr,
-              eval_batch_size=config.eval_batch_size, select_on=config.select_on,
-              checkpoint_every_steps=config.checkpoint_every_steps,
-              check_every_steps=config.check_every_steps, prefetch=config.prefetch,
-              progress=config.progress, tensorboard=config.tensorboard,
-              group_candidates=config.group_candidates, data_parallel=config.data_parallel,
-              select_metric=config.select_metric, eval_protocol=config.eval_protocol,
-              patience=config.patience, weight_decay=config.weight_decay,
-              grad_clip_norm=config.grad_clip_norm, save_scores=config.save_scores,
-              stop_rule=config.stop_rule)
+  return {name: getattr(config, name) for name in LOOP_FIELDS}
 
 
 def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:

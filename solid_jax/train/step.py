@@ -404,11 +404,18 @@ class Evaluator:
     """float32[N] logits of every row, in the split's order (replicated over the mesh if any)."""
     return self._score(params, *self._args)[: self.num_rows]
 
-  def __call__(self, params) -> dict[str, float]:
-    from solid_jax import metrics as sj_metrics  # pylint: disable=import-outside-toplevel
+  def host_scores(self, params) -> np.ndarray:
+    """`scores` as a host array (with a mesh, every process reads one of its own devices)."""
     scores = self.scores(params)
     if self.mesh is not None:
-      # Replicated: every process reads the full vector from one of its own devices.
-      scores = np.asarray(scores.addressable_data(0))
+      scores = scores.addressable_data(0)  # replicated: the full vector on every device
+    return np.asarray(jax.device_get(scores))
+
+  def metrics_of(self, scores) -> dict[str, float]:
+    """``solid_jax.metrics.evaluate`` of this split's rows with the given scores [N]."""
+    from solid_jax import metrics as sj_metrics  # pylint: disable=import-outside-toplevel
     out = sj_metrics.evaluate(scores, self.labels, self.users)
     return {k: float(v) for k, v in out.items()}
+
+  def __call__(self, params) -> dict[str, float]:
+    return self.metrics_of(self.host_scores(params))
