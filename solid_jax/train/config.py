@@ -144,7 +144,7 @@ class TrainConfig:
                          "selection metric (0: always train --epochs epochs)")
   stop_rule: str = _field("select", "what resets --patience: 'select' (an improvement of the "
                           "selection metric) or 'any' (of any metric of its protocol over the last "
-                          "improving epoch, S3-Rec's early stopping)", choices=STOP_RULES)
+                          "improving epoch)", choices=STOP_RULES)
   objective: str = _field("rows", "training rows: 'rows' (one row per target with its <= L "
                           "previous items, the SOLID paper's) or 'positions' (one row per user, "
                           "every position of its last L training events predicts the next item, "

@@ -106,7 +106,7 @@ def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric
     key: the record entry of the selection ("valid_full", "valid", ...).
     metric: the selection metric.
     rule: "select": the last ``patience`` epochs did not beat the best selection metric before
-      them. "any" (S3-Rec's early stopping): an epoch counts as an improvement when ANY metric of
+      them. "any": an epoch counts as an improvement when ANY metric of
       the ``key`` entry beats the metrics of the last improving epoch, which then becomes the
       reference as a whole; stop after ``patience`` epochs in a row without one.
 
@@ -248,7 +248,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     eval_protocol: "sampled", "full" or "both": what every epoch evaluates.
     patience: stop after this many epochs without improvement (0: off), see `stopped_early`.
     stop_rule: what counts as an improvement: "select" (the selection metric) or "any" (any
-      metric of the selection protocol, S3-Rec's rule).
+      metric of the selection protocol).
     weight_decay: AdamW's decoupled weight decay (0: Adam).
     grad_clip_norm: global-norm gradient clipping (0: off).
     save_scores: also save the raw sampled candidate scores of the selected epoch.

@@ -210,7 +210,7 @@ def test_paired_permutation_test_against_exact_enumeration():
     rescore.paired_permutation_test(a, a[:3])
 
 
-def test_any_metric_stop_rule_as_s3rec():
+def test_any_metric_stop_rule():
   rec = lambda a, b: {"valid_full": {"hr@10": a, "ndcg@10": b}}
   # Epoch 2 improves hr only, which resets the counter and becomes the reference as a whole.
   hist = [rec(0.1, 0.3), rec(0.2, 0.1), rec(0.15, 0.2), rec(0.2, 0.1)]
