@@ -151,5 +151,12 @@ class ModelConfig:
     return self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)
 
   @property
+  def packable(self) -> bool:
+    """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): causal SASRec
+    with the static head, where attention is the only thing that mixes positions (a GRU carries
+    its state across segments, and the dynamic heads pool over the whole row)."""
+    return self.backbone == "sasrec" and self.causal and self.head == "static"
+
+  @property
   def codebook_size(self) -> int:
     return self.num_semantics if self.num_codes is None else self.num_codes

@@ -19,6 +19,8 @@ Public names:
   position_rows      one row per user for training on every position (next item + negatives).
   full_ranking_users validation/test users with their exclusion lists, for full ranking.
   batches            fixed-shape batches, order a pure function of (seed, epoch), resumable.
+  pack_rows          one batch of position rows laid end to end in fewer rows (segments).
+  packed_batches     ``batches`` of position rows, each packed by ``pack_rows``.
   num_batches        ceil(N / batch_size).
   prefetch           background-thread prefetching of any iterator.
   read_authors_file / write_authors_file   the authors' `user;target;trigger;click;label` files.
@@ -31,6 +33,8 @@ from solid_jax.data.dataset import from_interactions
 from solid_jax.data.errors import DataError
 from solid_jax.data.formats import read_authors_file
 from solid_jax.data.formats import write_authors_file
+from solid_jax.data.packing import pack_rows
+from solid_jax.data.packing import packed_batches
 from solid_jax.data.pipeline import batches
 from solid_jax.data.pipeline import num_batches
 from solid_jax.data.pipeline import prefetch
@@ -44,6 +48,6 @@ from solid_jax.data.splits import resample_train
 __all__ = [
     "Dataset", "DataError", "load_dataset", "from_interactions", "make_splits", "resample_train",
     "position_rows", "full_ranking_users",
-    "batches", "num_batches", "prefetch", "read_authors_file", "write_authors_file",
+    "batches", "packed_batches", "pack_rows", "num_batches", "prefetch", "read_authors_file", "write_authors_file",
     "registered_datasets",
 ]

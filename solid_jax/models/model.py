@@ -24,6 +24,8 @@ Params = dict
 Batch = dict
 
 GENERATOR_KEYS = ("generator", "item_generator", "semantic_generator")
+# The layout of packed rows (``solid_jax.data.pack_rows``) that ``apply_positions`` reads.
+PACKING_KEYS = ("segment", "slot", "span")
 
 
 class Model(NamedTuple):
@@ -53,7 +55,10 @@ class Model(NamedTuple):
       float32[B, L, C], aux)`` for models that can be trained on every position of a sequence
       (``config.positionwise``; None otherwise): ``batch["items"]`` int32[B, L] is a sequence
       (right-padded), ``batch["target"]`` int32[B, L, C] the C candidates scored at every
-      position from the state after items ``0..t`` (the next item and its negatives).
+      position from the state after items ``0..t`` (the next item and its negatives). With
+      ``config.packable``, the batch may be packed rows (``solid_jax.data.pack_rows``: several
+      users per row, told apart by int32 ``segment``/``slot``/``span`` [B, L]); each position then
+      scores as it does in its user's unpacked row.
     encode_users: ``encode_users(params, batch) -> float32[B, d]``, the user vector ``u`` with
       ``logit = <u, encode_items(params, target)>`` (None for DIN, whose head sees the target).
     encode_items: ``encode_items(params, items int[...]) -> float32[..., d]``, the target tower.
@@ -192,10 +197,12 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
   def _head_input(params: Params, batch: Batch, drop: Array | None, target_vec: Array | None,
                   all_positions: bool = False) -> Array:
     items = jnp.asarray(batch["items"])
+    layout = ({k: batch[k] for k in PACKING_KEYS} if "segment" in batch else None)
     with jax.named_scope("backbone"):
-      seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0))
+      seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0), layout)
       return encoders.head_input(params, seq_emb, items, target_vec, cfg, unroll=unroll,
-                                 key=layers.fold(drop, 1), all_positions=all_positions)
+                                 key=layers.fold(drop, 1), all_positions=all_positions,
+                                 segments=None if layout is None else layout["segment"])
 
   def _user_vectors(params: Params, weights: Params, batch: Batch, drop: Array | None = None,
                     all_positions: bool = False) -> Array:
@@ -226,6 +233,10 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
   ) -> tuple[Array, dict]:
     drop, key = _keys(train, key)
+    if "segment" in batch and not cfg.packable:
+      raise ValueError(f"packed rows need a causal SASRec with the static head (its attention is "
+                       f"all that mixes positions), not backbone={cfg.backbone!r} "
+                       f"head={cfg.head!r}")
     weights, aux = _generate(params, batch, key, drop, all_positions=True)
     users = _user_vectors(params, weights, batch, drop, all_positions=True)   # [B, L, d]
     with jax.named_scope("backbone"):

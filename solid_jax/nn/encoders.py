@@ -104,31 +104,37 @@ def init(key: Array, cfg: ModelConfig) -> Params:
   return params
 
 
-def positions(items: Array, cfg: ModelConfig) -> Array:
+def positions(items: Array, cfg: ModelConfig, layout: Mapping[str, Array] | None = None
+              ) -> Array:
   """int32[B, L] index into the position table of every history slot.
 
   ``position_alignment="start"``: slot t is position t. ``"end"``: the newest real item is
-  position L-1 and older ones count down (what a left-padded input sees); padding slots get 0.
+  position ``seq_len - 1`` and older ones count down (what a left-padded input of ``seq_len``
+  slots sees), also for a row cut to fewer slots; padding slots get 0. With ``layout`` (packed rows, ``solid_jax.data.pack_rows``: int ``slot`` and ``span`` [B, L]),
+  every slot gets the position it has in its user's unpacked row.
   """
-  length = items.shape[-1]
-  t = jnp.arange(length, dtype=jnp.int32)
+  if layout is None:
+    t = jnp.broadcast_to(jnp.arange(items.shape[-1], dtype=jnp.int32), items.shape)
+    span = lengths_of(items)[..., None]
+  else:
+    t, span = jnp.asarray(layout["slot"], jnp.int32), jnp.asarray(layout["span"], jnp.int32)
   if cfg.position_alignment == "start":
-    return jnp.broadcast_to(t, items.shape)
-  shift = length - lengths_of(items)[..., None]
-  return jnp.where(items != 0, t + shift, 0)
+    return t
+  return jnp.where(items != 0, t + cfg.seq_len - span, 0)
 
 
 def sequence_embedding(params: Params, items: Array, cfg: ModelConfig,
-                       key: Array | None = None) -> Array:
+                       key: Array | None = None, layout: Mapping[str, Array] | None = None
+                       ) -> Array:
   """The sequence embeddings: int[B, L] -> float32[B, L, d].
 
   ``embedding="tanh_dense"``: ``tanh((E[items] (+ P)) @ seq_trans)``; ``"layer_norm"``:
   ``dropout(LN(E[items] (+ P)))`` (P for SASRec / BERT4Rec). ``key`` (training) draws the
-  embedding dropout mask.
+  embedding dropout mask. ``layout``: the ``slot``/``span`` of packed rows (``positions``).
   """
   x = layers.embed(params["item_embedding"], items)
   if cfg.backbone in ("sasrec", "bert4rec"):
-    x = x + layers.embed(params["position_embedding"], positions(items, cfg))
+    x = x + layers.embed(params["position_embedding"], positions(items, cfg, layout))
   if cfg.embedding == "tanh_dense":
     x = jnp.tanh(layers.dense(params["seq_trans"], x))
   else:
@@ -176,6 +182,7 @@ def head_input(
     unroll: int = 1,
     key: Array | None = None,
     all_positions: bool = False,
+    segments: Array | None = None,
 ) -> Array:
   """The head's input.
 
@@ -189,6 +196,8 @@ def head_input(
     key: PRNG key of the transformer's dropout (training; None: no dropout).
     all_positions: return the state after every position, float[B, L, d] (causal SASRec and
       GRU4Rec only: ``cfg.positionwise``), instead of the state at n-1.
+    segments: int[B, L] segment ids of packed rows (``solid_jax.data.pack_rows``; with
+      ``all_positions``, ``cfg.packable`` only): attention stays within a user's segment.
 
   Returns:
     float[B, d] user state at position n-1 (SASRec, BERT4Rec, GRU4Rec) or float[B, 2d]
@@ -197,6 +206,10 @@ def head_input(
   if all_positions and not cfg.positionwise:
     raise ValueError(f"backbone {cfg.backbone!r} (causal={cfg.causal}) cannot be trained on every "
                      "position at once: its state at t would see later items")
+  if segments is not None and not (all_positions and cfg.packable):
+    raise ValueError(f"packed rows (segments) need every position and a causal SASRec with the "
+                     f"static head, not backbone={cfg.backbone!r} head={cfg.head!r} "
+                     f"all_positions={all_positions}")
   valid = items != 0
   lengths = lengths_of(items)
   if cfg.backbone == "gru4rec":
@@ -222,5 +235,6 @@ def head_input(
         dropout_hidden=cfg.dropout_hidden,
         dropout_attention=cfg.dropout_attention,
         key=layers.fold(key, i),
+        segments=segments,
     )
   return x

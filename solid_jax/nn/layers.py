@@ -177,7 +177,7 @@ def attention_init(key: Array, dim: int) -> Params:
 def multi_head_attention(
     params: Params, x_q: Array, x_kv: Array, key_mask: Array, num_heads: int, *,
     causal_positions: Array | None = None, dropout_rate: float = 0.0,
-    key: Array | None = None,
+    key: Array | None = None, segments: Array | None = None,
 ) -> Array:
   """Scaled dot-product multi-head attention with a key-padding mask.
 
@@ -191,6 +191,8 @@ def multi_head_attention(
       attends only to keys at positions ``<= causal_positions[b, q]`` (a causal mask).
     dropout_rate: dropout on the attention probabilities (with ``key``; training only).
     key: PRNG key of that dropout (None: no dropout).
+    segments: optional int[B, L] segment ids of packed rows (``solid_jax.data.pack_rows``; the
+      queries are all L positions): a query attends only to keys of its own segment.
 
   Returns:
     float[B, Q, d].
@@ -205,6 +207,8 @@ def multi_head_attention(
   mask = key_mask[:, None, None, :]
   if causal_positions is not None:
     mask = mask & (jnp.arange(nk)[None, None, None, :] <= causal_positions[:, None, :, None])
+  if segments is not None:
+    mask = mask & (segments[:, None, None, :] == segments[:, None, :, None])
   probs = dropout(masked_softmax(scores, mask), dropout_rate, key)
   out = jnp.einsum("bhqk,bkhe->bqhe", probs, v).reshape(b, nq, d)
   return dense(params["out"], out)
@@ -235,6 +239,7 @@ def transformer_layer(
     dropout_hidden: float = 0.0,
     dropout_attention: float = 0.0,
     key: Array | None = None,
+    segments: Array | None = None,
 ) -> Array:
   """A post-norm transformer encoder layer (dropout 0) as PyTorch's ``TransformerEncoderLayer``.
 
@@ -253,10 +258,14 @@ def transformer_layer(
     dropout_hidden: dropout rate of the attention output and the feed-forward output.
     dropout_attention: dropout rate of the attention probabilities.
     key: PRNG key of the dropout masks (None: no dropout).
+    segments: optional int[B, L] segment ids of packed rows: attention stays within a segment
+      (every position is a query; not with ``query_index``).
 
   Returns:
     float[B, L, d], or float[B, d] when ``query_index`` is given.
   """
+  if segments is not None and query_index is not None:
+    raise ValueError("segments (packed rows) need every position as a query, not query_index")
   b, length = x.shape[:2]
   if query_index is None:
     x_q = x
@@ -266,7 +275,8 @@ def transformer_layer(
     positions = query_index[:, None]
   att = multi_head_attention(params["attention"], x_q, x, key_mask, num_heads,
                              causal_positions=positions if causal else None,
-                             dropout_rate=dropout_attention, key=fold(key, 0))
+                             dropout_rate=dropout_attention, key=fold(key, 0),
+                             segments=segments)
   y = layer_norm(params["norm_1"], x_q + dropout(att, dropout_hidden, fold(key, 1)), eps)
   ff = dense(params["ff_2"], activation(ff_activation)(dense(params["ff_1"], y)))
   out = layer_norm(params["norm_2"], y + dropout(ff, dropout_hidden, fold(key, 2)), eps)

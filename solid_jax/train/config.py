@@ -149,6 +149,11 @@ class TrainConfig:
                           "previous items, the SOLID paper's) or 'positions' (one row per user, "
                           "every position of its last L training events predicts the next item, "
                           "as SASRec; causal SASRec and GRU4Rec only)", choices=OBJECTIVES)
+  pack_sequences: bool = _field(False, "with --objective=positions, lay the users of a batch end "
+                                "to end in rows of seq_len slots, attention kept within a user "
+                                "(the same users and loss; far fewer padding slots on short "
+                                "histories). Stages whose model cannot take packed rows (GRU4Rec, "
+                                "the dynamic heads) train unpacked")
   weight_decay: float = _field(0.0, "decoupled weight decay (AdamW) on the trainable parameters; "
                                "0 = Adam")
   grad_clip_norm: float = _field(0.0, "clip the gradient to this global L2 norm (0 = off)")
@@ -194,6 +199,9 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.objective='positions' needs a causal backbone (gru4rec, or "
                        f"sasrec with causal=True), not backbone={self.backbone!r} "
                        f"causal={self.causal}")
+    if self.pack_sequences and self.objective != "positions":
+      raise ValueError("TrainConfig.pack_sequences=True packs the rows of --objective=positions, "
+                       f"not objective={self.objective!r}")
     for name in ("patience", "sasrec_layers", "num_heads", "ff_dim"):
       if getattr(self, name) < (0 if name == "patience" else 1):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")

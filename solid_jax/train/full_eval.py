@@ -8,6 +8,10 @@ its scores are computed pair by pair: the per-user weights once per user batch
 (``model.generate``), then ``model.score`` vmapped over the items of a tile. Either way the
 metrics come from `solid_jax.ranking.rank_counts`, which never holds more than one ``[U_b, T]``
 tile of scores; one compiled program scans over the user batches.
+
+Users are grouped by history length (`solid_jax.data.packing.length_buckets`) and each group's
+histories are cut to its width, so short histories are not encoded over L padded slots (on the
+Amazon data most users have a handful of items); the group's scan compiles once per width.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from jax.sharding import Mesh
 
 from solid_jax import parallel
 from solid_jax import ranking
+from solid_jax.data import packing
 from solid_jax.train import step as step_lib
 
 # (users per batch, items per tile): factorised scores are a matmul; DIN runs its whole head per
@@ -43,10 +48,12 @@ class FullEvaluator:
     user_batch: users per batch (default: 1024 factorised, 128 DIN); rounded up to the mesh size.
     item_tile: items per tile (default: 4096 factorised, 128 DIN).
     mesh: split every user batch over this mesh (data parallelism); parameters replicated.
+    by_length: encode the users in groups of similar history length, each cut to its width
+      (False: every history over all L slots; the metrics are the same).
   """
 
   def __init__(self, model, users: dict[str, np.ndarray], *, user_batch: int | None = None,
-               item_tile: int | None = None, mesh: Mesh | None = None):
+               item_tile: int | None = None, mesh: Mesh | None = None, by_length: bool = True):
     self.model = model
     self.num_items = int(model.config.num_items)
     self.factorised = model.encode_users is not None
@@ -54,17 +61,26 @@ class FullEvaluator:
     self.num_users = int(len(users["target"]))
     self.users = np.asarray(users.get("user", np.arange(self.num_users)), np.int32)
     devices = 1 if mesh is None else mesh.size
-    batch = _round_up(max(1, min(user_batch or default_batch, self.num_users)), devices)
     self.tile = int(max(1, min(item_tile or default_tile, self.num_items)))
     self.num_tiles = -(-self.num_items // self.tile)
     self.mesh = mesh
-    cols = {k: np.asarray(users[k]) for k in ("items", "semantics", "target", "seen")
-            if k in users}
-    cols["mask"] = np.ones(self.num_users, bool)
-    padded, _ = step_lib.pad_rows(cols, batch)
-    padded["mask"][self.num_users:] = False
-    shaped = {k: v.reshape((-1, batch) + v.shape[1:]) for k, v in padded.items()}
-    self._arrays = step_lib._place(shaped, mesh)  # pylint: disable=protected-access
+    items = np.asarray(users["items"])
+    groups = (packing.length_buckets(items) if by_length
+              else [(np.arange(self.num_users), items.shape[1])])
+    # (rows of the split, device arrays [batches, batch, ...]) per length group.
+    self._parts = []
+    for rows, width in groups:
+      batch = _round_up(max(1, min(user_batch or default_batch, rows.size)), devices)
+      cols = {k: np.asarray(users[k])[rows] for k in ("items", "semantics", "target", "seen")
+              if k in users}
+      for k in ("items", "semantics"):
+        if k in cols:
+          cols[k] = cols[k][:, :width]
+      cols["mask"] = np.ones(rows.size, bool)
+      padded, _ = step_lib.pad_rows(cols, batch)
+      padded["mask"][rows.size:] = False
+      shaped = {k: v.reshape((-1, batch) + v.shape[1:]) for k, v in padded.items()}
+      self._parts.append((rows, step_lib._place(shaped, mesh)))  # pylint: disable=protected-access
     self._fn = self._build()
 
   def _build(self):
@@ -111,12 +127,17 @@ class FullEvaluator:
 
   def counts(self, params) -> dict[str, np.ndarray]:
     """``above`` / ``ties`` int32[U] per user and the coverage accumulator, on the host."""
-    above, ties, lognot = self._fn(params, self._arrays)
-    if self.mesh is not None:
-      above, ties, lognot = (np.asarray(x.addressable_data(0)) for x in (above, ties, lognot))
-    above, ties, lognot = jax.device_get((above, ties, lognot))
-    return {"above": np.asarray(above)[: self.num_users],
-            "ties": np.asarray(ties)[: self.num_users], "not_covered_log": np.asarray(lognot)}
+    outputs = [self._fn(params, arrays) for _, arrays in self._parts]   # dispatched together
+    above = np.zeros(self.num_users, np.int32)
+    ties = np.zeros(self.num_users, np.int32)
+    lognot = None
+    for (rows, _), out in zip(self._parts, outputs):
+      if self.mesh is not None:
+        out = tuple(np.asarray(x.addressable_data(0)) for x in out)
+      a, t, log = (np.asarray(x) for x in jax.device_get(out))
+      above[rows], ties[rows] = a[: rows.size], t[: rows.size]
+      lognot = log if lognot is None else lognot + log
+    return {"above": above, "ties": ties, "not_covered_log": lognot}
 
   def evaluate(self, params, *, per_user: bool = False) -> Any:
     """The metrics of `solid_jax.ranking.full_metric_names` (and the per-user ones if asked).

@@ -35,6 +35,7 @@ checkpoint) and ends with the same metrics as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -356,6 +357,12 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
 
   def run_stage(name, model_cfg, data, *, transform=None, codebook_init=None):
     model = sj.make_model(model_cfg)
+    if config.pack_sequences:
+      if model_cfg.packable and transform is None:
+        data = dataclasses.replace(data, batches=sj_data.packed_batches)
+      else:
+        logging.info("%s: trained on unpacked rows (%s with the %s head cannot take packed rows)",
+                     name, model_cfg.backbone, model_cfg.head)
     init = model.init if codebook_init is None else functools.partial(
         model.init, codebook_init=codebook_init)
     spec = loop.StageSpec(name=name, directory=os.path.join(workdir, name), model=model,

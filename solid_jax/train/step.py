@@ -31,6 +31,8 @@ BatchTransform = Callable[[Batch], Batch]
 
 # Batch columns a model reads; the rest ("user", "label", "weight") stay with the loop.
 MODEL_KEYS = ("items", "semantics", "target", "target_semantic")
+# The layout columns of packed position rows (``solid_jax.data.pack_rows``), passed on when there.
+PACKING_KEYS = ("segment", "slot", "span")
 
 
 def semantic_view(batch: Batch) -> Batch:
@@ -97,7 +99,7 @@ def _accepts(fn, name: str) -> bool:
 
 def _model_batch(batch: Batch, transform: BatchTransform | None, *,
                  with_weight: bool = False) -> Batch:
-  keys = MODEL_KEYS + ("weight",) if with_weight else MODEL_KEYS
+  keys = MODEL_KEYS + PACKING_KEYS + (("weight",) if with_weight else ())
   out = {k: batch[k] for k in keys if k in batch}
   return transform(out) if transform is not None else out
 
@@ -132,6 +134,14 @@ def to_groups(rows: dict[str, np.ndarray], group: int) -> dict[str, np.ndarray]:
     else:
       out[key] = value[::group]
   return out
+
+
+def _position_weights(batch: Batch) -> jax.Array:
+  """float32[B, L] weight of every position: the row weight at real items (0 at padding), or the
+  per-slot weight of packed rows (``solid_jax.data.pack_rows``)."""
+  live = (batch["items"] != 0).astype(jnp.float32)
+  weight = jnp.asarray(batch["weight"], jnp.float32)
+  return live * (weight if weight.ndim == 2 else weight[:, None])
 
 
 def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
@@ -185,8 +195,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
       # position, padding positions weigh 0.
       logits, aux = model.apply_positions(
           params, _model_batch(batch, transform, with_weight=True), **kwargs)
-      live = (batch["items"] != 0).astype(jnp.float32)[:, :, None] * batch["weight"][:, None, None]
-      weights = jnp.broadcast_to(live, logits.shape)
+      weights = jnp.broadcast_to(_position_weights(batch)[:, :, None], logits.shape)
       bce = weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
     else:
       logits, aux = model.apply(params, _model_batch(batch, transform, with_weight=True),
@@ -201,7 +210,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
     params = optax.apply_updates(params, updates)
     params = model.update_state(params, aux)
     if batch["label"].ndim == 3:  # candidates scored at real positions
-      rows = jnp.sum((batch["items"] != 0) * batch["weight"][:, None]) * batch["label"].shape[2]
+      rows = jnp.sum(_position_weights(batch)) * batch["label"].shape[2]
     else:
       rows = jnp.sum(batch["weight"]) * (batch["label"].shape[1] if grouped else 1)
     scalars = {**scalar_aux(aux), "loss": loss, "bce": bce, "weight": rows.astype(jnp.float32)}
@@ -361,11 +370,14 @@ class Evaluator:
       the same shape (validation and test) share one compiled scorer; scorers for different meshes
       (or none) are kept apart.
     mesh: split every batch over this mesh's devices (None: the default device).
+    by_length: grouped splits only: score the histories in groups of similar length, each cut to
+      its width (`solid_jax.data.packing.length_buckets`; the scores are the same).
   """
 
   def __init__(self, model, split: dict[str, np.ndarray], batch_size: int, *,
                transform: BatchTransform | None = None, grouped: bool = True,
-               scorers: dict | None = None, mesh: Mesh | None = None):
+               scorers: dict | None = None, mesh: Mesh | None = None, by_length: bool = True):
+    from solid_jax.data import packing  # pylint: disable=import-outside-toplevel
     scorers = {} if scorers is None else scorers
     self.mesh = mesh
     devices = 1 if mesh is None else mesh.size
@@ -377,15 +389,23 @@ class Evaluator:
     if self.group is not None:
       g = self.group
       num_users = self.num_rows // g
-      per_batch = _round_up(int(max(1, min(batch_size // g, num_users))), devices)
-      hist = {k: np.asarray(split[k])[::g] for k in ("items", "semantics") if k in split}
-      cand = {k: np.asarray(split[k]).reshape(num_users, g)
-              for k in ("target", "target_semantic") if k in split}
-      hist, _ = pad_rows(hist, per_batch)
-      cand, _ = pad_rows(cand, per_batch)
-      shape = lambda v: v.reshape((-1, per_batch) + v.shape[1:])
-      self._args = _place(({k: shape(v) for k, v in hist.items()},
-                           {k: shape(v) for k, v in cand.items()}), mesh)
+      hist_all = {k: np.asarray(split[k])[::g] for k in ("items", "semantics") if k in split}
+      cand_all = {k: np.asarray(split[k]).reshape(num_users, g)
+                  for k in ("target", "target_semantic") if k in split}
+      parts = (packing.length_buckets(hist_all["items"]) if by_length
+               else [(np.arange(num_users), hist_all["items"].shape[1])])
+      # Per length group: (histories [batches, U_b, width], candidates [batches, U_b, G], users).
+      self._parts = []
+      for rows, width in parts:
+        per_batch = _round_up(int(max(1, min(batch_size // g, rows.size))), devices)
+        hist, _ = pad_rows({k: v[rows, :width] for k, v in hist_all.items()}, per_batch)
+        cand, _ = pad_rows({k: v[rows] for k, v in cand_all.items()}, per_batch)
+        shape = lambda v, b=per_batch: v.reshape((-1, b) + v.shape[1:])
+        self._parts.append((*_place(({k: shape(v) for k, v in hist.items()},
+                                     {k: shape(v) for k, v in cand.items()}), mesh), rows.size))
+      # Row order of the split from the concatenated groups' scores.
+      order = np.concatenate([rows for rows, _ in parts])
+      self._unsort = jnp.asarray(np.argsort(order, kind="stable").astype(np.int32))
       key = "groups" if mesh is None else ("groups", mesh)
       if key not in scorers:
         scorers[key] = make_group_scorer(model, transform=transform, mesh=mesh)
@@ -402,7 +422,12 @@ class Evaluator:
 
   def scores(self, params) -> jax.Array:
     """float32[N] logits of every row, in the split's order (replicated over the mesh if any)."""
-    return self._score(params, *self._args)[: self.num_rows]
+    if self.group is None:
+      return self._score(params, *self._args)[: self.num_rows]
+    g = self.group
+    parts = [self._score(params, hist, cand)[: n * g].reshape(n, g)
+             for hist, cand, n in self._parts]
+    return jnp.concatenate(parts)[self._unsort].reshape(-1)
 
   def host_scores(self, params) -> np.ndarray:
     """`scores` as a host array (with a mesh, every process reads one of its own devices)."""

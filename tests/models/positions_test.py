@@ -151,10 +151,12 @@ def test_layers_dropout_keeps_the_mean_and_rate():
 
 
 def test_end_aligned_positions_give_the_newest_item_the_last_slot():
-  cfg = config("sasrec", "static", position_alignment="end")
+  cfg = config("sasrec", "static", position_alignment="end", seq_len=5)
   items = jnp.array([[5, 6, 7, 0, 0], [1, 2, 3, 4, 5]])
   np.testing.assert_array_equal(sj.nn.encoders.positions(items, cfg),
                                 [[2, 3, 4, 0, 0], [0, 1, 2, 3, 4]])
+  # A row cut to fewer slots (evaluation by length buckets) keeps its positions.
+  np.testing.assert_array_equal(sj.nn.encoders.positions(items[:1, :3], cfg), [[2, 3, 4]])
 
 
 def test_normal_init_and_head_layers():

@@ -110,7 +110,8 @@ def evaluator_check(config, mesh):
     out["grouped" if grouped else "rows"] = {
         "rows": int(a.size), "max_score_diff": float(np.max(np.abs(a - b))),
         "max_metric_diff": max(abs(ma[k] - mb[k]) for k in ma),
-        "arg_spec": str(jax.tree.leaves(sharded._args)[0].sharding.spec),
+        "arg_spec": str(jax.tree.leaves(sharded._parts[0][:2] if grouped else sharded._args)[0]
+                        .sharding.spec),
         "scores_replicated": bool(sharded.scores(params).sharding.is_fully_replicated)}
   out["scorers"] = sorted(str(k) if isinstance(k, str) else f"{k[0]}+mesh" for k in scorers)
   return out

@@ -75,3 +75,25 @@ def test_sampled_per_user_means_are_the_sampled_metrics():
   for k in (5, 10):
     assert np.mean(rows[f"ndcg@{k}"]) == pytest.approx(m[f"ndcg@{k}"], abs=1e-6)
     assert np.mean(rows[f"hr@{k}"]) == pytest.approx(m[f"hr@{k}"], abs=1e-6)
+
+
+@pytest.mark.parametrize("backbone,options", [
+    ("sasrec", dict(causal=True, embedding="layer_norm", position_alignment="end",
+                    target_tower="embedding", ff_activation="gelu")),
+    ("bert4rec", {}), ("gru4rec", {})])
+def test_length_groups_cut_to_their_width_score_as_full_rows(backbone, options):
+  """Users grouped by history length (widths 8, 16, 24) rank as when every row has 24 slots."""
+  model = sj.make_model(config(backbone, "static", seq_len=24, **options), scan_unroll=ROLLED)
+  params = model.init(jax.random.key(3))
+  users = _users(4, num_users=40, seq_len=24)
+  groups = sj.data.packing.length_buckets(users["items"])
+  assert [w for _, w in groups] == [8, 16, 24]
+  grouped = FullEvaluator(model, users, user_batch=16)
+  assert len(grouped._parts) == 3
+  got, rows = grouped.evaluate(params, per_user=True)
+  want, want_rows = FullEvaluator(model, users, user_batch=16, by_length=False).evaluate(
+      params, per_user=True)
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value, abs=1e-6), key
+  np.testing.assert_array_equal(rows["above"], want_rows["above"])
+  np.testing.assert_array_equal(rows["user"], want_rows["user"])

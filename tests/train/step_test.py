@@ -137,7 +137,8 @@ def test_evaluator_on_a_mesh_equals_the_plain_one(toy_splits):
     plain = step_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers)
     sharded = step_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped,
                                  scorers=scorers, mesh=mesh)
-    assert jax.tree.leaves(sharded._args)[0].sharding.spec == jax.sharding.PartitionSpec(
+    arrays = sharded._parts[0][:2] if grouped else sharded._args
+    assert jax.tree.leaves(arrays)[0].sharding.spec == jax.sharding.PartitionSpec(
         None, parallel.DATA_AXIS)
     scores = sharded.scores(params)
     assert scores.sharding.is_fully_replicated
