@@ -153,9 +153,9 @@ class ModelConfig:
   @property
   def packable(self) -> bool:
     """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): causal SASRec
-    with the static head, where attention is the only thing that mixes positions (a GRU carries
-    its state across segments, and the dynamic heads pool over the whole row)."""
-    return self.backbone == "sasrec" and self.causal and self.head == "static"
+    and GRU4Rec with the static head (attention kept within a segment, the GRU state reset where
+    one starts); the dynamic heads' generators pool over the whole row, so they train unpacked."""
+    return self.positionwise and self.head == "static"
 
   @property
   def codebook_size(self) -> int:

@@ -15,6 +15,7 @@ def get_config() -> TrainConfig:
       TrainConfig(), backbone="gru4rec", dim=64, embedding="layer_norm",
       target_tower="embedding", static_head_layers=0, head_layers=2, init_std=0.02,
       layer_norm_eps=1e-12, dropout_embedding=0.3, seq_len=50, objective="positions",
+      pack_sequences=True,
       train_negatives=1, eval_negatives=99, batch_size=256, lr=1e-3, epochs=200, patience=10,
       stop_rule="select",
       select_metric="full:ndcg@20", eval_protocol="both", eval_batch_size=8192)

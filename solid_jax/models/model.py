@@ -234,8 +234,8 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
   ) -> tuple[Array, dict]:
     drop, key = _keys(train, key)
     if "segment" in batch and not cfg.packable:
-      raise ValueError(f"packed rows need a causal SASRec with the static head (its attention is "
-                       f"all that mixes positions), not backbone={cfg.backbone!r} "
+      raise ValueError(f"packed rows need a causal SASRec or a GRU4Rec with the static head (the "
+                       f"dynamic heads pool over the whole row), not backbone={cfg.backbone!r} "
                        f"head={cfg.head!r}")
     weights, aux = _generate(params, batch, key, drop, all_positions=True)
     users = _user_vectors(params, weights, batch, drop, all_positions=True)   # [B, L, d]

@@ -207,14 +207,17 @@ def head_input(
     raise ValueError(f"backbone {cfg.backbone!r} (causal={cfg.causal}) cannot be trained on every "
                      "position at once: its state at t would see later items")
   if segments is not None and not (all_positions and cfg.packable):
-    raise ValueError(f"packed rows (segments) need every position and a causal SASRec with the "
-                     f"static head, not backbone={cfg.backbone!r} head={cfg.head!r} "
+    raise ValueError(f"packed rows (segments) need every position and a causal SASRec or a "
+                     f"GRU4Rec with the static head, not backbone={cfg.backbone!r} head={cfg.head!r} "
                      f"all_positions={all_positions}")
   valid = items != 0
   lengths = lengths_of(items)
   if cfg.backbone == "gru4rec":
     if all_positions:
-      return layers.gru_all_states([params["gru"]], [seq_emb], unroll=unroll)[0]
+      # In packed rows a user's segment starts where the previous one's slots end.
+      resets = None if segments is None else segments != jnp.pad(
+          segments[:, :-1], ((0, 0), (1, 0)))
+      return layers.gru_all_states([params["gru"]], [seq_emb], unroll=unroll, resets=resets)[0]
     return layers.gru_last_state(params["gru"], seq_emb, lengths, unroll=unroll)
   if cfg.backbone == "din":
     return jnp.concatenate([target_vec, din_pool(params, seq_emb, valid, target_vec)], axis=-1)

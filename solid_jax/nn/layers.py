@@ -455,22 +455,27 @@ def gru_last_states_autodiff(
 
 
 def gru_all_states(params_list: Sequence[Params], xs_list: Sequence[Array], *,
-                   unroll: int = 1) -> list[Array]:
+                   unroll: int = 1, resets: Array | None = None) -> list[Array]:
   """Several GRUs in one scan, returning the state after EVERY step: float[B, L, h] each.
 
   Row b's state at step t summarises items ``0..t``; steps past the row's length are computed
   too (their inputs are padding) and are the caller's to ignore. Differentiated by JAX through
-  the scan (training on every position of a sequence).
+  the scan (training on every position of a sequence). ``resets`` (bool[B, L], packed rows): the
+  state is set back to zero before every step marked True, where a new sequence starts.
   """
   gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
   h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype)
         for p, xs in zip(params_list, xs_list)]
+  b, length = xs_list[0].shape[:2]
+  keep = jnp.ones((length, b, 1), xs_list[0].dtype) if resets is None else \
+      jnp.swapaxes(~resets, 0, 1)[..., None].astype(xs_list[0].dtype)
 
-  def step(hs, gi_t):
-    new = [gru_cell(p, g, h) for p, g, h in zip(params_list, gi_t, hs)]
+  def step(hs, inputs):
+    gi_t, keep_t = inputs
+    new = [gru_cell(p, g, h * keep_t) for p, g, h in zip(params_list, gi_t, hs)]
     return new, new
 
-  _, states = jax.lax.scan(step, h0, gis, unroll=unroll)
+  _, states = jax.lax.scan(step, h0, (gis, keep), unroll=unroll)
   return [jnp.swapaxes(s, 0, 1) for s in states]
 
 

@@ -93,10 +93,14 @@ def _loss(model, params, batch):
                                weights.reshape(-1)), logits
 
 
-@pytest.mark.parametrize("alignment", ["end", "start"])
-def test_packed_batch_scores_and_trains_as_unpacked(alignment):
-  cfg = config("sasrec", "static", "duet", **{**PUBLISHED, "position_alignment": alignment},
-               seq_len=SEQ_LEN)
+GRU4REC = dict(embedding="layer_norm", target_tower="embedding")
+
+
+@pytest.mark.parametrize("backbone,options", [
+    ("sasrec", PUBLISHED), ("sasrec", {**PUBLISHED, "position_alignment": "start"}),
+    ("gru4rec", GRU4REC)], ids=["sasrec_end", "sasrec_start", "gru4rec"])
+def test_packed_batch_scores_and_trains_as_unpacked(backbone, options):
+  cfg = config(backbone, "static", "duet", **options, seq_len=SEQ_LEN)
   assert cfg.packable
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
@@ -145,7 +149,7 @@ def test_train_step_on_packed_rows_matches_unpacked():
 
 
 @pytest.mark.parametrize("backbone,head,options", [
-    ("sasrec", "duet", PUBLISHED), ("gru4rec", "static", {"embedding": "layer_norm"})])
+    ("sasrec", "duet", PUBLISHED), ("gru4rec", "solid", GRU4REC)])
 def test_models_that_cannot_take_packed_rows_say_so(backbone, head, options):
   cfg = config(backbone, head, "duet", **options, seq_len=SEQ_LEN)
   assert not cfg.packable
