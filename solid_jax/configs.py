@@ -71,6 +71,11 @@ class ModelConfig:
     dropout_embedding: dropout after the sequence embedding (training only).
     dropout_hidden: dropout of the transformer's attention and feed-forward outputs.
     dropout_attention: dropout of the attention probabilities.
+    cloze: BERT4Rec trained as a cloze model (its paper's objective): the item table gains a
+      ``[MASK]`` row ``num_items`` (``mask_id``), training inputs have masked items
+      (`solid_jax.data.cloze_rows`) whose candidates are scored at their positions by
+      ``apply_positions``, and a user's state is read at a ``[MASK]`` appended after the newest
+      item (the oldest is dropped when the history fills ``seq_len``). Static head only.
   """
 
   backbone: str = "sasrec"
@@ -106,6 +111,7 @@ class ModelConfig:
   dropout_embedding: float = 0.0
   dropout_hidden: float = 0.0
   dropout_attention: float = 0.0
+  cloze: bool = False
 
   def __post_init__(self):
     def check(name, value, allowed):
@@ -137,6 +143,9 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be in [0, 1)")
     if self.init_std < 0:
       raise ValueError(f"ModelConfig.init_std={self.init_std} must be >= 0")
+    if self.cloze and (self.backbone != "bert4rec" or self.head != "static"):
+      raise ValueError(f"ModelConfig.cloze=True is BERT4Rec's objective with the static head, not "
+                       f"backbone={self.backbone!r} head={self.head!r}")
     if self.dim % self.num_heads:
       raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
 
@@ -148,13 +157,20 @@ class ModelConfig:
   @property
   def positionwise(self) -> bool:
     """Whether the model can be trained on every position of a sequence (``apply_positions``)."""
-    return self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)
+    return (self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)
+            or (self.backbone == "bert4rec" and self.cloze))
+
+  @property
+  def mask_id(self) -> int:
+    """The ``[MASK]`` item id of a cloze model (one past the catalogue)."""
+    return self.num_items
 
   @property
   def packable(self) -> bool:
-    """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): causal SASRec
-    and GRU4Rec with the static head (attention kept within a segment, the GRU state reset where
-    one starts); the dynamic heads' generators pool over the whole row, so they train unpacked."""
+    """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): causal SASRec,
+    GRU4Rec and cloze BERT4Rec with the static head (attention kept within a segment, the GRU
+    state reset where one starts); the dynamic heads' generators pool over the whole row, so
+    they train unpacked."""
     return self.positionwise and self.head == "static"
 
   @property

@@ -17,6 +17,7 @@ Public names:
   make_splits        Dataset -> {"train", "valid", "test": row dicts, "meta": counts, seed, CSR}.
   resample_train     training rows of another epoch (negatives a pure function of seed, epoch).
   position_rows      one row per user for training on every position (next item + negatives).
+  cloze_rows         one row per user with masked items for BERT4Rec's cloze objective.
   full_ranking_users validation/test users with their exclusion lists, for full ranking.
   batches            fixed-shape batches, order a pure function of (seed, epoch), resumable.
   pack_rows          one batch of position rows laid end to end in fewer rows (segments).
@@ -40,6 +41,7 @@ from solid_jax.data.pipeline import num_batches
 from solid_jax.data.pipeline import prefetch
 from solid_jax.data.registry import load_dataset
 from solid_jax.data.registry import registered_datasets
+from solid_jax.data.splits import cloze_rows
 from solid_jax.data.splits import full_ranking_users
 from solid_jax.data.splits import make_splits
 from solid_jax.data.splits import position_rows
@@ -47,7 +49,7 @@ from solid_jax.data.splits import resample_train
 
 __all__ = [
     "Dataset", "DataError", "load_dataset", "from_interactions", "make_splits", "resample_train",
-    "position_rows", "full_ranking_users",
+    "position_rows", "cloze_rows", "full_ranking_users",
     "batches", "packed_batches", "pack_rows", "num_batches", "prefetch", "read_authors_file", "write_authors_file",
     "registered_datasets",
 ]

@@ -28,7 +28,7 @@ from solid_jax.data.dataset import Dataset
 from solid_jax.data.errors import DataError
 
 ROW_KEYS = ("user", "items", "semantics", "target", "target_semantic", "label")
-_STREAM_TRAIN, _STREAM_VALID, _STREAM_TEST, _STREAM_POSITIONS = 1, 2, 3, 4
+_STREAM_TRAIN, _STREAM_VALID, _STREAM_TEST, _STREAM_POSITIONS, _STREAM_CLOZE = 1, 2, 3, 4, 5
 _MAX_REJECTION_ROUNDS = 64
 
 
@@ -285,6 +285,68 @@ def position_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *,
   return {"user": row_users.astype(np.int32), "items": items,
           "semantics": ds.item_semantic[items], "target": target,
           "target_semantic": ds.item_semantic[target], "label": label}
+
+
+def cloze_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: float,
+               negatives: int | None = None) -> dict[str, np.ndarray]:
+  """Training rows of `epoch` for the cloze (masked item) objective of BERT4Rec.
+
+  One row per user with a training target: the user's last ``seq_len`` training events
+  (``e_0 .. e_{n-3}``; the validation and test items are never seen), right-padded with 0. Every
+  real position is masked with probability ``mask_rate`` (at least one per row): its item is
+  replaced by the ``[MASK]`` id ``ds.num_items`` and it gets candidates, the masked item followed
+  by ``negatives`` uniform negatives the user never interacted with; the other positions have
+  none (0). A pure function of (seed, epoch), from its own random stream.
+
+  Args:
+    ds: the Dataset the splits were made from.
+    splits: output of `make_splits` (only "meta" is read).
+    epoch: epoch number.
+    mask_rate: probability that a position is masked, in (0, 1].
+    negatives: negatives per masked position (default: the splits' ``train_negatives``).
+
+  Returns:
+    ``user`` int32[N], ``items`` int32[N, L] (masked), ``semantics`` int32[N, L] (0 at masked
+    positions: the [MASK] has no semantic id), ``target`` / ``target_semantic`` int32[N, L, 1 + k]
+    (0 where a position is not masked), ``label`` float32[N, L, 1 + k] (1 for the masked item).
+  """
+  meta = splits["meta"]
+  if meta["fingerprint"] != ds.fingerprint or meta["num_items"] != ds.num_items:
+    raise DataError(f"these splits were made from another data set ({meta['dataset']}, "
+                    f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}")
+  if not 0.0 < mask_rate <= 1.0:
+    raise ValueError(f"cloze_rows: mask_rate={mask_rate} must be in (0, 1]")
+  k = meta["train_negatives"] if negatives is None else int(negatives)
+  length = meta["seq_len"]
+  positions = meta["train_positions"]
+  users = np.searchsorted(ds.seq_offsets, positions, side="right") - 1
+  row_users, first, counts = np.unique(users, return_index=True, return_counts=True)
+  last = positions[first + counts - 1]                 # e_{n-3}, the newest training event
+  start = np.maximum(ds.seq_offsets[row_users], last - length + 1)
+  lengths = last - start + 1
+  n = row_users.size
+  row = np.repeat(np.arange(n), lengths)
+  col = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+  original = ds.seq_items[np.repeat(start, lengths) + col]
+  rng = np.random.default_rng([meta["seed"], _STREAM_CLOZE, int(epoch)])
+  masked = rng.random(original.size) < mask_rate
+  # Rows where nothing was drawn get one masked position, chosen uniformly.
+  none = np.flatnonzero(np.bincount(row, weights=masked, minlength=n) == 0)
+  pick = (np.cumsum(lengths) - lengths)[none] + rng.integers(0, lengths[none])
+  masked[pick] = True
+  token_users = row_users[row]
+  negs = sample_negatives(rng, token_users[masked], k, meta["seen_offsets"], meta["seen_items"],
+                          ds.num_items)
+  items = np.zeros((n, length), np.int32)
+  items[row, col] = np.where(masked, ds.num_items, original)
+  semantics = np.zeros((n, length), np.int32)
+  semantics[row, col] = np.where(masked, 0, ds.item_semantic[original])
+  target = np.zeros((n, length, 1 + k), np.int32)
+  target[row[masked], col[masked]] = np.concatenate([original[masked][:, None], negs], axis=1)
+  label = np.zeros((n, length, 1 + k), np.float32)
+  label[row[masked], col[masked], 0] = 1.0
+  return {"user": row_users.astype(np.int32), "items": items, "semantics": semantics,
+          "target": target, "target_semantic": ds.item_semantic[target], "label": label}
 
 
 def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[str, np.ndarray]:

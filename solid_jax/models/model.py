@@ -197,6 +197,8 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
   def _head_input(params: Params, batch: Batch, drop: Array | None, target_vec: Array | None,
                   all_positions: bool = False) -> Array:
     items = jnp.asarray(batch["items"])
+    if cfg.cloze and not all_positions:   # the state is read at an appended [MASK]
+      items = encoders.append_mask(items, cfg)
     layout = ({k: batch[k] for k in PACKING_KEYS} if "segment" in batch else None)
     with jax.named_scope("backbone"):
       seq_emb = encoders.sequence_embedding(params, items, cfg, layers.fold(drop, 0), layout)

@@ -71,7 +71,8 @@ def init(key: Array, cfg: ModelConfig) -> Params:
   """
   d = cfg.dim
   keys = jax.random.split(key, 9)
-  params = {"item_embedding": layers.embedding_init(keys[0], cfg.num_items, d)}
+  rows = cfg.num_items + (1 if cfg.cloze else 0)   # + the [MASK] row of a cloze model
+  params = {"item_embedding": layers.embedding_init(keys[0], rows, d)}
   if cfg.embedding == "tanh_dense":
     params["seq_trans"] = layers.dense_init(keys[1], d, d)
   else:
@@ -102,6 +103,22 @@ def init(key: Array, cfg: ModelConfig) -> Params:
   if cfg.init_std > 0:
     params = _normal_init(keys[8], params, cfg.init_std)
   return params
+
+
+def append_mask(items: Array, cfg: ModelConfig) -> Array:
+  """A cloze model's readout input: ``[MASK]`` after the newest item of every right-padded row.
+
+  int[B, W] -> int[B, min(W + 1, seq_len)]: a row cut to ``W < seq_len`` slots gains one; a row of
+  ``seq_len`` real items drops its oldest. The state is then read at the ``[MASK]`` (index n).
+  """
+  b, width = items.shape
+  if width < cfg.seq_len:
+    items = jnp.pad(items, ((0, 0), (0, 1)))
+    width += 1
+  n = lengths_of(items)
+  full = n == width
+  items = jnp.where(full[:, None], jnp.roll(items, -1, axis=1), items)
+  return items.at[jnp.arange(b), jnp.minimum(n, width - 1)].set(cfg.mask_id)
 
 
 def positions(items: Array, cfg: ModelConfig, layout: Mapping[str, Array] | None = None

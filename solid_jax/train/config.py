@@ -17,7 +17,7 @@ METHODS = ("static", "duet", "apg", "solid", "solid_apg")
 SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
 SELECT_ON = ("valid", "test")
 EVAL_PROTOCOLS = ("sampled", "full", "both")
-OBJECTIVES = ("rows", "positions")
+OBJECTIVES = ("rows", "positions", "cloze")
 STOP_RULES = ("select", "any")
 
 # Fields that change how a run is carried out or displayed, not what it computes (metrics, records
@@ -148,7 +148,11 @@ class TrainConfig:
   objective: str = _field("rows", "training rows: 'rows' (one row per target with its <= L "
                           "previous items, the SOLID paper's) or 'positions' (one row per user, "
                           "every position of its last L training events predicts the next item, "
-                          "as SASRec; causal SASRec and GRU4Rec only)", choices=OBJECTIVES)
+                          "as SASRec; causal SASRec and GRU4Rec only) or 'cloze' (BERT4Rec's "
+                          "masked items: one row per user, a share --mask_rate of its items "
+                          "replaced by [MASK] and predicted; the state is read at a [MASK] "
+                          "after the history; static BERT4Rec only)", choices=OBJECTIVES)
+  mask_rate: float = _field(0.2, "share of the items masked per row with --objective=cloze")
   pack_sequences: bool = _field(False, "with --objective=positions, lay the users of a batch end "
                                 "to end in rows of seq_len slots, attention kept within a user "
                                 "(the same users and loss; far fewer padding slots on short "
@@ -199,8 +203,14 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.objective='positions' needs a causal backbone (gru4rec, or "
                        f"sasrec with causal=True), not backbone={self.backbone!r} "
                        f"causal={self.causal}")
-    if self.pack_sequences and self.objective != "positions":
-      raise ValueError("TrainConfig.pack_sequences=True packs the rows of --objective=positions, "
+    if self.objective == "cloze" and (self.backbone != "bert4rec" or self.method != "static"):
+      raise ValueError(f"TrainConfig.objective='cloze' trains BERT4Rec with the static head, not "
+                       f"backbone={self.backbone!r} method={self.method!r}")
+    if not 0.0 < self.mask_rate <= 1.0:
+      raise ValueError(f"TrainConfig.mask_rate={self.mask_rate} must be in (0, 1]")
+    if self.pack_sequences and self.objective not in ("positions", "cloze"):
+      raise ValueError("TrainConfig.pack_sequences=True packs the rows of --objective=positions "
+                       "or cloze, "
                        f"not objective={self.objective!r}")
     for name in ("patience", "sasrec_layers", "num_heads", "ff_dim"):
       if getattr(self, name) < (0 if name == "patience" else 1):
@@ -282,6 +292,7 @@ class TrainConfig:
     if stage == "main":
       if self.method == "static" and self.static_head_layers >= 0:
         common["head_layers"] = self.static_head_layers
+      common["cloze"] = self.objective == "cloze"
       return model_configs.ModelConfig(head=self.method, num_items=num_items,
                                        num_semantics=num_semantics, **common)
     raise ValueError(f"unknown stage {stage!r}")

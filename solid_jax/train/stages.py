@@ -161,8 +161,10 @@ def with_semantics(rows: Mapping[str, np.ndarray], table: np.ndarray) -> dict[st
     A new dict with ``semantics = table[items]`` and ``target_semantic = table[target]``.
   """
   out = dict(rows)
-  out["semantics"] = table[rows["items"]]
-  out["target_semantic"] = table[rows["target"]]
+  # Ids past the table (a cloze model's [MASK]) have no semantic id: 0.
+  known = lambda ids: np.where(ids < len(table), ids, 0)  # noqa: E731
+  out["semantics"] = table[known(rows["items"])]
+  out["target_semantic"] = table[known(rows["target"])]
   return out
 
 
@@ -221,6 +223,8 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
   def train_rows(epoch):
     if config.objective == "positions":
       rows = sj_data.position_rows(ds, splits, epoch)
+    elif config.objective == "cloze":
+      rows = sj_data.cloze_rows(ds, splits, epoch, mask_rate=config.mask_rate)
     else:
       rows = splits["train"] if epoch == 0 else sj_data.resample_train(ds, splits, epoch)
     return with_semantics(rows, table)

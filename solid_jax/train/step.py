@@ -137,9 +137,10 @@ def to_groups(rows: dict[str, np.ndarray], group: int) -> dict[str, np.ndarray]:
 
 
 def _position_weights(batch: Batch) -> jax.Array:
-  """float32[B, L] weight of every position: the row weight at real items (0 at padding), or the
-  per-slot weight of packed rows (``solid_jax.data.pack_rows``)."""
-  live = (batch["items"] != 0).astype(jnp.float32)
+  """float32[B, L] weight of every position: the row weight where a position has candidates (a
+  real item; a masked one for the cloze objective), 0 elsewhere; per slot for packed rows
+  (``solid_jax.data.pack_rows``)."""
+  live = (batch["target"][..., 0] != 0).astype(jnp.float32)
   weight = jnp.asarray(batch["weight"], jnp.float32)
   return live * (weight if weight.ndim == 2 else weight[:, None])
 
