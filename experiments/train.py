@@ -5,11 +5,14 @@ r"""Trains one method on one dataset, every stage it needs, in one resumable wor
 
 Flags override the fields of ``--config`` (a file in experiments/configs/, default ``default``);
 ``--flagfile=FILE`` reads flags from a file. Relaunching the same command on the same workdir
-resumes from the latest checkpoint; a finished workdir is only reported. See experiments/README.md.
+resumes from the latest checkpoint; a finished workdir is only reported. SIGTERM / SIGINT save a
+checkpoint at the next step boundary and exit with status 75 (relaunch to resume); a workdir
+another launch is using is refused. See experiments/README.md.
 """
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -19,6 +22,7 @@ import jax
 from solid_jax import parallel
 from solid_jax.train import checkpoint
 from solid_jax.train import cli
+from solid_jax.train import reliability
 from solid_jax.train import stages
 
 FLAGS = flags.FLAGS
@@ -37,7 +41,11 @@ def main(argv):
   checkpoint.quiet_orbax_logging()
   config = cli.config_from_flags(FLAGS, CONFIGS_DIR)
   logging.info("JAX %s on %s; config %s", jax.__version__, jax.devices(), config)
-  results = stages.run_experiment(config, FLAGS.workdir)
+  try:
+    results = stages.run_experiment(config, FLAGS.workdir)
+  except reliability.Preempted as e:   # SIGTERM / SIGINT: checkpointed, relaunch to resume
+    logging.warning("%s", e)
+    sys.exit(reliability.PREEMPTED_EXIT_CODE)
   print(stages.summary_table({config.method: results}))
   print(f"results: {os.path.join(os.path.abspath(FLAGS.workdir), stages.RESULTS_FILE)}")
   logging.info("%s", json.dumps({k: results[k] for k in ("valid", "test", "valid_full", "test_full",

@@ -4,10 +4,14 @@
 - ``run_experiment(config, workdir)`` (``stages.py``): all stages of a method, resumable.
 - ``summary_table(results_by_method)``: the static / DUET / SOLID comparison as text.
 - ``train_stage`` (``loop.py``): one stage; ``StageCheckpoints`` (``checkpoint.py``): orbax.
+- ``WorkdirLock``, ``Preempted`` (``reliability.py``): one writer per workdir; SIGTERM / SIGINT
+  checkpoint at the next step and stop (launchers exit with ``PREEMPTED_EXIT_CODE``).
 """
 
 from solid_jax.train.config import METHODS, SEMANTIC_SOURCES, TrainConfig, config_differences
 from solid_jax.train.loop import NonFiniteLossError, StageData, StageSpec, train_stage
+from solid_jax.train.reliability import Preempted, PREEMPTED_EXIT_CODE, WorkdirLock
+from solid_jax.train.reliability import WorkdirLockedError
 from solid_jax.train.stages import (Stage1MismatchError, WorkdirError, run_experiment,
                                     summary_table, with_semantics)
 from solid_jax.train.step import make_optimizer, make_train_step, semantic_view, weighted_bce

@@ -34,6 +34,7 @@ import numpy as np
 from solid_jax import parallel
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import config as config_lib
+from solid_jax.train import reliability
 from solid_jax.train import step as step_lib
 from solid_jax.train import writers
 
@@ -130,6 +131,11 @@ def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric
     else:
       waited += 1
   return waited >= patience
+
+
+def signal_name(watch: reliability.PreemptionWatch) -> str:
+  import signal  # pylint: disable=import-outside-toplevel
+  return signal.Signals(watch.received).name if watch.received else "a signal of another process"
 
 
 def stage_result(directory: str) -> dict[str, Any] | None:
@@ -267,6 +273,12 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     ValueError: ``data_parallel`` is False in a run of several processes.
   """
   done = stage_result(spec.directory)
+  if done is not None and (done.get("epochs", spec.epochs), done.get("patience", patience)) != (
+      spec.epochs, patience):
+    # Continued with a larger --epochs / --patience: train on from the latest checkpoint.
+    logging.info("%s: finished with epochs=%s patience=%s; continuing to epochs=%d patience=%d",
+                 spec.name, done.get("epochs"), done.get("patience"), spec.epochs, patience)
+    done = None
   if done is not None:  # finished before: read back, do not retrain
     with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
       params = ckpts.restore_params(done["selected_step"])
@@ -369,7 +381,17 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
             "train_samples": train_samples + (0 if epoch_done else epoch_samples),
             "eval_seconds": eval_seconds}
 
+  watch = reliability.PreemptionWatch(sync_every=check_every_steps)
+
+  def preempted(reason: str):
+    ckpts.wait()
+    return reliability.Preempted(
+        f"{spec.name}: stopped on {reason} after global step {global_step} (epoch {epoch + 1}, "
+        f"step {step_in_epoch} of the epoch), checkpoint saved in {spec.directory}; relaunch "
+        "the same command to resume")
+
   try:
+    watch.__enter__()
     for epoch in range(epoch, spec.epochs):
       if stopped_early(history, patience, select_key, metric, stop_rule):
         break
@@ -422,10 +444,19 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
           bar.update(rows_done)
         if len(pending) >= check_every_steps:
           flush()
+        saved = False
         if (checkpoint_every_steps and global_step % checkpoint_every_steps == 0
             and step_in_epoch < steps_per_epoch):
           flush()
           ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(False))
+          saved = True
+        # Preemption: checkpoint this step boundary (the last step of an epoch checkpoints at
+        # the epoch end instead, below) and stop.
+        if step_in_epoch < steps_per_epoch and watch.should_stop(global_step):
+          flush()
+          if not saved:
+            ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(False))
+          raise preempted(signal_name(watch))
       flush()
       if step_in_epoch != steps_per_epoch:
         raise RuntimeError(f"{spec.name}: the batch iterator of epoch {epoch} stopped at step "
@@ -457,6 +488,8 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       writer.write_epoch(record)
       running = _Running()
       start_step = 0
+      if watch.should_stop(global_step) and epoch + 1 < spec.epochs:
+        raise preempted(signal_name(watch))
     ckpts.wait()
   except BaseException:
     # Let saves already under way complete (they hold good states), then re-raise.
@@ -466,6 +499,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       logging.warning("%s: a pending checkpoint could not be completed: %s", spec.name, e)
     raise
   finally:
+    watch.__exit__(None, None, None)
     writer.close()
 
   if not history:

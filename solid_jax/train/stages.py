@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import json
 import math
 import os
@@ -51,8 +52,10 @@ import numpy as np
 from solid_jax import semantics as semantics_lib
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import loop
+from solid_jax.train import reliability
 from solid_jax.train import step as step_lib
 from solid_jax.train import writers
+from solid_jax.train import config as config_lib
 from solid_jax.train.config import LOOP_FIELDS, TrainConfig, config_differences
 
 RESULTS_FILE = "results.json"
@@ -98,8 +101,43 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def check_config(workdir: str, config: TrainConfig, *, write: bool = True) -> None:
-  """Checks that a saved ``config.json`` equals ``config``, then (re)writes it if ``write``.
+# Fields that may be raised on a workdir to continue its run (see `continues`).
+CONTINUE_FIELDS = ("epochs", "patience")
+
+
+def _raised(old: int, new: int, zero_is_infinite: bool) -> bool:
+  if zero_is_infinite:
+    return new == 0 or (old != 0 and new >= old)
+  return new >= old
+
+
+def continues(saved: dict[str, Any], config: TrainConfig) -> bool:
+  """Whether ``config`` continues the run saved as ``saved``: it differs at most by a larger
+  ``epochs`` and / or ``patience`` (0 = no early stopping counts as the largest), and the stages
+  before the last are unchanged by it (their epochs; patience with a single stage only), so only
+  the last stage trains on, from its latest checkpoint, and ends where a run launched with the
+  new values from the start ends."""
+  current = config.to_dict()
+  if config_differences(saved, current, ignore=config_lib.RUNTIME_FIELDS + CONTINUE_FIELDS):
+    return False
+  defaults = TrainConfig()
+  old = dataclasses.replace(config, epochs=int(saved.get("epochs", defaults.epochs)),
+                            patience=int(saved.get("patience", defaults.patience)))
+  if not (_raised(old.epochs, config.epochs, False)
+          and _raised(old.patience, config.patience, True)):
+    return False
+  earlier = config.stages()[:-1]
+  if any(old.epochs_of(s) != config.epochs_of(s) for s in earlier):
+    return False
+  return not earlier or old.patience == config.patience
+
+
+def check_config(workdir: str, config: TrainConfig, *, write: bool = True) -> bool:
+  """Checks that a saved ``config.json`` equals ``config`` (or is continued by it, `continues`),
+  then (re)writes it if ``write``.
+
+  Returns:
+    True when ``config`` continues the saved run with a larger ``epochs`` / ``patience``.
 
   Raises:
     WorkdirError: the workdir holds a run with a different configuration (the fields that differ
@@ -107,16 +145,21 @@ def check_config(workdir: str, config: TrainConfig, *, write: bool = True) -> No
   """
   path = os.path.join(workdir, CONFIG_FILE)
   current = config.to_dict()
+  continued = False
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     diffs = config_differences(saved, current)
-    if diffs:
+    if diffs and continues(saved, config):
+      continued = True
+    elif diffs:
       raise WorkdirError(
           f"workdir {workdir} holds a run with a different configuration ({CONFIG_FILE}); use "
-          f"another workdir or the same flags. Differences (saved -> now): " + "; ".join(diffs))
+          f"another workdir or the same flags (only a larger --epochs / --patience continues a "
+          f"run). Differences (saved -> now): " + "; ".join(diffs))
   if write:
     writers.write_json_atomic(path, current)
+  return continued
 
 
 def _check_dataset(workdir: str, ds, *, write: bool) -> dict[str, Any]:
@@ -305,20 +348,44 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     Stage1MismatchError: ``--stage1_dir`` does not fit this run's data.
     loop.NonFiniteLossError: the loss became NaN/inf (checkpoints before it are kept).
   """
-  start = time.perf_counter()
+  existed = os.path.isdir(workdir)
   workdir = prepare_workdir(workdir)
-  check_config(workdir, config, write=False)
+  # One writer per workdir (process 0 of a multi-host run writes; the others only read).
+  lock = (reliability.WorkdirLock(workdir) if jax.process_index() == 0 else None)
+  try:
+    if lock is not None:
+      lock.acquire()
+    try:
+      return _run_experiment(config, workdir)
+    finally:
+      if lock is not None:
+        lock.release()
+  except BaseException:
+    # A launch that failed before writing anything leaves no empty workdir behind.
+    if not existed and os.path.isdir(workdir) and set(os.listdir(workdir)) <= {
+        reliability.LOCK_FILE}:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
+def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
+  start = time.perf_counter()
+  continued = check_config(workdir, config, write=False)
   results_path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.exists(results_path):
-    logging.info("already finished; results in %s", results_path)
-    with open(results_path) as f:
-      return json.load(f)
 
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
 
+  # The data is checked against the workdir's fingerprint even when the run has finished.
   ds = load_data(config)
   dataset_record = _check_dataset(workdir, ds, write=False)
+  if os.path.exists(results_path) and not continued:
+    logging.info("already finished; results in %s", results_path)
+    with open(results_path) as f:
+      return json.load(f)
+  if continued:
+    logging.info("continuing the run in %s with epochs=%d patience=%d", workdir, config.epochs,
+                 config.patience)
   _check_semantic_source(config, ds)
 
   # Semantic table: known now unless it comes from stage-0 id embeddings.
@@ -351,6 +418,8 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   primary = jax.process_index() == 0  # the one writer of a multi-host run
   check_config(workdir, config, write=primary)
   _check_dataset(workdir, ds, write=primary)
+  if continued and primary and os.path.exists(results_path):
+    os.remove(results_path)   # the run is no longer finished (config.json has the new limits)
   if new_table and primary:
     semantics_lib.save_table(sem_prefix, table, provenance)
   splits = sj_data.make_splits(ds, seq_len=config.seq_len, train_negatives=config.train_negatives,

@@ -25,14 +25,20 @@ def _committed_steps(directory):
   return [n for n in os.listdir(directory) if n.isdigit()]
 
 
-@pytest.mark.slow
-def test_sigkill_then_relaunch_gives_identical_results(tmp_path, toy_dataset, tiny_config_file,
-                                                       launcher_env):
-  reference = tmp_path / "reference"
-  done = subprocess.run(_command(tiny_config_file, toy_dataset, reference), cwd=REPO_ROOT,
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, toy_dataset, tiny_config_file, launcher_env):
+  """An uninterrupted run: its workdir and results."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  done = subprocess.run(_command(tiny_config_file, toy_dataset, workdir), cwd=REPO_ROOT,
                         env=launcher_env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  expected = json.loads((reference / "results.json").read_text())
+  return workdir, json.loads((workdir / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_then_relaunch_gives_identical_results(tmp_path, toy_dataset, tiny_config_file,
+                                                       launcher_env, reference):
+  reference, expected = reference
   assert set(expected["valid"]) == METRIC_KEYS
 
   workdir = tmp_path / "killed"
@@ -71,3 +77,44 @@ def test_sigkill_then_relaunch_gives_identical_results(tmp_path, toy_dataset, ti
                             env=launcher_env, capture_output=True, text=True, timeout=300)
   assert finished.returncode == 0
   assert f"already finished; results in {workdir}/results.json" in finished.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_refuses_a_second_launch_and_resumes(tmp_path, toy_dataset,
+                                                                 tiny_config_file, launcher_env,
+                                                                 reference):
+  """SIGTERM: a checkpoint at the next step, exit status 75, and the relaunch ends bit for bit
+  where the uninterrupted run ends; a second launch on the busy workdir fails at once."""
+  from solid_jax.train import reliability  # pylint: disable=import-outside-toplevel
+  reference, expected = reference
+  workdir = tmp_path / "preempted"
+  command = _command(tiny_config_file, toy_dataset, workdir)
+  process = subprocess.Popen(command, cwd=REPO_ROOT, env=launcher_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 240
+  try:
+    while not _committed_steps(workdir / "stage2"):
+      assert process.poll() is None, "the run ended before it could be stopped"
+      assert time.monotonic() < deadline, "no stage-2 checkpoint appeared"
+      time.sleep(0.02)
+    second = subprocess.run(command, cwd=REPO_ROOT, env=launcher_env, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode != 0
+    assert "in use by another launch" in second.stderr and f"pid {process.pid}" in second.stderr
+  finally:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+  assert process.returncode == reliability.PREEMPTED_EXIT_CODE, stderr[-3000:]
+  assert "received SIGTERM" in stderr and "relaunch the same command" in stderr
+  assert not (workdir / "results.json").exists()
+
+  again = subprocess.run(command, cwd=REPO_ROOT, env=launcher_env, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming from the checkpoint" in again.stderr and "stale lock" not in again.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["valid"] == expected["valid"] and results["test"] == expected["test"]
+  lines = (workdir / "stage2" / "metrics.jsonl").read_text().splitlines()
+  ref_lines = (reference / "stage2" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["train_loss"] for l in lines] == \
+         [json.loads(l)["train_loss"] for l in ref_lines]
