@@ -12,11 +12,19 @@ Two checkpoints are kept: the latest (to resume) and the best by the selection m
 one exists). Ties on the metric keep the earliest step. Orbax writes a step into a temporary
 directory and renames it when complete, so a step that was being written when the process died is
 invisible to ``latest_step`` and ``restore``; such leftovers are removed when the manager opens.
+
+Every save records a checksum (BLAKE2b over the leaves' paths, dtypes, shapes and bytes) of the
+parameters and the optimizer state in its ``meta``; a restore recomputes it. A committed step whose
+files were truncated, changed or removed fails the restore (orbax's error or the checksum) with
+`CorruptCheckpointError`; `StageCheckpoints.restore_latest_good` then moves that step aside
+(``DIR/corrupted.<step>``), warns naming it and tries the next older kept step, and raises when none
+is left, so training never continues from silently wrong weights.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging as logging_std
 import math
 import os
@@ -25,7 +33,32 @@ from typing import Any
 
 from absl import logging as absl_logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+CHECKSUM_KEY = "_checksum"
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A committed checkpoint cannot be read back as it was saved."""
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (the earlier ones are intact)."""
+
+
+def tree_checksum(tree) -> str:
+  """BLAKE2b hex digest of a pytree of arrays: every leaf's path, dtype, shape and bytes."""
+  digest = hashlib.blake2b(digest_size=16)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  for path, leaf in leaves:
+    if isinstance(leaf, jax.Array) and leaf.is_fully_replicated:
+      leaf = leaf.addressable_data(0)
+    value = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(f"{value.dtype.str}{value.shape}".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
@@ -126,35 +159,109 @@ class StageCheckpoints:
     metrics = {"selection": None if selection is None else float(selection), "step": int(step)}
     # The save completes in the background: it must not see later changes of the caller's objects.
     meta = copy.deepcopy(meta)
+    meta[CHECKSUM_KEY] = {"params": tree_checksum(params), "opt_state": tree_checksum(opt_state)}
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
+  def _verify(self, step: int, meta: dict[str, Any], **trees) -> None:
+    sums = meta.get(CHECKSUM_KEY)
+    if sums is None:   # saved before checksums were recorded
+      return
+    for name, tree in trees.items():
+      if tree_checksum(tree) != sums.get(name):
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {self.directory}: the restored {name} do not match the "
+            "checksum recorded at save time (files changed on disk)")
+
+  def _restore(self, step: int, args) -> dict[str, Any]:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**args))
+    except CorruptCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} in {self.directory} cannot be read: "
+          f"{type(e).__name__}: {str(e)[:300]}") from e
+
   def restore(self, step: int, params_like, opt_state_like) -> tuple[Any, Any, dict[str, Any]]:
-    """Restores (params, opt_state, meta) of ``step`` into the structure of the given templates."""
+    """Restores (params, opt_state, meta) of ``step`` into the structure of the given templates.
+
+    Raises:
+      CorruptCheckpointError: the step's files cannot be read or do not match their checksum.
+    """
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-    out = self._manager.restore(step, args=ocp.args.Composite(
+    out = self._restore(step, dict(
         params=ocp.args.StandardRestore(abstract(params_like)),
         opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
         meta=ocp.args.JsonRestore()))
-    return out["params"], out["opt_state"], dict(out["meta"])
+    meta = dict(out["meta"])
+    self._verify(step, meta, params=out["params"], opt_state=out["opt_state"])
+    meta.pop(CHECKSUM_KEY, None)
+    return out["params"], out["opt_state"], meta
+
+  def restore_latest_good(self, params_like, opt_state_like
+                          ) -> tuple[int, Any, Any, dict[str, Any]] | None:
+    """The newest kept step that restores intact, as ``(step, params, opt_state, meta)``.
+
+    Corrupted steps are moved aside to ``DIR/corrupted.<step>`` with a warning naming them (the
+    older kept step, the best epoch, is tried next); None when there is no checkpoint.
+
+    Raises:
+      CorruptCheckpointError: there are checkpoints, but none of them is intact.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    bad = []
+    for step in steps:
+      try:
+        return (step, *self.restore(step, params_like, opt_state_like))
+      except CorruptCheckpointError as e:
+        bad.append(step)
+        absl_logging.warning("%s; falling back to an older checkpoint", e)
+        aside = os.path.join(self.directory, f"corrupted.{step}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+    if bad:
+      raise CorruptCheckpointError(
+          f"{self.directory}: no intact checkpoint is left (corrupted steps {bad}, moved to "
+          "corrupted.<step>); delete the stage directory to train it again")
+    return None
 
   def restore_params(self, step: int, params_like=None):
-    """Restores only the parameters of ``step`` (as saved when no template is given)."""
+    """Restores only the parameters of ``step`` (as saved when no template is given).
+
+    Raises:
+      CorruptCheckpointError: the step's files cannot be read or do not match their checksum.
+    """
     args = ocp.args.StandardRestore(
         None if params_like is None
         else jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
-    return self._manager.restore(step, args=ocp.args.Composite(params=args))["params"]
+    out = self._restore(step, dict(params=args, meta=ocp.args.JsonRestore()))
+    self._verify(step, dict(out["meta"]), params=out["params"])
+    return out["params"]
 
   def restore_meta(self, step: int) -> dict[str, Any]:
-    return dict(self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    meta = dict(self._restore(step, dict(meta=ocp.args.JsonRestore()))["meta"])
+    meta.pop(CHECKSUM_KEY, None)
+    return meta
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are complete (and raises their errors)."""
-    self._manager.wait_until_finished()
-    self._manager.check_for_errors()
+    """Blocks until pending asynchronous saves are complete (and raises their errors).
+
+    Raises:
+      CheckpointSaveError: a save failed (disk full, quota, I/O error); the steps committed
+        before it are intact (a save becomes visible only when complete).
+    """
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(
+          f"saving a checkpoint in {self.directory} failed (disk full or not writable?): "
+          f"{type(e).__name__}: {str(e)[:400]}; the checkpoints committed before it "
+          f"(steps {self.all_steps()}) are intact") from e
 
   def close(self) -> None:
     self._manager.close()

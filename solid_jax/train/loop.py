@@ -352,9 +352,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     return out
 
   ckpts = checkpoint_lib.StageCheckpoints(spec.directory)
-  latest = ckpts.latest_step()
-  if latest is not None:
-    params, opt_state, meta = ckpts.restore(latest, params, opt_state)
+  good = ckpts.restore_latest_good(params, opt_state)
+  if good is not None:
+    latest, params, opt_state, meta = good
     logging.info("%s: resuming from the checkpoint at step %d (epoch %d, step %d of the epoch)",
                  spec.name, latest, meta["epoch"], meta["step_in_epoch"])
   else:
