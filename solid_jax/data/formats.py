@@ -664,6 +664,10 @@ def _read_features(path: pathlib.Path, item_vocab: Sequence[str], catalogue: np.
   if matrix.shape[0] != expected:
     raise DataError(f"mismatched feature-matrix rows: the file has {matrix.shape[0]} rows, the "
                     f"data set has {expected} items", path=path)
+  bad = np.flatnonzero(~np.all(np.isfinite(matrix), axis=1))
+  if bad.size:
+    raise DataError(f"row {int(bad[0])} (of {bad.size} such rows) holds NaN or inf values",
+                    path=path, line=int(bad[0]) + 1, field="feature")
   raw = np.asarray(item_vocab[1:], dtype=np.int64)
   if raw.size and (raw.min() < 0 or raw.max() >= matrix.shape[0]):
     raise DataError(f"item index {raw.max()} has no row in a matrix of {matrix.shape[0]} rows",

@@ -59,6 +59,9 @@ def _check(ds):
   assert np.all(ds.seq_items > 0) and np.all(ds.seq_items < ds.num_items)
   assert ds.item_semantic.shape[0] == ds.num_items
   assert np.all(np.diff(ds.seq_offsets) >= 0)
+  for name, value in ds.side.items():
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+      assert np.all(np.isfinite(value)), name
 
 
 def _fuzz(folder, draw):
@@ -69,7 +72,7 @@ def _fuzz(folder, draw):
     shutil.copytree(folder, work)
     path = os.path.join(work, os.path.relpath(target, folder))
     raw = open(path, "rb").read()
-    if target.suffix == ".npy":
+    if "feat" in target.name:
       mutated = _mutate_features(raw, draw)
     else:
       mutated = _mutate(raw, draw)
@@ -84,27 +87,41 @@ def _fuzz(folder, draw):
 
 
 def _mutate_features(raw, draw):
-  """Feature matrices: NaN / inf rows, a wrong row count, or a broken file."""
-  import io  # pylint: disable=import-outside-toplevel
-  try:
-    x = np.load(io.BytesIO(raw))
-  except Exception:  # pylint: disable=broad-except
-    return raw[: len(raw) // 2]
-  kind = draw(st.sampled_from(["nan", "inf", "fewer", "more", "broken"]))
-  if kind == "broken":
+  """Raw float32 feature matrices (512 columns): NaN / inf rows, a row too few or too many, or a
+  size that is not whole rows."""
+  x = np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype="<f4").copy()
+  rows = max(1, x.size // 512)
+  kind = draw(st.sampled_from(["nan", "inf", "fewer", "more", "ragged"]))
+  if kind == "ragged":
     return raw[: draw(st.integers(0, len(raw) - 1))]
-  x = np.array(x, dtype=np.float32)
-  if kind == "nan":
-    x[draw(st.integers(0, len(x) - 1))] = np.nan
-  elif kind == "inf":
-    x[draw(st.integers(0, len(x) - 1))] = np.inf
+  if kind in ("nan", "inf"):
+    r = draw(st.integers(0, rows - 1))
+    x[r * 512 + draw(st.integers(0, 511))] = np.nan if kind == "nan" else -np.inf
   elif kind == "fewer":
-    x = x[:-1]
+    x = x[:-512]
   else:
-    x = np.concatenate([x, x[:1]])
-  out = io.BytesIO()
-  np.save(out, x)
-  return out.getvalue()
+    x = np.concatenate([x, x[:512]])
+  return x.astype("<f4").tobytes()
+
+
+def test_authors_files_load_or_raise_data_error(tmp_path):
+  """The authors' ``user;target;trigger_seq;click_seq;label`` files, mutated."""
+  good = b"1;2;0,0;3,4;1\n1;5;0,0;3,4;0\n2;7;0,1;0,6,8;1\n"
+
+  @FUZZ
+  @given(st.data())
+  def run(d):
+    path = tmp_path / "train.txt"
+    path.write_bytes(_mutate(good, d.draw))
+    try:
+      rows = data.read_authors_file(str(path))
+    except data.DataError as e:
+      assert "train.txt" in str(e), str(e)
+      return
+    assert set(rows) >= {"items", "target", "label"}
+    assert np.all(rows["items"] >= 0) and np.all(rows["target"] > 0)
+
+  run()
 
 
 FUZZ = settings(max_examples=int(os.environ.get("SOLID_JAX_FUZZ_EXAMPLES", "40")), deadline=10_000,

@@ -85,6 +85,13 @@ def main(argv):
     raise SystemExit(f"usage: {argv[0]} worker PROCESS_ID PORT WORKDIR | single WORKDIR")
   out = train(workdir)
   if argv[1] == "worker":
+    # Preemption: only process 1 got the signal; both must answer the same at every step.
+    import signal  # pylint: disable=import-outside-toplevel
+    from solid_jax.train import reliability  # pylint: disable=import-outside-toplevel
+    watch = reliability.PreemptionWatch(sync_every=2)
+    if jax.process_index() == 1:
+      watch.received = signal.SIGTERM
+    out["preempt"] = [watch.should_stop(step) for step in (1, 2, 3)]
     jax.distributed.shutdown()
   print(json.dumps(out))
 

@@ -89,6 +89,11 @@ def test_processes_agree_and_match_one_process(runs):
       assert abs(a[split][key] - value) <= 1e-5, (split, key)
 
 
+def test_processes_agree_on_the_step_to_stop_at_after_a_signal(runs):
+  # Process 1 alone received SIGTERM; the flag is agreed on every 2nd step, so both stop at 2.
+  assert [w["preempt"] for w in runs["workers"]] == [[False, True, False]] * 2
+
+
 def test_one_set_of_records_in_the_shared_directory(runs):
   stage = runs["shared"] / "main"
   lines = (stage / "metrics.jsonl").read_text().splitlines()
