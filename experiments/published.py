@@ -192,6 +192,35 @@ def _cell(values: list[float]) -> str:
   return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+def superseded_table() -> list[str]:
+  """Markdown lines summarising the superseded records (other stopping / selection rules)."""
+  folder = os.path.join(RECORDS, "superseded")
+  groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if not name.endswith(".json"):
+      continue
+    with open(os.path.join(folder, name)) as f:
+      res = json.load(f)
+    backbone, dataset = name.split("_")[:2]
+    config = res.get("config", {})
+    rule = (f"stop rule {config.get('stop_rule', 'select')}, selected on "
+            f"{config.get('select_metric', '?')}")
+    groups.setdefault((backbone, dataset, rule), []).append(res)
+  if not groups:
+    return []
+  lines = ["Superseded runs (earlier stopping / selection rules), for comparison:", "",
+           "| backbone | data | rule | n | " + " | ".join(COLUMN_NAMES)
+           + " | epochs (selected/stopped) |",
+           "|---|---|---|---:|" + "---|" * len(COLUMN_NAMES) + "---|"]
+  for (backbone, dataset, rule), results in groups.items():
+    ours = [[r[s][m] for r in results if r.get(s)] for s, m in COLUMNS]
+    epochs = ", ".join(f"{r['selected_epoch']}/{r.get('stopped_epoch', '?')}" for r in results)
+    lines.append(f"| {TITLES.get(backbone, backbone)} | {dataset} | {rule} | {len(results)} | "
+                 + " | ".join(map(_cell, ours)) + f" | {epochs} |")
+  lines.append("")
+  return lines
+
+
 def report(root: str, runs: list[Run]) -> str:
   """The markdown section: one table per backbone, ours next to the published figures."""
   lines = [START, "## Published baselines reproduced (S3-Rec's SASRec settings)", "",
@@ -240,6 +269,7 @@ def report(root: str, runs: list[Run]) -> str:
   lines.append("Only runs trained with the configs as they are now count; records of earlier "
                "configs are kept in `docs/published/superseded/`.")
   lines.append("")
+  lines += superseded_table()
   expected = len(runs)
   done = sum(len(v) for v in by_key.values())
   if done < expected:

@@ -41,6 +41,16 @@ def test_report_and_splice(tmp_path, monkeypatch):
   gap = text.splitlines()[text.splitlines().index(line) + 2]
   assert gap.startswith("| | | gap | +0.1% | +1.4% |")
   assert "**Partial:** 2 of 4 runs finished" in text
+  # Superseded records (other rules) are summarised apart, never counted in the main table.
+  old = tmp_path / "records" / "superseded"
+  old.mkdir()
+  (old / "sasrec_lastfm_seed0.json").write_text(json.dumps({
+      "test": {"hr@10": 0.5, "ndcg@10": 0.3}, "test_full": {"hr@10": 0.07}, "selected_epoch": 9,
+      "stopped_epoch": 20, "config": {"stop_rule": "any", "select_metric": "full:ndcg@10"}}))
+  text = published.report(str(root), runs)
+  assert ("| SASRec | lastfm | stop rule any, selected on full:ndcg@10 | 1 | 0.5000 | 0.3000 | "
+          "0.0700 |") in text
+  assert "**Partial:** 2 of 4 runs finished" in text
   doc = tmp_path / "RESULTS.md"
   doc.write_text("# Results\n\nolder tables\n")
   published.splice(str(doc), text)
