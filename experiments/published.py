@@ -213,7 +213,7 @@ def superseded_table() -> list[str]:
            + " | epochs (selected/stopped) |",
            "|---|---|---|---:|" + "---|" * len(COLUMN_NAMES) + "---|"]
   for (backbone, dataset, rule), results in groups.items():
-    ours = [[r[s][m] for r in results if r.get(s)] for s, m in COLUMNS]
+    ours = [[r[s][m] for r in results if m in r.get(s, {})] for s, m in COLUMNS]
     epochs = ", ".join(f"{r['selected_epoch']}/{r.get('stopped_epoch', '?')}" for r in results)
     lines.append(f"| {TITLES.get(backbone, backbone)} | {dataset} | {rule} | {len(results)} | "
                  + " | ".join(map(_cell, ours)) + f" | {epochs} |")
