@@ -176,10 +176,12 @@ def in_progress(root: str, run: Run) -> str | None:
     history = [json.loads(line) for line in f if line.strip()]
   if not history:
     return None
-  best = max(history, key=lambda r: r.get("valid_full", {}).get("ndcg@10", -1.0))
+  metric = sweep_config(run.backbone)["select_metric"].split(":", 1)[1]
+  best = max(history, key=lambda r: r.get("valid_full", {}).get(metric, -1.0))
   v = best.get("valid_full", {})
   return (f"unfinished after {len(history)} epochs; best so far epoch {best['epoch']}: "
-          f"valid full NDCG@10 {v.get('ndcg@10', float('nan')):.4f}, HR@10 "
+          f"valid full {metric.upper()} {v.get(metric, float('nan')):.4f}, NDCG@10 "
+          f"{v.get('ndcg@10', float('nan')):.4f}, HR@10 "
           f"{v.get('hr@10', float('nan')):.4f}; valid sampled NDCG@10 "
           f"{best.get('valid', {}).get('ndcg@10', float('nan')):.4f} (validation, not test)")
 
