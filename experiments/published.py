@@ -18,6 +18,7 @@ with; full = every item ranked):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -134,11 +135,17 @@ def run_one(run: Run, root: str, data_root: str, extra: list[str], *,
 PER_RUN_FIELDS = ("dataset", "seed", "method", "stage1_dir")
 
 
-def sweep_config(backbone: str) -> dict[str, Any]:
-  """The TrainConfig (as a dict) the sweep launches for ``backbone``, before the per-run fields."""
+@functools.lru_cache(maxsize=None)
+def _sweep_config(backbone: str) -> tuple[tuple[str, Any], ...]:
   from solid_jax.train import cli  # pylint: disable=import-outside-toplevel
   config = cli.load_config_file(CONFIGS[backbone], os.path.join(ROOT, "experiments", "configs"))
-  return dataclasses.asdict(config)
+  return tuple(dataclasses.asdict(config).items())
+
+
+def sweep_config(backbone: str) -> dict[str, Any]:
+  """The TrainConfig (as a dict) the sweep launches for ``backbone``, before the per-run fields
+  (its config file is read once per process)."""
+  return dict(_sweep_config(backbone))
 
 
 def stale(result: dict[str, Any], backbone: str) -> list[str]:

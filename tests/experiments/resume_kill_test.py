@@ -25,6 +25,15 @@ def _committed_steps(directory):
   return [n for n in os.listdir(directory) if n.isdigit()]
 
 
+def _wait_for_stage2_checkpoint(process, workdir, what):
+  """Polls until stage 2 of ``workdir`` has a committed checkpoint (stage 1 is finished by then)."""
+  deadline = time.monotonic() + 240
+  while not _committed_steps(workdir / "stage2"):
+    assert process.poll() is None, f"the run ended before it could be {what}"
+    assert time.monotonic() < deadline, "no stage-2 checkpoint appeared"
+    time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, toy_dataset, tiny_config_file, launcher_env):
   """An uninterrupted run: its workdir and results."""
@@ -45,13 +54,8 @@ def test_sigkill_then_relaunch_gives_identical_results(tmp_path, toy_dataset, ti
   process = subprocess.Popen(_command(tiny_config_file, toy_dataset, workdir), cwd=REPO_ROOT,
                              env=launcher_env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 240
   try:
-    # Kill as soon as stage 2 has a checkpoint (stage 1 is finished by then).
-    while not _committed_steps(workdir / "stage2"):
-      assert process.poll() is None, "the run ended before it could be killed"
-      assert time.monotonic() < deadline, "no stage-2 checkpoint appeared"
-      time.sleep(0.02)
+    _wait_for_stage2_checkpoint(process, workdir, "killed")
   finally:
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -89,21 +93,21 @@ def test_sigterm_checkpoints_refuses_a_second_launch_and_resumes(tmp_path, toy_d
   reference, expected = reference
   workdir = tmp_path / "preempted"
   command = _command(tiny_config_file, toy_dataset, workdir)
-  process = subprocess.Popen(command, cwd=REPO_ROOT, env=launcher_env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 240
+  # stderr to a file: a pipe nobody reads while polling could fill up and block the run.
+  log = tmp_path / "preempted.log"
+  with open(log, "w") as err:
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=launcher_env,
+                               stdout=subprocess.DEVNULL, stderr=err, text=True)
   try:
-    while not _committed_steps(workdir / "stage2"):
-      assert process.poll() is None, "the run ended before it could be stopped"
-      assert time.monotonic() < deadline, "no stage-2 checkpoint appeared"
-      time.sleep(0.02)
+    _wait_for_stage2_checkpoint(process, workdir, "stopped")
     second = subprocess.run(command, cwd=REPO_ROOT, env=launcher_env, capture_output=True,
                             text=True, timeout=120)
     assert second.returncode != 0
     assert "in use by another launch" in second.stderr and f"pid {process.pid}" in second.stderr
   finally:
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+  stderr = log.read_text()
   assert process.returncode == reliability.PREEMPTED_EXIT_CODE, stderr[-3000:]
   assert "received SIGTERM" in stderr and "relaunch the same command" in stderr
   assert not (workdir / "results.json").exists()
