@@ -50,15 +50,22 @@ def _norm(prefix: str, p: Tree, out: dict) -> None:
 
 
 def _transformer_layer(prefix: str, p: Tree, out: dict) -> None:
-  """A post-norm layer -> ``nn.TransformerEncoderLayer`` (q, k, v stacked in ``in_proj``)."""
+  """A post-norm layer -> ``nn.TransformerEncoderLayer`` (q, k, v stacked in ``in_proj``).
+
+  Flax's attention kernels are ``[d, H, d/H]`` (q, k, v; bias ``[H, d/H]``) and ``[H, d/H, d]``
+  (out): reshaped to the ``d x d`` matrices they stand for.
+  """
   att = p["attention"]
+  qkv = [_a(att[n]["kernel"]) for n in ("query", "key", "value")]
   out[f"{prefix}.self_attn.in_proj_weight"] = np.concatenate(
-      [_a(att[n]["kernel"]).T for n in ("query", "key", "value")], axis=0
+      [k.reshape(k.shape[0], -1).T for k in qkv], axis=0
   )
   out[f"{prefix}.self_attn.in_proj_bias"] = np.concatenate(
-      [_a(att[n]["bias"]) for n in ("query", "key", "value")], axis=0
+      [_a(att[n]["bias"]).reshape(-1) for n in ("query", "key", "value")], axis=0
   )
-  _dense(f"{prefix}.self_attn.out_proj", att["out"], out)
+  kernel = _a(att["out"]["kernel"])
+  _dense(f"{prefix}.self_attn.out_proj",
+         {"kernel": kernel.reshape(-1, kernel.shape[-1]), "bias": att["out"]["bias"]}, out)
   _norm(f"{prefix}.norm1", p["norm_1"], out)
   _dense(f"{prefix}.linear1", p["ff_1"], out)
   _dense(f"{prefix}.linear2", p["ff_2"], out)
@@ -66,52 +73,23 @@ def _transformer_layer(prefix: str, p: Tree, out: dict) -> None:
 
 
 def _generator(prefix: str, p: Tree, out: dict) -> None:
-  """``{"gru", "mlp", "proj": {"layer_j": {"A", "a"(, "B", "c")}}}`` -> ``Generator``."""
+  """``{"gru", "mlp", "proj": {"layer_j": {"w", "b"} | {"core"}}}`` -> ``Generator``."""
   _gru(f"{prefix}.gru", p["gru"], out)
   _mlp(f"{prefix}.mlp", p["mlp"], out)
   for name, proj in p["proj"].items():
-    if "B" in proj:  # DUET: W from (A, a), b from (B, c).
-      out[f"{prefix}.proj.{name}.w.weight"] = _a(proj["A"]).T
-      out[f"{prefix}.proj.{name}.w.bias"] = _a(proj["a"])
-      out[f"{prefix}.proj.{name}.b.weight"] = _a(proj["B"]).T
-      out[f"{prefix}.proj.{name}.b.bias"] = _a(proj["c"])
-    else:  # APG: the K x K core from (A, a).
-      out[f"{prefix}.proj.{name}.core.weight"] = _a(proj["A"]).T
-      out[f"{prefix}.proj.{name}.core.bias"] = _a(proj["a"])
+    for part, dense in proj.items():   # DUET: w (A, a) and b (B, c); APG: core (A, a)
+      _dense(f"{prefix}.proj.{name}.{part}", dense, out)
 
 
-def _head(p: Tree, out: dict) -> None:
-  """Static ``{"dense_j"}`` -> ``head.layers.dense_j``; APG ``{"layer_j": {"V", "U"}}`` likewise."""
-  for name, sub in p.items():
-    if name.startswith("dense_"):
-      _dense(f"head.layers.{name}", sub, out)
-    else:
-      _dense(f"head.{name}.V", sub["V"], out)
-      _dense(f"head.{name}.U", sub["U"], out)
-
-
-def torch_state(params: Tree) -> dict[str, np.ndarray]:
-  """The solid_jax parameter tree as ``{state_dict name: float32 array}`` of ``RecModel``.
-
-  Args:
-    params: ``model.init(...)`` of solid_jax (or a gradient tree of the same structure), leaves
-      numpy or jax arrays.
-
-  Returns:
-    A flat dict keyed by the names of ``RecModel.state_dict()``.
-
-  Raises:
-    KeyError: a top-level entry this converter does not know.
-  """
-  out: dict[str, np.ndarray] = {}
-  for key, value in params.items():
-    if key in ("item_embedding", "semantic_embedding"):
-      out[f"{key}.weight"] = _a(value)
-    elif key in ("position_embedding", "semantic_position_embedding"):
-      out[key] = _a(value)
-    elif key in ("seq_trans", "semantic_seq_trans"):
+def _backbone(p: Tree, out: dict) -> None:
+  for key, value in p.items():
+    if key == "item_embedding":
+      out["item_embedding.weight"] = _a(value["embedding"])
+    elif key == "position_embedding":
+      out[key] = _a(value["embedding"])
+    elif key == "seq_trans":
       _dense(key, value, out)
-    elif key in ("target_trans", "decoder"):
+    elif key == "target_trans":
       _mlp(key, value, out)
     elif key == "attention":  # DIN target attention (no biases).
       for name, sub in value.items():
@@ -121,14 +99,53 @@ def torch_state(params: Tree) -> dict[str, np.ndarray]:
         _transformer_layer(f"transformer.{name}", sub, out)
     elif key == "gru":
       _gru("gru", value, out)
-    elif key == "head":
-      _head(value, out)
+    else:
+      raise KeyError(f"unknown solid_jax backbone parameter entry {key!r}")
+
+
+def _head(p: Tree, out: dict) -> None:
+  for key, value in p.items():
+    if key.startswith("dense_"):  # the static head
+      _dense(f"head.layers.{key}", value, out)
+    elif key == "shared":  # APG's shared factors
+      for name, sub in value.items():
+        _dense(f"head.{name}.V", sub["V"], out)
+        _dense(f"head.{name}.U", sub["U"], out)
     elif key in ("generator", "item_generator", "semantic_generator"):
       _generator(key, value, out)
+    elif key == "semantic_embedding":
+      out["semantic_embedding.weight"] = _a(value["embedding"])
+    elif key == "semantic_position_embedding":
+      out[key] = _a(value["embedding"])
+    elif key == "semantic_seq_trans":
+      _dense(key, value, out)
+    elif key == "decoder":
+      _mlp(key, value, out)
     elif key == "codebook":  # EMA statistics have no counterpart (the update is not reproduced).
       out["codebook.codes"] = _a(value["codes"])
     else:
-      raise KeyError(f"unknown solid_jax parameter entry {key!r}")
+      raise KeyError(f"unknown solid_jax head parameter entry {key!r}")
+
+
+def torch_state(params: Tree) -> dict[str, np.ndarray]:
+  """The solid_jax parameter tree as ``{state_dict name: float32 array}`` of ``RecModel``.
+
+  Args:
+    params: ``model.init(...)`` of solid_jax (``{"backbone": ..., "head": ...}``) or a gradient
+      tree of the same structure, leaves numpy or jax arrays.
+
+  Returns:
+    A flat dict keyed by the names of ``RecModel.state_dict()``.
+
+  Raises:
+    KeyError: an entry this converter does not know.
+  """
+  out: dict[str, np.ndarray] = {}
+  unknown = set(params) - {"backbone", "head"}
+  if unknown:
+    raise KeyError(f"unknown solid_jax parameter entries {sorted(unknown)}")
+  _backbone(params["backbone"], out)
+  _head(params.get("head", {}), out)
   return out
 
 

@@ -17,6 +17,7 @@ from solid_jax.configs import ModelConfig
 from solid_jax import data
 from solid_jax import metrics
 from solid_jax import nn
+from solid_jax import models
 from solid_jax.models import Model, make_model
 from solid_jax.nn import codebook
 from solid_jax import semantics

@@ -1,19 +1,26 @@
-"""Configuration dataclasses: pure data, no absl, no JAX."""
+"""``ModelConfig``: the architecture of a model (pure data, no absl).
+
+Backbone and head names are those registered in ``solid_jax.models.BACKBONES`` / ``HEADS``; what
+a backbone or head supports (positionwise training, cloze, head layers) is asked of the
+registered class, so a plugin's settings are checked the same way as the built-in ones.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-BACKBONES = ("sasrec", "gru4rec", "din", "bert4rec")
-HEADS = ("static", "duet", "apg", "solid")
 GENERATORS = ("duet", "apg")
 CODEBOOK_MODES = ("straight_through", "frozen", "ema")
 EMBEDDINGS = ("tanh_dense", "layer_norm")
 TARGET_TOWERS = ("mlp", "embedding")
 ACTIVATIONS = ("", "relu", "gelu")
-# Backbones whose state at position t depends on items 0..t only when run over a whole sequence, so
-# they can be trained on every position at once (SASRec needs ``causal=True``).
-POSITIONWISE_BACKBONES = ("sasrec", "gru4rec")
+
+
+def _registries():
+  """``(BACKBONES, HEADS)``, imported on use (the model zoo imports this module)."""
+  from solid_jax.models import registry  # pylint: disable=import-outside-toplevel
+  import solid_jax.models  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  return registry.BACKBONES, registry.HEADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,8 +30,9 @@ class ModelConfig:
   The defaults are the SOLID authors' settings (SPEC section 2).
 
   Attributes:
-    backbone: static sequence encoder, one of ``BACKBONES``.
-    head: ``"static"`` (ordinary last layers), ``"duet"`` (full-rank generator),
+    backbone: static sequence encoder, a name registered in ``solid_jax.models.BACKBONES``
+      (built in: sasrec, gru4rec, din, bert4rec).
+    head: a name registered in ``solid_jax.models.HEADS``: ``"static"`` (ordinary last layers), ``"duet"`` (full-rank generator),
       ``"apg"`` (low-rank generator) or ``"solid"`` (dual item/semantic
       generators with a codebook on the item branch).
     generator: for ``head="solid"``, the generator family of both branches.
@@ -118,22 +126,19 @@ class ModelConfig:
       if value not in allowed:
         raise ValueError(f"ModelConfig.{name}={value!r}; expected one of {allowed}")
 
-    check("backbone", self.backbone, BACKBONES)
-    check("head", self.head, HEADS)
+    backbones, heads = _registries()
+    check("backbone", self.backbone, backbones.names())
+    check("head", self.head, heads.names())
     check("generator", self.generator, GENERATORS)
     check("codebook", self.codebook, CODEBOOK_MODES)
     if self.num_items < 2:
       raise ValueError(f"ModelConfig.num_items={self.num_items}: needs padding 0 and >= 1 item")
-    if self.head == "solid" and self.num_semantics < 2:
-      raise ValueError(
-          f"ModelConfig.num_semantics={self.num_semantics}: head='solid' needs >= 1 semantic id"
-      )
     check("embedding", self.embedding, EMBEDDINGS)
     check("target_tower", self.target_tower, TARGET_TOWERS)
     check("position_alignment", self.position_alignment, ("start", "end"))
     check("ff_activation", self.ff_activation, ACTIVATIONS)
-    if self.head_layers < 0 or (self.head_layers == 0 and self.head != "static"
-                                and self.backbone != "din"):
+    backbone, head = backbones[self.backbone], heads[self.head]
+    if self.head_layers < 0 or (head.dynamic and not backbone.head_specs(self)):
       raise ValueError(f"ModelConfig.head_layers={self.head_layers}: the {self.head!r} head "
                        "needs at least one layer (0 is for the static head only)")
     if self.sasrec_layers < 1:
@@ -143,11 +148,13 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be in [0, 1)")
     if self.init_std < 0:
       raise ValueError(f"ModelConfig.init_std={self.init_std} must be >= 0")
-    if self.cloze and (self.backbone != "bert4rec" or self.head != "static"):
+    if self.cloze and (not backbone.supports_cloze or head.dynamic):
       raise ValueError(f"ModelConfig.cloze=True is BERT4Rec's objective with the static head, not "
                        f"backbone={self.backbone!r} head={self.head!r}")
     if self.dim % self.num_heads:
       raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
+    backbone.validate(self)
+    head.validate(self)
 
   @property
   def dropout(self) -> bool:
@@ -156,9 +163,9 @@ class ModelConfig:
 
   @property
   def positionwise(self) -> bool:
-    """Whether the model can be trained on every position of a sequence (``apply_positions``)."""
-    return (self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)
-            or (self.backbone == "bert4rec" and self.cloze))
+    """Whether the model can be trained on every position of a sequence (``apply_positions``):
+    the backbone says so (``Backbone.positionwise``: GRU4Rec, causal SASRec, cloze BERT4Rec)."""
+    return _registries()[0][self.backbone].positionwise(self)
 
   @property
   def mask_id(self) -> int:
@@ -167,11 +174,10 @@ class ModelConfig:
 
   @property
   def packable(self) -> bool:
-    """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): causal SASRec,
-    GRU4Rec and cloze BERT4Rec with the static head (attention kept within a segment, the GRU
-    state reset where one starts); the dynamic heads' generators pool over the whole row, so
-    they train unpacked."""
-    return self.positionwise and self.head == "static"
+    """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): a
+    positionwise backbone with a head that allows it (the static head; the dynamic heads'
+    generators pool over the whole row, so they train unpacked)."""
+    return self.positionwise and _registries()[1][self.head].packable
 
   @property
   def codebook_size(self) -> int:

@@ -26,6 +26,24 @@ def _snippet() -> str:
   return blocks[0]
 
 
+def _flax_snippet() -> str:
+  for block in BLOCK.findall((ROOT / "README.md").read_text()):
+    if "nn.Module" in block:
+      return block
+  raise AssertionError("README.md has no python block with a Flax module")
+
+
+def test_flax_snippet_runs():
+  """A SOLID head inside a user's own Flax model: logits, the auxiliary loss and a gradient for
+  every parameter of the head but the codebook's padding row."""
+  namespace = {}
+  exec(compile(_flax_snippet(), "flax_snippet", "exec"), namespace)  # noqa: S102
+  assert namespace["logits"].shape == (4,)
+  assert bool(jnp.all(jnp.isfinite(namespace["logits"])))
+  assert float(namespace["aux"]["aux_loss"]) > 0
+  assert "SolidHead_0" in namespace["variables"]["params"]
+
+
 def test_usage_snippet_is_short():
   assert len(_snippet().strip().splitlines()) <= 25
 

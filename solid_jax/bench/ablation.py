@@ -17,7 +17,7 @@ the whole step. CPU time is reported because, on a shared machine, it is less se
 than wall time.
 
 In the same rounds, the GRU part and the whole step are also timed with the GRU differentiated by
-JAX through its scan (``layers.gru_last_states_autodiff``) instead of the hand-written VJP the
+JAX through its scan (``nn.gru.gru_last_states_autodiff``) instead of the hand-written VJP the
 models use, which measures what that VJP gains.
 """
 
@@ -33,11 +33,10 @@ import numpy as np
 import solid_jax as sj
 from solid_jax.bench import synthetic
 from solid_jax.bench import throughput
-from solid_jax.nn import codebook as codebook_lib
-from solid_jax.nn import dynamic
-from solid_jax.nn import encoders
-from solid_jax.nn import hypernet
-from solid_jax.nn import layers
+from solid_jax.models import BACKBONES, SolidHead
+from solid_jax.models import solid as solid_lib
+from solid_jax.models.base import lengths_of
+from solid_jax.nn import gru as gru_lib
 
 
 def _parts(cfg, params, batch: dict, seed: int = 0):
@@ -45,69 +44,71 @@ def _parts(cfg, params, batch: dict, seed: int = 0):
   bsz, seq, d = batch["items"].shape[0], cfg.seq_len, cfg.dim
   keys = jax.random.split(jax.random.key(seed), 6)
   items = jnp.asarray(batch["items"])
-  lengths = encoders.lengths_of(items)
+  lengths = lengths_of(items)
   mask = (items != 0).astype(jnp.float32)
   seq_a = 0.5 * jax.random.normal(keys[0], (bsz, seq, d))
   seq_b = 0.5 * jax.random.normal(keys[1], (bsz, seq, d))
   states = [jax.random.normal(keys[2], (bsz, d)), jax.random.normal(keys[3], (bsz, d))]
   head_in = jax.random.normal(keys[4], (bsz, d))
-  gens = {k: params[k] for k in ("item_generator", "semantic_generator")}
-  specs = hypernet.layer_specs(cfg)
+  backbone_module = BACKBONES[cfg.backbone](cfg)
+  head_module = SolidHead(cfg, specs=tuple(BACKBONES[cfg.backbone].head_specs(cfg)))
+  head_params = params["head"]
+  gens = {k: head_params[k] for k in ("item_generator", "semantic_generator")}
+  rest = {k: v for k, v in head_params.items() if k not in gens}
 
-  def backbone(p, items, target):
-    seq_emb = encoders.sequence_embedding(p, items, cfg)
-    t = encoders.target_embedding(p, target, cfg)
-    x = encoders.head_input(p, seq_emb, items, t, cfg)
+  def backbone_fn(m, items, target):
+    seq_emb = m.embed(items)
+    t = m.tower(target)
+    x = m.encode(seq_emb, items, t)
     return jnp.sum(jnp.sin(x) * t) + jnp.sum(jnp.sin(seq_emb))
 
+  def backbone(p, items, target):
+    return backbone_module.apply({"params": p}, items, target, method=backbone_fn)
+
   def grus(g, xs_a, xs_b):
-    hs = layers.gru_last_states([g["item_generator"]["gru"], g["semantic_generator"]["gru"]],
-                                [xs_a, xs_b], lengths)
+    hs = gru_lib.gru_last_states([g["item_generator"]["gru"], g["semantic_generator"]["gru"]],
+                                 [xs_a, xs_b], lengths)
     return jnp.sum(jnp.sin(hs[0])) + 2.0 * jnp.sum(jnp.sin(hs[1]))
 
-  def heads(g, hs, x):
-    w = [hypernet.project(g[k], hypernet.condition(g[k], h), cfg, "duet")
-         for k, h in zip(("item_generator", "semantic_generator"), hs)]
-    weights = hypernet.combine(w[0], w[1], cfg.clip_t)
-    return jnp.sum(jnp.sin(dynamic.head(weights, None, x, specs)))
+  def heads_fn(m, hs, x):
+    weights = solid_lib.combine(m.item_generator.project(hs[0]),
+                                m.semantic_generator.project(hs[1]), cfg.clip_t)
+    return jnp.sum(jnp.sin(m(weights, x)))
 
-  def codebook_part(p, query, semantics):
-    quant, info = codebook_lib.quantize(p["codebook"], query, mask, mode=cfg.codebook,
-                                        decay=cfg.ema_decay, dead_steps=cfg.ema_dead_steps,
-                                        key=None)
-    dec = layers.mlp(p["decoder"], quant, ("leaky_relu", None))
-    sem = layers.embed(p["semantic_embedding"], semantics) + p["semantic_position_embedding"]
-    sem = jnp.tanh(layers.dense(p["semantic_seq_trans"], sem))
+  def heads(g, hs, x):
+    return head_module.apply({"params": {**rest, **g}}, hs, x, method=heads_fn)
+
+  def codebook_fn(m, query, semantics):
+    quant, info = m.codebook(query, mask)
+    dec = m.decoder(quant)
+    sem = m.semantic_embedding(semantics) + m.semantic_position_embedding(jnp.arange(seq))
+    sem = jnp.tanh(m.semantic_seq_trans(sem))
     consistency = jnp.sum(mask[..., None] * (sem - info["selected"]) ** 2) / jnp.sum(mask)
     return (jnp.sum(jnp.sin(dec)) + consistency + info["codebook_loss"]
             + info["commitment_loss"])
 
-  backbone_keys = [k for k in params if k not in gens and k not in (
-      "codebook", "decoder", "semantic_embedding", "semantic_position_embedding",
-      "semantic_seq_trans")]
-  solid_keys = ("codebook", "decoder", "semantic_embedding", "semantic_position_embedding",
-                "semantic_seq_trans")
+  def codebook_part(p, query, semantics):
+    return head_module.apply({"params": {**p, **gens}}, query, semantics, method=codebook_fn)
+
   return {
-      "backbone": (backbone, ({k: params[k] for k in backbone_keys}, items,
-                              jnp.asarray(batch["target"]))),
+      "backbone": (backbone, (params["backbone"], items, jnp.asarray(batch["target"]))),
       "generator GRUs (item + semantic)": (grus, (gens, seq_a, seq_b)),
       "generator MLPs + DUET projections + clip/sum + dynamic layers": (heads,
                                                                         (gens, states, head_in)),
       "codebook + decoder + semantic branch + losses": (
-          codebook_part, ({k: params[k] for k in solid_keys}, seq_a,
-                          jnp.asarray(batch["semantics"]))),
+          codebook_part, (rest, seq_a, jnp.asarray(batch["semantics"]))),
   }
 
 
 @contextlib.contextmanager
 def _autodiff_gru():
   """Functions traced inside use the GRU differentiated through its scan (no custom VJP)."""
-  hand = layers.gru_last_states
-  layers.gru_last_states = layers.gru_last_states_autodiff
+  hand = gru_lib.gru_last_states
+  gru_lib.gru_last_states = gru_lib.gru_last_states_autodiff
   try:
     yield
   finally:
-    layers.gru_last_states = hand
+    gru_lib.gru_last_states = hand
 
 
 def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_items: int = 1683,

@@ -68,7 +68,21 @@ Equations:
 ``concat(t, pooled)``, then applies the head with those weights.
 """
 
-from solid_jax.models.model import Model
-from solid_jax.models.model import make_model
+from solid_jax.models.registry import BACKBONES, HEADS, METHODS
+from solid_jax.models.base import Backbone, EmbeddingBackbone, Head
+# The built-in backbones and heads register themselves on import.
+from solid_jax.models.sasrec import SASRec, TransformerBackbone
+from solid_jax.models.bert4rec import BERT4Rec
+from solid_jax.models.gru4rec import GRU4Rec
+from solid_jax.models.din import DIN
+from solid_jax.models.static import StaticHead
+from solid_jax.models.hyper import ApgHead, DuetHead, Generator
+from solid_jax.models.solid import SolidHead
+from solid_jax.models.recommender import Recommender
+from solid_jax.models.model import Model, item_table, make_model
 
-__all__ = ["Model", "make_model"]
+__all__ = [
+    "ApgHead", "BACKBONES", "BERT4Rec", "Backbone", "DIN", "DuetHead", "EmbeddingBackbone",
+    "GRU4Rec", "Generator", "HEADS", "Head", "METHODS", "Model", "Recommender", "SASRec",
+    "SolidHead", "StaticHead", "TransformerBackbone", "item_table", "make_model",
+]

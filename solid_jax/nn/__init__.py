@@ -1,17 +1,17 @@
-"""Neural-network building blocks as pure functions over plain dict parameters.
+"""Building blocks of the model zoo.
 
-- ``layers``: dense, MLP, embedding, layer norm, multi-head attention, transformer layer, GRU
-  (lax.scan).
-- ``encoders``: the static backbones (SASRec, GRU4Rec, DIN, BERT4Rec).
-- ``hypernet``: the DUET (full-rank) and APG (low-rank) parameter generators.
-- ``dynamic``: the dynamic head for one user, vmapped over the batch.
-- ``codebook``: nearest-code lookup (frozen / straight-through / EMA), usage statistics, k-means.
+- ``layers``: Flax blocks (initialisers, activations, ``MLP``, the post-norm
+  ``TransformerLayer`` on Flax attention).
+- ``gru``: the GRU with its hand-written gradient, several GRUs fused in one scan
+  (``GRUWeights`` is its Flax module).
+- ``dynamic``: the per-user dynamic layers, written for one user and vmapped.
+- ``codebook``: nearest-code lookup (frozen / straight-through / EMA), usage statistics, k-means,
+  and its Flax module ``Codebook``.
 """
 
 from solid_jax.nn import codebook
 from solid_jax.nn import dynamic
-from solid_jax.nn import encoders
-from solid_jax.nn import hypernet
+from solid_jax.nn import gru
 from solid_jax.nn import layers
 
-__all__ = ["codebook", "dynamic", "encoders", "hypernet", "layers"]
+__all__ = ["codebook", "dynamic", "gru", "layers"]

@@ -18,6 +18,11 @@ Modes (``MODES``):
   comes from the ``key`` argument, or when it is None from ``fold_in(key(ema["seed"]),
   ema["step"])``.
 
+``Codebook`` is the Flax module over the same functions: it owns the subtree ``{"codes"(,
+"ema")}`` in the ``"params"`` collection (the EMA statistics too, so that a model's parameters stay
+one plain dict) and returns the new EMA subtree in ``info["state"]``. The codebook is hand-written:
+Flax has no vector quantiser.
+
 k-means: ``kmeans(key, x, k, iters)`` (k-means++ seeding, Lloyd iterations, jit-compiled, memory
 bounded by chunking the assignment step) and ``kmeans_init(key, vectors, num_codes)`` (a codebook
 table: row 0 zeros, rows 1.. the k-means centroids of ``num_codes - 1`` clusters).
@@ -27,10 +32,9 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from solid_jax.nn import layers
 
 Array = jax.Array
 Params = dict
@@ -68,21 +72,27 @@ def init(
     raise ValueError(f"codebook mode {mode!r}; expected one of {MODES}")
   k_table, k_seed = jax.random.split(key)
   if table is None:
-    codes = layers.embedding_init(k_table, num_codes, dim)
+    codes = nn.initializers.xavier_uniform()(k_table, (num_codes, dim)).at[0].set(0.0)
   else:
     codes = jnp.asarray(table, jnp.float32)
     if codes.shape != (num_codes, dim):
       raise ValueError(f"codebook table has shape {codes.shape}; expected {(num_codes, dim)}")
   params = {"codes": codes}
   if mode == "ema":
-    params["ema"] = {
-        "count": jnp.ones((num_codes,), jnp.float32),
-        "sum": codes,
-        "unused": jnp.zeros((num_codes,), jnp.float32),
-        "step": jnp.zeros((), jnp.float32),
-        "seed": jax.random.randint(k_seed, (), 0, 2**24).astype(jnp.float32),
-    }
+    params["ema"] = ema_init(k_seed, codes)
   return params
+
+
+def ema_init(key: Array, codes: Array) -> Params:
+  """The EMA statistics of a fresh codebook ``codes: [C, D]``: count 1, sum = codes, a seed."""
+  num_codes = codes.shape[0]
+  return {
+      "count": jnp.ones((num_codes,), jnp.float32),
+      "sum": codes,
+      "unused": jnp.zeros((num_codes,), jnp.float32),
+      "step": jnp.zeros((), jnp.float32),
+      "seed": jax.random.randint(key, (), 0, 2**24).astype(jnp.float32),
+  }
 
 
 # --------------------------------------------------------------------------------------- the lookup
@@ -278,6 +288,39 @@ def ema_update(
       "seed": ema["seed"],
   }
   return {"codes": jnp.where(first, old, codes), "ema": new_ema}
+
+
+class Codebook(nn.Module):
+  """The codebook as a Flax module: ``Codebook(C, D, mode)(q, mask) -> (out, info)``.
+
+  Parameters (collection ``"params"``): ``{"codes": [C, D]}`` plus, in ``ema`` mode, ``"ema"``
+  (see ``init``); drawn by ``init`` from the module's ``"params"`` key. ``__call__`` is
+  ``quantize`` over them; in ``ema`` mode the caller writes ``info["state"]`` back.
+
+  Attributes:
+    num_codes: C, including the padding row 0. dim: D. mode: one of ``MODES``.
+    decay: EMA decay. dead_steps: EMA revival threshold.
+  """
+
+  num_codes: int
+  dim: int
+  mode: str = "straight_through"
+  decay: float = 0.99
+  dead_steps: int = 100
+
+  def setup(self):
+    self.codes = self.param(
+        "codes", lambda key: init(key, self.num_codes, self.dim, mode="frozen")["codes"])
+    self.ema = self.param("ema", ema_init, self.codes) if self.mode == "ema" else None
+
+  def tables(self) -> Params:
+    """The codebook subtree ``{"codes"(, "ema")}``, as ``quantize`` takes it."""
+    return {"codes": self.codes} if self.ema is None else {"codes": self.codes, "ema": self.ema}
+
+  def __call__(self, q: Array, mask: Array, *, key: Array | None = None) -> tuple[Array, dict]:
+    """``quantize(tables, q float[B, L, D], mask float[B, L])``: see ``quantize``."""
+    return quantize(self.tables(), q, mask, mode=self.mode, decay=self.decay,
+                    dead_steps=self.dead_steps, key=key)
 
 
 # ------------------------------------------------------------------------------------------ k-means

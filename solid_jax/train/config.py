@@ -12,8 +12,8 @@ import dataclasses
 from typing import Any
 
 from solid_jax import configs as model_configs
+from solid_jax.models.registry import BACKBONES, METHODS
 
-METHODS = ("static", "duet", "apg", "solid", "solid_apg")
 SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
 SELECT_ON = ("valid", "test")
 EVAL_PROTOCOLS = ("sampled", "full", "both")
@@ -74,9 +74,13 @@ class TrainConfig:
   seed: int = _field(0, "seed of the splits, the negatives, the batch order and the init")
 
   # Method and model.
-  method: str = _field("solid", "static | duet | apg | solid (DUET generator) | solid_apg",
-                       choices=METHODS)
-  backbone: str = _field("sasrec", "sequence encoder", choices=model_configs.BACKBONES)
+  method: str = _field("solid", "static | duet | apg | solid (DUET generator) | solid_apg, or "
+                       "one registered in solid_jax.models.METHODS by a plugin")
+  plugins: str = _field("", "comma-separated modules (dotted names or .py paths) imported before "
+                        "anything else; they register backbones, heads or methods "
+                        "(solid_jax.plugins)")
+  backbone: str = _field("sasrec", "sequence encoder: sasrec | gru4rec | din | bert4rec, or one "
+                         "registered by a plugin (--plugins)")
   dim: int = _field(32, "embedding width d")
   codebook: str = _field("straight_through", "SOLID codebook mode",
                          choices=model_configs.CODEBOOK_MODES)
@@ -186,8 +190,11 @@ class TrainConfig:
       if value not in allowed:
         raise ValueError(f"TrainConfig.{name}={value!r}; expected one of {allowed}")
 
-    check("method", METHODS)
-    check("backbone", model_configs.BACKBONES)
+    import solid_jax.models  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from solid_jax import plugins  # pylint: disable=import-outside-toplevel
+    plugins.load(self.plugins)
+    check("method", METHODS.names())
+    check("backbone", BACKBONES.names())
     check("codebook", model_configs.CODEBOOK_MODES)
     check("semantics", SEMANTIC_SOURCES)
     check("select_on", SELECT_ON)
@@ -198,12 +205,14 @@ class TrainConfig:
     if self.eval_protocol not in (protocol, "both"):
       raise ValueError(f"TrainConfig.select_metric={self.select_metric!r} needs the {protocol} "
                        f"protocol, but eval_protocol={self.eval_protocol!r}")
-    if self.objective == "positions" and not (
-        self.backbone == "gru4rec" or (self.backbone == "sasrec" and self.causal)):
+    probe = model_configs.ModelConfig(backbone=self.backbone, head="static", num_items=2,
+                                      causal=self.causal, num_heads=1)
+    if self.objective == "positions" and not probe.positionwise:
       raise ValueError(f"TrainConfig.objective='positions' needs a causal backbone (gru4rec, or "
                        f"sasrec with causal=True), not backbone={self.backbone!r} "
                        f"causal={self.causal}")
-    if self.objective == "cloze" and (self.backbone != "bert4rec" or self.method != "static"):
+    if self.objective == "cloze" and (not BACKBONES[self.backbone].supports_cloze
+                                      or METHODS[self.method]["head"] != "static"):
       raise ValueError(f"TrainConfig.objective='cloze' trains BERT4Rec with the static head, not "
                        f"backbone={self.backbone!r} method={self.method!r}")
     if not 0.0 < self.mask_rate <= 1.0:
@@ -236,12 +245,13 @@ class TrainConfig:
 
   @property
   def is_solid(self) -> bool:
-    return self.method in ("solid", "solid_apg")
+    """Whether the method trains SOLID's stages (its head is ``"solid"``)."""
+    return METHODS[self.method]["head"] == "solid"
 
   @property
   def generator(self) -> str:
     """The generator family of the dynamic head ("duet" or "apg")."""
-    return "apg" if self.method in ("apg", "solid_apg") else "duet"
+    return METHODS[self.method].get("generator", "duet")
 
   @property
   def needs_stage0(self) -> bool:
@@ -293,7 +303,7 @@ class TrainConfig:
       if self.method == "static" and self.static_head_layers >= 0:
         common["head_layers"] = self.static_head_layers
       common["cloze"] = self.objective == "cloze"
-      return model_configs.ModelConfig(head=self.method, num_items=num_items,
+      return model_configs.ModelConfig(**METHODS[self.method], num_items=num_items,
                                        num_semantics=num_semantics, **common)
     raise ValueError(f"unknown stage {stage!r}")
 

@@ -49,6 +49,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from solid_jax import models as models_lib
 from solid_jax import semantics as semantics_lib
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import loop
@@ -294,10 +295,12 @@ def _stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, 
     shapes = ckpts.param_shapes(result["selected_step"])
   finally:
     ckpts.close()
-  if "item_embedding" not in shapes:
-    raise Stage1MismatchError(f"the stage-1 checkpoint in {stage1_dir} has no item_embedding "
-                              f"(parameters: {sorted(shapes)})")
-  return tuple(shapes["item_embedding"]), result
+  try:
+    shape = models_lib.item_table(shapes)
+  except (KeyError, TypeError):
+    raise Stage1MismatchError(f"the stage-1 checkpoint in {stage1_dir} has no item embedding "
+                              f"table (parameters: {sorted(shapes)})") from None
+  return tuple(shape), result
 
 
 def check_stage1(stage1_dir: str, *, num_semantics: int, dim: int,
@@ -457,7 +460,7 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
           "stage0", num_items=ds.num_items, num_semantics=ds.num_semantics),
                           _stage_data(splits, ds, ds.item_semantic, batches, config))
       t0 = time.perf_counter()
-      table = _kmeans_table(config, ds, np.asarray(params0["item_embedding"]))
+      table = _kmeans_table(config, ds, np.asarray(models_lib.item_table(params0)))
       sem_seconds = time.perf_counter() - t0
       if primary:
         semantics_lib.save_table(sem_prefix, table, provenance)
@@ -475,7 +478,7 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       params1 = run_stage("stage1", config.model_config(
           "stage1", num_items=ds.num_items, num_semantics=num_semantics), data,
                           transform=step_lib.semantic_view)
-      metacode = np.asarray(params1["item_embedding"])
+      metacode = np.asarray(models_lib.item_table(params1))
     run_stage("stage2", config.model_config("stage2", num_items=ds.num_items,
                                             num_semantics=num_semantics),
               data, codebook_init=metacode)
@@ -509,7 +512,7 @@ def _load_metacode(stage1_dir: str) -> np.ndarray:
     params = ckpts.restore_params(result["selected_step"])
   finally:
     ckpts.close()
-  return np.asarray(params["item_embedding"])
+  return np.asarray(models_lib.item_table(params))
 
 
 # -------------------------------------------------------------------------------------------- table

@@ -37,9 +37,9 @@ GRAD_GRID = (
 # Parameters that legitimately receive no gradient, by codebook mode (paper_compat off).
 NO_GRAD = {
     "straight_through": set(),
-    "frozen": {"codebook/codes"},
-    "ema": {"codebook/codes", "codebook/ema/count", "codebook/ema/sum", "codebook/ema/unused",
-            "codebook/ema/step", "codebook/ema/seed"},
+    "frozen": {"head/codebook/codes"},
+    "ema": {"head/codebook/codes", "head/codebook/ema/count", "head/codebook/ema/sum",
+            "head/codebook/ema/unused", "head/codebook/ema/step", "head/codebook/ema/seed"},
 }
 
 
@@ -73,7 +73,7 @@ def test_shapes_and_dtypes(backbone, head, generator, mode):
       expected.add("codebook_state")
     assert set(aux) == expected
     if mode == "ema":
-      chex.assert_trees_all_equal_shapes_and_dtypes(aux["codebook_state"], params["codebook"])
+      chex.assert_trees_all_equal_shapes_and_dtypes(aux["codebook_state"], params["head"]["codebook"])
   else:
     assert set(aux) == {"aux_loss"}
 

@@ -52,9 +52,12 @@ def test_padding_embeddings_do_not_change_the_output(backbone, head, generator, 
   batch = make_batch(12)
   logits, aux = b.apply(b.params, batch)
   noise = jax.random.normal(jax.random.key(1), (2, b.cfg.dim)) * 50.0
-  params = dict(b.params)
-  params["item_embedding"] = params["item_embedding"].at[0].set(noise[0])
-  params["semantic_embedding"] = params["semantic_embedding"].at[0].set(noise[1])
+  params = jax.tree.map(lambda x: x, b.params)   # a copy of the nested dicts
+  table = params["backbone"]["item_embedding"]
+  table["embedding"] = table["embedding"].at[0].set(noise[0])
+  if head == "solid":
+    table = params["head"]["semantic_embedding"]
+    table["embedding"] = table["embedding"].at[0].set(noise[1])
   logits2, aux2 = b.apply(params, batch)
   np.testing.assert_array_equal(logits2, logits)
   np.testing.assert_array_equal(aux2["aux_loss"], aux["aux_loss"])
@@ -100,10 +103,10 @@ def test_finite_gradients_at_extreme_inputs(backbone, generator, clip_t):
   cfg = config(backbone, "solid", generator, "straight_through", clip_t=clip_t)
   model = sj.make_model(cfg, scan_unroll=ROLLED)
   params = model.init(jax.random.key(2))
-  huge = dict(params)
-  for name in ("item_embedding", "semantic_embedding"):
-    huge[name] = params[name] * 1e4
-  huge["codebook"] = {"codes": params["codebook"]["codes"] * 1e3}
+  huge = jax.tree.map(lambda x: x, params)
+  huge["backbone"]["item_embedding"]["embedding"] *= 1e4
+  huge["head"]["semantic_embedding"]["embedding"] *= 1e4
+  huge["head"]["codebook"] = {"codes": params["head"]["codebook"]["codes"] * 1e3}
   # Ordinary rows, then rows whose history is all padding but one item.
   mixed = make_batch(16, lengths=[10, 4, 7, 1, 1, 1])
   assert _grad_finite(model, huge, mixed)
@@ -145,9 +148,10 @@ def test_paper_compat_freezes_exactly_the_generator_projections(head, generator)
     flat, _ = jax.tree_util.tree_flatten_with_path(model.trainable(params))
     frozen = {"/".join(str(k.key) for k in path) for path, t in flat if not t}
     gens = ("generator",) if head != "solid" else ("item_generator", "semantic_generator")
-    names = ("A", "a", "B", "c") if (head == "duet" or generator == "duet" and head == "solid") \
-        else ("A", "a")
-    want = {f"{g}/proj/layer_{j}/{n}" for g in gens for j in range(2) for n in names}
+    parts = ("w", "b") if (head == "duet" or generator == "duet" and head == "solid") \
+        else ("core",)
+    want = {f"head/{g}/proj/layer_{j}/{part}/{n}" for g in gens for j in range(2)
+            for part in parts for n in ("kernel", "bias")}
     assert frozen == (want if compat else set())
 
 
@@ -156,12 +160,13 @@ def test_ema_state_is_threaded_through_update_state():
   batch = make_batch(20)
   _, aux = b.apply(b.params, batch)
   params = b.model.update_state(b.params, aux)
-  assert float(params["codebook"]["ema"]["step"]) == 1.0
-  assert not np.allclose(params["codebook"]["codes"], b.params["codebook"]["codes"])
-  np.testing.assert_array_equal(params["codebook"]["codes"][0], b.params["codebook"]["codes"][0])
+  new, old = params["head"]["codebook"], b.params["head"]["codebook"]
+  assert float(new["ema"]["step"]) == 1.0
+  assert not np.allclose(new["codes"], old["codes"])
+  np.testing.assert_array_equal(new["codes"][0], old["codes"][0])
   chex.assert_trees_all_equal_structs(params, b.params)
   # The new codes are the ones used next: the lookup changes with them.
-  params["codebook"]["codes"] = params["codebook"]["codes"] * 0 + 1.0
+  new["codes"] = new["codes"] * 0 + 1.0
   _, aux2 = b.apply(params, batch)
   assert float(aux2["commitment_loss"]) != float(aux["commitment_loss"])
   # Other modes: identity.
@@ -175,14 +180,14 @@ def test_codebook_init_from_a_metacode():
   model = sj.make_model(cfg)
   table = np.random.default_rng(3).normal(size=(NUM_SEMANTICS, cfg.dim)).astype(np.float32)
   params = model.init(jax.random.key(0), codebook_init=table)
-  np.testing.assert_array_equal(params["codebook"]["codes"], table)
+  np.testing.assert_array_equal(params["head"]["codebook"]["codes"], table)
   with pytest.raises(ValueError):
     sj.make_model(config("sasrec", "duet")).init(jax.random.key(0), codebook_init=table)
   # Stage 1 model: a DUET model over semantic ids; its item table is the metacode.
   stage1 = sj.make_model(sj.ModelConfig(backbone="sasrec", head="duet", num_items=NUM_SEMANTICS))
-  metacode = stage1.init(jax.random.key(1))["item_embedding"]
+  metacode = sj.models.item_table(stage1.init(jax.random.key(1)))
   params = model.init(jax.random.key(0), codebook_init=metacode)
-  np.testing.assert_array_equal(params["codebook"]["codes"], metacode)
+  np.testing.assert_array_equal(params["head"]["codebook"]["codes"], metacode)
 
 
 def test_unrolled_default_equals_rolled_scan():

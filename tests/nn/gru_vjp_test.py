@@ -1,4 +1,4 @@
-"""The hand-written GRU gradient (``layers.gru_last_states``' custom VJP).
+"""The hand-written GRU gradient (``nn.gru.gru_last_states``' custom VJP).
 
 Checked three ways: against central finite differences of a float64 NumPy GRU, against JAX's own
 differentiation of the scan (``gru_last_states_autodiff``), and for every shape of use (several
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from solid_jax.nn import layers
+from solid_jax.nn import gru as layers
 
 
 def _sigmoid(x):

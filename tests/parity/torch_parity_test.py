@@ -92,15 +92,18 @@ def make_params(model, seed: int = 1):
     elif len(shape) == 2:
       limit = np.sqrt(6.0 / sum(shape))
       x = rng.uniform(-limit, limit, shape)
+    elif len(shape) == 3:  # Flax attention kernels, [d, H, d/H] or [H, d/H, d]: a d x d matrix
+      limit = np.sqrt(6.0 / (2.0 * np.sqrt(np.prod(shape))))
+      x = rng.uniform(-limit, limit, shape)
     else:
       x = 0.05 * rng.standard_normal(shape) + (names[-1] == "scale")
     return x.astype(np.float32)
 
   params = jax.tree_util.tree_map_with_path(draw, shapes)
-  if "ema" in params.get("codebook", {}):
-    ema = params["codebook"]["ema"]
-    ema["count"] = np.ones_like(ema["count"])
-    ema["sum"] = params["codebook"]["codes"].copy()
+  codebook = params.get("head", {}).get("codebook", {})
+  if "ema" in codebook:
+    codebook["ema"]["count"] = np.ones_like(codebook["ema"]["count"])
+    codebook["ema"]["sum"] = codebook["codes"].copy()
   return params
 
 

@@ -59,10 +59,10 @@ def test_append_mask_after_the_newest_item():
   cfg = config("bert4rec", "static", **{**CLOZE, "seq_len": 4})
   m = cfg.mask_id
   items = jnp.array([[5, 6, 0, 0], [1, 2, 3, 4]])
-  np.testing.assert_array_equal(sj.nn.encoders.append_mask(items, cfg),
+  np.testing.assert_array_equal(sj.models.base.append_mask(items, cfg),
                                 [[5, 6, m, 0], [2, 3, 4, m]])
   # A row cut to 2 slots (length groups) gains a slot rather than losing its oldest item.
-  np.testing.assert_array_equal(sj.nn.encoders.append_mask(items[:1, :2], cfg), [[5, 6, m]])
+  np.testing.assert_array_equal(sj.models.base.append_mask(items[:1, :2], cfg), [[5, 6, m]])
 
 
 def test_readout_is_the_state_training_learns_at_a_masked_position():
@@ -70,16 +70,16 @@ def test_readout_is_the_state_training_learns_at_a_masked_position():
   cfg = config("bert4rec", "static", **CLOZE)
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
-  assert params["item_embedding"].shape[0] == NUM_ITEMS + 1
+  assert sj.models.item_table(params).shape[0] == NUM_ITEMS + 1
   batch = make_batch(1, lengths=[3, 9, 10, 1])
   users = model.encode_users(params, batch)
   n = (batch["items"] != 0).sum(1)
-  items = np.array(sj.nn.encoders.append_mask(jnp.asarray(batch["items"]), cfg))
+  items = np.array(sj.models.base.append_mask(jnp.asarray(batch["items"]), cfg))
   target = np.zeros(items.shape + (NUM_ITEMS - 1,), np.int32)
   at = np.minimum(n, 9)
   target[np.arange(4), at] = np.arange(1, NUM_ITEMS)
   logits, _ = model.apply_positions(params, {"items": items, "target": target})
-  want = np.asarray(users) @ np.asarray(params["item_embedding"][1:NUM_ITEMS]).T
+  want = np.asarray(users) @ np.asarray(sj.models.item_table(params)[1:NUM_ITEMS]).T
   np.testing.assert_allclose(np.asarray(logits)[np.arange(4), at], want, rtol=1e-5, atol=1e-6)
   # apply (the sampled protocol) scores with the same state.
   scored, _ = model.apply(params, batch)
@@ -97,7 +97,7 @@ def test_cloze_training_step_reaches_the_mask_embedding(toy):
   batch = next(sj.data.batches(rows, 16, seed=0, epoch=0))
   tx = step_lib.make_optimizer(model, params, 1e-2)
   grads = jax.grad(lambda p: _loss(model, p, batch))(params)
-  assert float(jnp.abs(grads["item_embedding"][cfg.mask_id]).sum()) > 0
+  assert float(jnp.abs(sj.models.item_table(grads)[cfg.mask_id]).sum()) > 0
   assert float(optax.global_norm(grads)) > 0
   # Packed cloze rows score as unpacked ones (bidirectional attention kept within a user).
   packed = sj.data.pack_rows(batch)

@@ -52,7 +52,7 @@ def test_other_config_on_a_workdir_is_refused(tiny_config, tmp_path):
 
 def _fake_stage1(directory, vocabulary, dim):
   """A finished stage-1 directory whose metacode has ``vocabulary`` rows."""
-  params = {"item_embedding": np.zeros((vocabulary, dim), np.float32)}
+  params = {"backbone": {"item_embedding": {"embedding": np.zeros((vocabulary, dim), np.float32)}}}
   with checkpoint.StageCheckpoints(directory) as ckpts:
     ckpts.save(7, params, {"count": np.zeros((), np.int32)}, {"epoch": 0}, selection=0.5)
     ckpts.wait()
@@ -155,7 +155,7 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
   assert info["source"] == "labels" and info["dataset_fingerprint"] == ds.fingerprint
   # Stage 2 started from stage 1's metacode: same vocabulary, and stage 1 kept its checkpoints.
   with checkpoint.StageCheckpoints(os.path.join(workdir, "stage1"), read_only=True) as ckpts:
-    assert ckpts.param_shapes(results["stages"]["stage1"]["selected_step"])["item_embedding"] \
+    assert ckpts.param_shapes(results["stages"]["stage1"]["selected_step"])["backbone"]["item_embedding"]["embedding"] \
         == (ds.num_semantics, config.dim)
 
   with caplog.at_level(std_logging.INFO, logger="absl"):
