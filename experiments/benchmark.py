@@ -21,9 +21,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from solid_jax import models as models_lib
+
 FLAGS = flags.FLAGS
-METHODS = ("static", "duet", "apg", "solid", "solid_apg")
-BACKBONES = ("sasrec", "gru4rec", "din", "bert4rec")
+METHODS = models_lib.METHODS.names()
+BACKBONES = models_lib.BACKBONES.names()
 
 flags.DEFINE_list("backbone", ["sasrec"], f"backbones (comma-separated) among {BACKBONES}")
 flags.DEFINE_list("method", ["solid"], f"methods (comma-separated) among {METHODS}")

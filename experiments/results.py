@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from solid_jax import models as models_lib
 from solid_jax.train import checkpoint
 from solid_jax.train import stages
 from solid_jax.train.config import TrainConfig
@@ -42,7 +43,7 @@ def define_flags() -> None:
       os.path.abspath(__file__))), "docs", "RESULTS.md"), "where the report goes")
 
 
-METHODS = ("static", "duet", "apg", "solid", "solid_apg")
+METHODS = models_lib.METHODS.names()
 LABELS = {"static": "static", "duet": "DUET", "apg": "APG", "solid": "SOLID (DUET)",
           "solid_apg": "SOLID-APG", "solid_compat": "SOLID (DUET), paper-compat switch on"}
 METRICS = ("auc", "uauc", "ndcg@10", "hr@10")
@@ -93,7 +94,7 @@ def run_specs(group: Group, seed: int, epochs: int) -> list[tuple[str, str, Trai
                      seed=seed, progress=False)
   out = []
   for method in METHODS:
-    if method in ("solid", "solid_apg"):
+    if models_lib.METHODS[method]["head"] == "solid":
       config = dataclasses.replace(base, method=method, **group.semantics)
       name = f"{group.name}_{method}_seed{seed}"
     else:

@@ -27,12 +27,13 @@ import numpy as np
 
 from solid_jax.bench import timing
 from solid_jax.configs import ModelConfig
+from solid_jax.models import registry as models_registry
 from solid_jax.train import step as step_lib
 
 MODEL_KEYS = step_lib.MODEL_KEYS
 TRAIN_KEYS = MODEL_KEYS + ("label", "weight")
 
-METHODS = ("static", "duet", "apg", "solid", "solid_apg")
+METHODS = models_registry.METHODS
 
 
 def model_config(backbone: str, method: str, *, num_items: int, num_semantics: int,
@@ -53,14 +54,11 @@ def model_config(backbone: str, method: str, *, num_items: int, num_semantics: i
     The frozen ModelConfig.
   """
   if method not in METHODS:
-    raise ValueError(f"method={method!r}; expected one of {METHODS}")
-  if method in ("solid", "solid_apg"):
-    return ModelConfig(backbone=backbone, head="solid",
-                       generator="apg" if method == "solid_apg" else "duet",
-                       num_items=num_items, num_semantics=num_semantics, seq_len=seq_len, dim=dim,
-                       codebook=codebook)
-  return ModelConfig(backbone=backbone, head=method, num_items=num_items,
-                     num_semantics=num_semantics, seq_len=seq_len, dim=dim)
+    raise ValueError(f"method={method!r}; expected one of {METHODS.names()}")
+  fields = METHODS[method]
+  extra = {"codebook": codebook} if fields["head"] == "solid" else {}
+  return ModelConfig(backbone=backbone, **fields, num_items=num_items,
+                     num_semantics=num_semantics, seq_len=seq_len, dim=dim, **extra)
 
 
 def cast_floating(tree, dtype):

@@ -3,6 +3,7 @@ point (``stages.run_experiment``), and the launcher loads such a plugin by modul
 
 import dataclasses
 import os
+import sys
 
 from absl import flags
 import jax
@@ -18,6 +19,17 @@ from solid_jax.train import stages
 
 PLUGIN = "tests.train.toy_plugin"
 CONFIGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
+
+
+@pytest.fixture(autouse=True)
+def unregister_afterwards():
+  """The registries are process-wide: leave them as the other tests expect them."""
+  yield
+  sj.models.BACKBONES.unregister("toy_mean")
+  sj.models.HEADS.unregister("toy_scale")
+  sj.models.METHODS.unregister("toy")
+  for name in [n for n in sys.modules if n.endswith("toy_plugin")]:
+    del sys.modules[name]
 
 
 def test_plugin_backbone_and_head_train_through_run_experiment(tiny_config, tmp_path):
