@@ -85,7 +85,7 @@ def main(argv):
   # Imported here so that JAX_PLATFORMS above takes effect and --help stays fast.
   import jax  # pylint: disable=import-outside-toplevel
   from solid_jax import parallel  # pylint: disable=import-outside-toplevel
-  from solid_jax.bench import suite  # pylint: disable=import-outside-toplevel
+  from benchmarks import suite  # pylint: disable=import-outside-toplevel
 
   parallel.maybe_initialize_distributed()
   backbones = BACKBONES if FLAGS.all else tuple(FLAGS.backbone)
@@ -112,7 +112,7 @@ def main(argv):
     method = "solid" if "solid" in methods else methods[0]
     doc["profile"] = suite.profile_train(backbones[0], method, opts, FLAGS.profile_dir)
   if FLAGS.ablation:
-    from solid_jax.bench import ablation  # pylint: disable=import-outside-toplevel
+    from benchmarks import ablation  # pylint: disable=import-outside-toplevel
     doc["ablation"] = ablation.component_timings(
         backbones[0], batch_size=FLAGS.batch_size, num_items=FLAGS.num_items,
         num_semantics=FLAGS.num_semantics, seed=FLAGS.seed)

@@ -153,6 +153,7 @@ strings. Side information (`ds.side`) is indexed by internal item id, row 0 bein
 | `recbole_atomic` | `X.inter` (typed TSV header: `user_id`, `item_id`, optional `timestamp`), optional `X.item`, `X.user` | per user by timestamp, ties in file order | `X.item` fields (`class` -> `genres`, `movie_title` -> `title`, `release_year` -> `year`); `X.user` fields -> `ds.user_side` |
 | `s3rec` | `X.txt` (`user item item ...`), `X_item2attributes.json` | as written (chronological) | `attributes` (list of attribute ids) |
 | `lcrec` | `X.inter.json` (`{{user: [items]}}`), optional `X.item.json`, `X.index_lemb.json`, `X.index_vitemb.json`, `X.item2id`, `X.user2id` | as written | `title`, `description`, `brand` (HTML entities unescaped), `categories` (list of path levels), `codes/text`, `codes/image` (int32[num_items, 4], -1 at padding), `asin`; user side `reviewer_id` |
+| `solid_authors` | `train.txt`, `test.txt` (the SOLID authors' samples `user;target;trigger_seq;click_seq;label`), line-aligned semantic copies `<model>/train.txt`, `<model>/test.txt` | rebuilt from the positive samples in file order (train, then test), each window continuing the sequence where it overlaps | `authors_semantic` (the copies' semantic id of every item; the default semantics) |
 | `unisrec` | `X.test.inter` (+ train/valid, not read), optional `X.item2index`, `X.user2index`, `X.text`, `X.feat1CLS`, `X.feat3CLS`, `X.categories.derived.tsv` | full sequence = test history + test target | `asin`, `text`, `categories`, `features/clip_text`, `features/clip_image` (float32[num_items, 512]; file row k = item index k = internal id k+1; zero row 0) |
 
 Category paths are split into levels with the rule of their source: `,(?! )` when some path has a
@@ -161,7 +162,8 @@ Adhesives & Sealants" contain ", "), else `, ` (office). Option `category_split`
 
 ### Default semantics
 The semantic id of an item is a class label, numbered 1..C by first appearance over internal item
-ids (`ds.semantic_vocab` holds the labels):
+ids; items without a label share the class "unknown", numbered last (`ds.semantic_vocab` holds the
+labels; `sj.semantics.from_labels` follows the same rule):
 - ml-100k: the **first** genre token of the item's `class` field in file order (19 classes
   including "unknown"); all genres stay in `ds.side["genres"]`.
 - S3-Rec (beauty, sports, lastfm): the first attribute id of the item's list. The attribute lists

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -268,7 +267,7 @@ def report(root: str, runs: list[Run]) -> str:
       epochs = ", ".join(f"{r['selected_epoch']}/{r.get('stopped_epoch', '?')}" for r in results)
       lines.append(f"| {dataset} | {len(results)} | ours | " + " | ".join(map(_cell, ours))
                    + f" | {epochs} |")
-      lines.append(f"| | | published | " + " | ".join(
+      lines.append("| | | published | " + " | ".join(
           "—" if p is None else f"{p:.4f}" for p in published) + " | |")
       gaps = []
       for values, p in zip(ours, published):

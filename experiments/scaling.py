@@ -85,10 +85,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import time  # pylint: disable=import-outside-toplevel
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
-  from solid_jax.bench import flops as flops_lib  # pylint: disable=import-outside-toplevel
-  from solid_jax.bench import scaling  # pylint: disable=import-outside-toplevel
-  from solid_jax.bench import suite  # pylint: disable=import-outside-toplevel
-  from solid_jax.bench import throughput  # pylint: disable=import-outside-toplevel
+  from benchmarks import flops as flops_lib  # pylint: disable=import-outside-toplevel
+  from benchmarks import scaling  # pylint: disable=import-outside-toplevel
+  from benchmarks import suite  # pylint: disable=import-outside-toplevel
+  from benchmarks import throughput  # pylint: disable=import-outside-toplevel
 
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   start = time.time()

@@ -22,3 +22,6 @@ from solid_jax.models import Model, make_model
 from solid_jax.nn import codebook
 from solid_jax import semantics
 from solid_jax import train
+
+__all__ = ["Model", "ModelConfig", "__version__", "codebook", "data", "make_model", "metrics",
+           "models", "nn", "semantics", "train"]

@@ -336,7 +336,7 @@ def evaluate(
 
 
 # Full-catalogue ranking (SPEC section 3b) lives in its own module; the array API is exported here.
-from solid_jax.ranking import FULL_KS, evaluate_full, full_metric_names  # pylint: disable=g-import-not-at-top
+from solid_jax.ranking import FULL_KS, evaluate_full, full_metric_names  # noqa: E402
 
 __all__ = ["DEFAULT_KS", "FULL_KS", "evaluate", "evaluate_full", "evaluate_jit",
            "full_metric_names", "metric_names", "padded_size"]

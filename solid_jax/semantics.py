@@ -71,12 +71,7 @@ def from_labels(labels: Sequence[Hashable | None]) -> np.ndarray:
   [0, 1, 2, 1, 3]
   """
   keys = [""] + [MISSING_LABEL if _is_missing(l) else repr(l) for l in list(labels)[1:]]
-  table, vocab = labels_to_ids(keys)
-  if MISSING_LABEL in vocab:  # renumber so that "no label" is the last id
-    missing = vocab.index(MISSING_LABEL)
-    last = len(vocab) - 1
-    table = np.where(table == missing, last + 1, table)
-    table = np.where(table > missing, table - 1, table).astype(np.int32)
+  table, _ = labels_to_ids(keys, missing=MISSING_LABEL)   # "no label" gets the last id
   return table.astype(np.int32)
 
 

@@ -25,6 +25,8 @@ Public names:
   num_batches        ceil(N / batch_size).
   prefetch           background-thread prefetching of any iterator.
   read_authors_file / write_authors_file   the authors' `user;target;trigger;click;label` files.
+  formats.FORMATS    the registry of on-disk formats (``Format(detect, roles, read)``); a folder
+                     in the SOLID authors' layout (train.txt / test.txt + semantic copies) loads too.
 
 See docs/DATASETS.md for the formats, semantics and per-data-set statistics.
 """

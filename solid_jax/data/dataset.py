@@ -220,11 +220,16 @@ def make_vocab(raw: Any) -> tuple[list[str], np.ndarray]:
   return [""] + uniq.tolist(), (inverse + 1).astype(np.int32)
 
 
-def labels_to_ids(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def labels_to_ids(labels: Sequence[str], *, missing: str | None = None
+                  ) -> tuple[np.ndarray, list[str]]:
   """Turns one label per item into semantic ids, numbered by first appearance.
+
+  The one numbering rule of the project for labels (readers, ``semantics.from_labels``).
 
   Args:
     labels: list[str] of length num_items; labels[0] (padding) is ignored.
+    missing: the label that means "no label": when present it gets the LAST id, after every real
+      label, wherever it first appears.
 
   Returns:
     (item_semantic int32[num_items] with 0 at index 0, vocab list[str] with "" at 0): ids 1..C are
@@ -234,6 +239,8 @@ def labels_to_ids(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
   if real.size == 0:
     return np.zeros(1, np.int32), [""]
   uniq, first, inverse = np.unique(real, return_index=True, return_inverse=True)
+  if missing is not None:
+    first = np.where(uniq == missing, real.size, first)   # after every real label
   order = np.argsort(first, kind="stable")
   rank = np.empty_like(order)
   rank[order] = np.arange(order.size)

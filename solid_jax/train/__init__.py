@@ -15,3 +15,9 @@ from solid_jax.train.reliability import WorkdirLockedError
 from solid_jax.train.stages import (Stage1MismatchError, WorkdirError, run_experiment,
                                     summary_table, with_semantics)
 from solid_jax.train.step import make_optimizer, make_train_step, semantic_view, weighted_bce
+
+__all__ = ["METHODS", "NonFiniteLossError", "PREEMPTED_EXIT_CODE", "Preempted", "SEMANTIC_SOURCES",
+           "Stage1MismatchError", "StageData", "StageSpec", "TrainConfig", "WorkdirError",
+           "WorkdirLock", "WorkdirLockedError", "config_differences", "make_optimizer",
+           "make_train_step", "run_experiment", "semantic_view", "summary_table", "train_stage",
+           "weighted_bce", "with_semantics"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from solid_jax.bench import ablation
+from benchmarks import ablation
 
 
 @pytest.mark.slow  # compiles four parts and the SOLID training step

@@ -2,8 +2,8 @@
 
 import pytest
 
-from solid_jax.bench import flops
-from solid_jax.bench import throughput
+from benchmarks import flops
+from benchmarks import throughput
 
 
 @pytest.mark.parametrize("method", ["static", "solid"])

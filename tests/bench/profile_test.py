@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from solid_jax.bench import profile
+from benchmarks import profile
 from solid_jax.nn import gru
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from solid_jax.bench import synthetic
+from benchmarks import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import solid_jax as sj
-from solid_jax.bench import synthetic
-from solid_jax.bench import throughput
+from benchmarks import synthetic
+from benchmarks import throughput
 from solid_jax.train import step as step_lib
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from solid_jax.bench import timing
+from benchmarks import timing
 
 
 def test_summarize_matches_numpy():

@@ -60,7 +60,9 @@ def test_lcrec_shifts_zero_based_ids_and_splits_paths_without_space(lcrec_dir, t
   np.testing.assert_array_equal(ds.item_semantic, [0, 1, 2, 3, 1, 2])
   assert ds.semantic_vocab[3] == "unknown"
   deeper = load(lcrec_dir, tmp_path, category_depth=3)
-  np.testing.assert_array_equal(deeper.item_semantic, [0, 1, 2, 3, 4, 5])
+  # Item 3 has no category: "unknown" takes the last id, after every real label.
+  np.testing.assert_array_equal(deeper.item_semantic, [0, 1, 2, 5, 3, 4])
+  assert deeper.semantic_vocab[5] == "unknown"
   coarse = load(lcrec_dir, tmp_path, category_depth=1)
   np.testing.assert_array_equal(coarse.item_semantic, [0, 1, 1, 2, 1, 1])
 

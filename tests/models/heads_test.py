@@ -101,8 +101,8 @@ def test_dynamic_layers_are_the_one_user_function_vmapped():
   x = jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)
   got = sj.nn.dynamic.duet_layers(w, x)
   for u in range(B):
-    np.testing.assert_allclose(got[u], sj.nn.dynamic.duet_layer(jax.tree.map(lambda a: a[u], w),
-                                                                 x[u]), rtol=1e-6)
+    one = {k: v[u] for k, v in w.items()}
+    np.testing.assert_allclose(got[u], sj.nn.dynamic.duet_layer(one, x[u]), rtol=1e-6)
 
 
 def test_combine_clips_item_branch_only():

@@ -134,7 +134,7 @@ def test_apply_is_vmappable():
     want, want_aux = b.apply(b.params, single)
     np.testing.assert_allclose(logits[i], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux["aux_loss"][i], want_aux["aux_loss"], rtol=1e-5)
-    chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], aux["codebook_state"]),
+    chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], aux["codebook_state"]),
                                 want_aux["codebook_state"], rtol=1e-5, atol=1e-6)
 
 

@@ -163,7 +163,7 @@ def test_ema_dead_code_revival_reseeds_from_valid_queries():
   params = codebook.init(jax.random.key(2), C, D, mode="ema", table=table)
   valid_q = q[mask > 0]
   unused_history = []
-  for step in range(3):
+  for _ in range(3):
     _, info = _quantize(params, q, mask, "ema")
     params = info["state"]
     unused_history.append(np.asarray(params["ema"]["unused"]))

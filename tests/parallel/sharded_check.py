@@ -25,8 +25,8 @@ import optax  # noqa: E402
 
 import solid_jax as sj  # noqa: E402
 from solid_jax import parallel  # noqa: E402
-from solid_jax.bench import synthetic  # noqa: E402
-from solid_jax.bench import throughput  # noqa: E402
+from benchmarks import synthetic  # noqa: E402
+from benchmarks import throughput  # noqa: E402
 from solid_jax.train import step as step_lib  # noqa: E402
 
 STEPS = 3

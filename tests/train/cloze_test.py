@@ -11,7 +11,7 @@ import solid_jax as sj
 from solid_jax.train import step as step_lib
 from solid_jax.train.config import TrainConfig
 from solid_jax.train.full_eval import FullEvaluator
-from tests.models.conftest import NUM_ITEMS, config, item_semantic, make_batch
+from tests.models.conftest import NUM_ITEMS, config, make_batch
 
 CLOZE = dict(cloze=True, embedding="layer_norm", target_tower="embedding", head_layers=0,
              position_alignment="end", ff_activation="gelu", seq_len=10)

@@ -13,7 +13,6 @@ from solid_jax import semantics
 from solid_jax.train import checkpoint
 from solid_jax.train import loop
 from solid_jax.train import stages
-from solid_jax.train.config import TrainConfig
 
 METRIC_KEYS = {"auc", "uauc", "logloss", "ndcg@5", "hr@5", "ndcg@10", "hr@10", "ndcg@20", "hr@20"}
 

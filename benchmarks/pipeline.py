@@ -19,7 +19,7 @@ import numpy as np
 
 import solid_jax as sj
 from solid_jax import parallel
-from solid_jax.bench import timing
+from benchmarks import timing
 from solid_jax.train import step as step_lib
 
 

@@ -1,5 +1,9 @@
 """Throughput measurement of solid_jax models (and of the PyTorch reference).
 
+Not part of the installed library (``pip install`` ships ``solid_jax`` only): run from the
+repository root, beside ``reference/``; the launchers are ``experiments/benchmark.py`` and
+``experiments/scaling.py``.
+
 Modules:
   synthetic    realistic synthetic batches (Zipf popularity, ml-100k history lengths,
                semantic table).

@@ -14,10 +14,10 @@ import time
 import jax
 
 import solid_jax as sj
-from solid_jax.bench import flops as flops_lib
-from solid_jax.bench import synthetic
-from solid_jax.bench import throughput
-from solid_jax.bench import timing
+from benchmarks import flops as flops_lib
+from benchmarks import synthetic
+from benchmarks import throughput
+from benchmarks import timing
 
 
 def available_memory_bytes() -> int | None:

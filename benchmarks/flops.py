@@ -180,7 +180,7 @@ def xla_cost(cfg, batch_size: int = 256, phase: str = "forward", seed: int = 0) 
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
-  from solid_jax.bench import synthetic  # pylint: disable=import-outside-toplevel
+  from benchmarks import synthetic  # pylint: disable=import-outside-toplevel
   from solid_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
 
   model = sj.make_model(cfg, scan_unroll=True)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from solid_jax.bench import timing
+from benchmarks import timing
 
 MODEL_KEYS = ("items", "semantics", "target", "target_semantic")
 

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import solid_jax as sj
-from solid_jax.bench import synthetic
-from solid_jax.bench import throughput
+from benchmarks import synthetic
+from benchmarks import throughput
 from solid_jax.models import BACKBONES, SolidHead
 from solid_jax.models import solid as solid_lib
 from solid_jax.models.base import lengths_of

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import solid_jax as sj
-from solid_jax.bench import flops as flops_lib
-from solid_jax.bench import synthetic
-from solid_jax.bench import throughput
-from solid_jax.bench import timing
+from benchmarks import flops as flops_lib
+from benchmarks import synthetic
+from benchmarks import throughput
+from benchmarks import timing
 from solid_jax.train import step as step_lib
 
 # solid_jax's implementations ("solid_jax", "solid_jax_per_row") and the reference's: per row
@@ -202,7 +202,7 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
   n_params = flops_lib.param_count(params)
   tdev = None
   if torch_api is not None:
-    from solid_jax.bench import torch_bench  # pylint: disable=import-outside-toplevel
+    from benchmarks import torch_bench  # pylint: disable=import-outside-toplevel
     tdev = torch_bench.torch_device("cuda" if opts.device == "gpu" else opts.device)
   records = []
   for phase in opts.phases:
@@ -299,7 +299,7 @@ def run_suite(opts: SuiteOptions, torch_api=None, log=print) -> dict:
   device = jax_device(opts.device)
   tdev = None
   if torch_api is not None:
-    from solid_jax.bench import torch_bench  # pylint: disable=import-outside-toplevel
+    from benchmarks import torch_bench  # pylint: disable=import-outside-toplevel
     tdev = torch_bench.torch_device("cuda" if opts.device == "gpu" else opts.device)
   host = host_info()
   start = time.time()
@@ -359,7 +359,7 @@ def pipeline_and_evaluation(records: list[dict], opts: SuiteOptions, dataset: st
     {"pipeline": {"batches_per_s", "step_batches_per_s", "ratio", "ok" (ratio >= 5), ...},
     "evaluation": {...}, "dataset": {...}}.
   """
-  from solid_jax.bench import pipeline  # pylint: disable=import-outside-toplevel
+  from benchmarks import pipeline  # pylint: disable=import-outside-toplevel
   device = jax_device(opts.device)
   ds, splits, load_info = pipeline.load(dataset, seq_len=opts.seq_len, seed=opts.seed)
   steps = [r for r in records if r.get("impl", "").startswith("solid_jax")
@@ -407,7 +407,7 @@ def profile_train(backbone: str, method: str, opts: SuiteOptions, trace_dir: str
     "wall_ms_per_step", "op_ms_per_step", "xla_flops_per_sample", "analytic": per-component forward
     FLOPs (SASRec), "peak": measured matmul FLOP/s}.
   """
-  from solid_jax.bench import profile  # pylint: disable=import-outside-toplevel
+  from benchmarks import profile  # pylint: disable=import-outside-toplevel
   cfg, model, params, batches = _model_and_batches(backbone, method, opts)
   bench = throughput.TrainBench(model, params, batches, compute_dtype=compute_dtype(opts.dtype),
                                 device=jax_device(opts.device))

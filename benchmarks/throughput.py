@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solid_jax.bench import timing
+from benchmarks import timing
 from solid_jax.configs import ModelConfig
 from solid_jax.models import registry as models_registry
 from solid_jax.train import step as step_lib
