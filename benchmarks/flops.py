@@ -182,17 +182,19 @@ def xla_cost(cfg, batch_size: int = 256, phase: str = "forward", seed: int = 0) 
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
   from benchmarks import synthetic  # pylint: disable=import-outside-toplevel
   from solid_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  from solid_jax.train import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  from solid_jax.train import rows as rows_lib  # pylint: disable=import-outside-toplevel
 
   model = sj.make_model(cfg, scan_unroll=True)
   params = model.init(jax.random.key(seed))
   catalog = synthetic.make_catalog(cfg.num_items, cfg.num_semantics, cfg.seq_len, seed=seed)
   batch = synthetic.make_batch(catalog, batch_size, seed)
   if phase == "forward":
-    inputs = {k: batch[k] for k in step_lib.MODEL_KEYS}
+    inputs = {k: batch[k] for k in rows_lib.MODEL_KEYS}
     lowered = jax.jit(lambda p, b: model.apply(p, b)[0]).lower(params, inputs)
   elif phase == "train":
-    tx = step_lib.make_optimizer(model, params, 1e-3)
-    inputs = {k: batch[k] for k in step_lib.MODEL_KEYS + ("label", "weight")}
+    tx = optim_lib.make_optimizer(model, params, 1e-3)
+    inputs = {k: batch[k] for k in rows_lib.MODEL_KEYS + ("label", "weight")}
     lowered = step_lib.make_train_step(model, tx).lower(params, tx.init(params), inputs,
                                                          np.int32(0))
   else:

@@ -20,7 +20,8 @@ import numpy as np
 import solid_jax as sj
 from solid_jax import parallel
 from benchmarks import timing
-from solid_jax.train import step as step_lib
+from solid_jax.train import evaluator as evaluator_lib
+from solid_jax.train import rows as rows_lib
 
 
 def load(dataset: str = "ml-100k", *, seq_len: int = 10, seed: int = 0):
@@ -45,7 +46,7 @@ def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: i
     seed: batch-order seed.
     prefetch: batches in flight (`parallel.device_prefetch`).
     device: target device (default: the first device).
-    grouped: like the training loop's default, batch whole candidate groups (``step.to_groups``,
+    grouped: like the training loop's default, batch whole candidate groups (``rows_lib.to_groups``,
       ``round(batch_size / G)`` groups per batch) when the rows come in groups.
 
   Returns:
@@ -57,9 +58,9 @@ def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: i
   sharding = jax.sharding.SingleDeviceSharding(device)
 
   def units_of(rows):
-    group = step_lib.candidate_groups(rows) if grouped else None
+    group = rows_lib.candidate_groups(rows) if grouped else None
     if group:
-      return step_lib.to_groups(rows, group), max(1, round(batch_size / group)), group
+      return rows_lib.to_groups(rows, group), max(1, round(batch_size / group)), group
     return rows, batch_size, 1
 
   count, resample_s = 0, []
@@ -101,7 +102,7 @@ def evaluation_timing(model, params, split: dict, *, batch_size: int = 8192,
     {"rows", "score_first_s" (includes compilation), "score_s" (median), "metrics_first_s",
     "metrics_s" (median), "score_rows_per_s", "metrics": the metric values}.
   """
-  evaluator = step_lib.Evaluator(model, split, batch_size)
+  evaluator = evaluator_lib.Evaluator(model, split, batch_size)
   params = jax.device_put(params)
 
   def score():

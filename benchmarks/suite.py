@@ -27,7 +27,7 @@ from benchmarks import flops as flops_lib
 from benchmarks import synthetic
 from benchmarks import throughput
 from benchmarks import timing
-from solid_jax.train import step as step_lib
+from solid_jax.train import rows as rows_lib
 
 # solid_jax's implementations ("solid_jax", "solid_jax_per_row") and the reference's: per row
 # (eager, compiled) and grouped (the reference's grouped forward, eager, compiled).
@@ -193,7 +193,7 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
     # The training loop batches round(batch_size / G) whole groups.
     _, _, _, grouped_batches = _model_and_batches(
         backbone, method, opts, batch_size=max(1, round(opts.batch_size / group)) * group)
-    grouped_host = [step_lib.to_groups(b, group) for b in grouped_batches]
+    grouped_host = [rows_lib.to_groups(b, group) for b in grouped_batches]
   device = jax_device(opts.device)
   dtype = compute_dtype(opts.dtype)
   common = {"backbone": backbone, "method": method, "dtype": opts.dtype,

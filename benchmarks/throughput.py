@@ -29,8 +29,10 @@ from benchmarks import timing
 from solid_jax.configs import ModelConfig
 from solid_jax.models import registry as models_registry
 from solid_jax.train import step as step_lib
+from solid_jax.train import optim as optim_lib
+from solid_jax.train import rows as rows_lib
 
-MODEL_KEYS = step_lib.MODEL_KEYS
+MODEL_KEYS = rows_lib.MODEL_KEYS
 TRAIN_KEYS = MODEL_KEYS + ("label", "weight")
 
 METHODS = models_registry.METHODS
@@ -149,7 +151,7 @@ class TrainBench:
 
   ``grouped=True`` is the step the training loop runs on grouped training rows (a positive and its
   negatives share one history, encoded once: ``make_train_step(grouped=True)`` on
-  ``step.to_groups`` batches); ``grouped=False`` treats every row on its own, like the PyTorch
+  ``rows_lib.to_groups`` batches); ``grouped=False`` treats every row on its own, like the PyTorch
   reference. Both process the same rows; ``batch_size`` counts rows.
 
   Args:
@@ -166,18 +168,18 @@ class TrainBench:
                compute_dtype=None, device=None, grouped: bool = False):
     self.device = device or jax.devices()[0]
     run_model = mixed_precision(model, compute_dtype)
-    tx = step_lib.make_optimizer(model, params, learning_rate)
+    tx = optim_lib.make_optimizer(model, params, learning_rate)
     self.jitted = step_lib.make_train_step(run_model, tx, grouped=grouped)
     self.params = jax.device_put(jax.tree_util.tree_map(jnp.array, params), self.device)
     self.opt_state = jax.device_put(tx.init(self.params), self.device)
     self.batch_size = int(np.asarray(host_batches[0]["label"]).shape[0])
     self.group = None
     if grouped:
-      self.group = step_lib.candidate_groups(host_batches[0])
+      self.group = rows_lib.candidate_groups(host_batches[0])
       if self.group is None or self.batch_size % self.group:
         raise ValueError(
             "grouped=True needs batches made of whole groups of rows sharing a history")
-      host_batches = [step_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group)
+      host_batches = [rows_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group)
                       for b in host_batches]
     self.batches = [jax.device_put(select(b, TRAIN_KEYS), self.device) for b in host_batches]
     self.step = jax.device_put(np.int32(0), self.device)

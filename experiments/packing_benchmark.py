@@ -24,6 +24,7 @@ import solid_jax as sj
 from solid_jax.train import cli
 from solid_jax.train import stages
 from solid_jax.train import step as step_lib
+from solid_jax.train import optim as optim_lib
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def bench(name: str, dataset: str) -> dict:
                                   num_semantics=int(ds.item_semantic.max()) + 1)
   model = sj.make_model(model_cfg)
   params = model.init(jax.random.key(0))
-  tx = step_lib.make_optimizer(model, params, config.lr)
+  tx = optim_lib.make_optimizer(model, params, config.lr)
   out = {"config": name, "dataset": ds.name, "users": int(len(rows["items"])),
          "batch_size": config.batch_size, "seq_len": config.seq_len,
          "real_slot_share": float(np.mean(rows["items"] != 0))}

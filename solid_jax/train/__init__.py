@@ -14,7 +14,9 @@ from solid_jax.train.reliability import Preempted, PREEMPTED_EXIT_CODE, WorkdirL
 from solid_jax.train.reliability import WorkdirLockedError
 from solid_jax.train.stages import (Stage1MismatchError, WorkdirError, run_experiment,
                                     summary_table, with_semantics)
-from solid_jax.train.step import make_optimizer, make_train_step, semantic_view, weighted_bce
+from solid_jax.train.step import make_train_step, weighted_bce
+from solid_jax.train.optim import make_optimizer
+from solid_jax.train.rows import semantic_view
 
 __all__ = ["METHODS", "NonFiniteLossError", "PREEMPTED_EXIT_CODE", "Preempted", "SEMANTIC_SOURCES",
            "Stage1MismatchError", "StageData", "StageSpec", "TrainConfig", "WorkdirError",

@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from solid_jax import parallel
 from solid_jax import ranking
 from solid_jax.data import packing
-from solid_jax.train import step as step_lib
+from solid_jax.train import evaluator as evaluator_lib
+from solid_jax.train import rows as rows_lib
 
 # (users per batch, items per tile): factorised scores are a matmul; DIN runs its whole head per
 # (user, item) pair, so its tiles are smaller.
@@ -77,10 +78,10 @@ class FullEvaluator:
         if k in cols:
           cols[k] = cols[k][:, :width]
       cols["mask"] = np.ones(rows.size, bool)
-      padded, _ = step_lib.pad_rows(cols, batch)
+      padded, _ = rows_lib.pad_rows(cols, batch)
       padded["mask"][rows.size:] = False
       shaped = {k: v.reshape((-1, batch) + v.shape[1:]) for k, v in padded.items()}
-      self._parts.append((rows, step_lib._place(shaped, mesh)))  # pylint: disable=protected-access
+      self._parts.append((rows, evaluator_lib._place(shaped, mesh)))  # pylint: disable=protected-access
     self._fn = self._build()
 
   def _build(self):
@@ -122,7 +123,7 @@ class FullEvaluator:
     if self.mesh is None:
       return jax.jit(run)
     replicated = parallel.replicated_sharding(self.mesh)
-    return jax.jit(run, in_shardings=(replicated, step_lib.eval_sharding(self.mesh)),
+    return jax.jit(run, in_shardings=(replicated, evaluator_lib.eval_sharding(self.mesh)),
                    out_shardings=replicated)
 
   def counts(self, params) -> dict[str, np.ndarray]:

@@ -36,6 +36,9 @@ from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import config as config_lib
 from solid_jax.train import reliability
 from solid_jax.train import step as step_lib
+from solid_jax.train import evaluator as evaluator_lib
+from solid_jax.train import optim as optim_lib
+from solid_jax.train import rows as rows_lib
 from solid_jax.train import writers
 
 try:
@@ -242,7 +245,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     progress: show a progress bar when stderr is a terminal.
     tensorboard: also write TensorBoard event files.
     group_candidates: when the training rows come in groups (a positive and its negatives share
-      one history, ``step.candidate_groups``), batch whole groups and encode each history once
+      one history, ``rows_lib.candidate_groups``), batch whole groups and encode each history once
       (``step.make_train_step(grouped=True)``); otherwise batch single rows.
     data_parallel: when there are several devices (``jax.device_count()``, all processes), split
       every batch over all of them (see the module docstring); one device is used otherwise. With
@@ -292,7 +295,7 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   root = jax.random.key(seed)
   # One compiled init instead of many small eager dispatches.
   params = jax.jit(spec.init)(jax.random.fold_in(root, 0))
-  tx = step_lib.make_optimizer(model, params, lr, weight_decay=weight_decay,
+  tx = optim_lib.make_optimizer(model, params, lr, weight_decay=weight_decay,
                                clip_norm=grad_clip_norm)
   opt_state = tx.init(params)
   if mesh is not None:
@@ -335,9 +338,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     protocol, metric, with_sampled = "sampled", "uauc", True
   select_key = select_on + ("_full" if protocol == "full" else "")
   scorers = {}
-  valid_eval = step_lib.Evaluator(model, data.valid, eval_batch_size, transform=spec.transform,
+  valid_eval = evaluator_lib.Evaluator(model, data.valid, eval_batch_size, transform=spec.transform,
                                   scorers=scorers, mesh=mesh) if with_sampled else None
-  test_eval = step_lib.Evaluator(model, data.test, eval_batch_size, transform=spec.transform,
+  test_eval = evaluator_lib.Evaluator(model, data.test, eval_batch_size, transform=spec.transform,
                                  scorers=scorers, mesh=mesh) if with_sampled else None
   valid_full = full_eval.FullEvaluator(model, data.valid_full, mesh=mesh) if with_full else None
   test_full = full_eval.FullEvaluator(model, data.test_full, mesh=mesh) if with_full else None
@@ -397,9 +400,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
         break
       rows = data.train_rows(epoch)
       num_rows = len(rows["label"])
-      group = step_lib.candidate_groups(rows) if group_candidates else None
+      group = rows_lib.candidate_groups(rows) if group_candidates else None
       if group:
-        units, unit_batch = step_lib.to_groups(rows, group), max(1, round(batch_size / group))
+        units, unit_batch = rows_lib.to_groups(rows, group), max(1, round(batch_size / group))
       else:
         units, unit_batch, group = rows, batch_size, 1
       step_fn = get_step_fn(group > 1)
@@ -542,7 +545,7 @@ def evaluate_selected(params, split: str, sampled, full, *, save_scores: bool = 
   Args:
     params: the parameters.
     split: "valid" or "test" (the keys of the metrics: ``split`` and ``split + "_full"``).
-    sampled: the split's `step.Evaluator` (or None).
+    sampled: the split's `evaluator_lib.Evaluator` (or None).
     full: its `full_eval.FullEvaluator` (or None).
     save_scores: also keep the raw sampled candidate scores in the rows.
 

@@ -20,8 +20,10 @@ from solid_jax import semantics as semantics_lib
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import full_eval
 from solid_jax.train import loop
+from solid_jax.train import semantic_tables
 from solid_jax.train import stages
-from solid_jax.train import step as step_lib
+from solid_jax.train import workdir as workdir_lib
+from solid_jax.train import evaluator as evaluator_lib
 from solid_jax.train.config import TrainConfig
 
 
@@ -72,7 +74,7 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
   with open(path) as f:
     config = TrainConfig.from_dict(json.load(f))
   ds = stages.load_data(config)
-  stages._check_dataset(workdir, ds, write=False)  # pylint: disable=protected-access
+  workdir_lib.check_dataset(workdir, ds, write=False)
   final = config.stages()[-1]
   stage_dir = os.path.join(workdir, final)
   step, source = _selected(stage_dir)
@@ -80,7 +82,7 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
   if config.is_solid:
-    table, _ = semantics_lib.load_table(os.path.join(workdir, stages.SEMANTICS_PREFIX))
+    table, _ = semantics_lib.load_table(os.path.join(workdir, semantic_tables.SEMANTICS_PREFIX))
   else:
     table = ds.item_semantic
   num_semantics = int(table.max()) + 1 if config.is_solid else ds.num_semantics
@@ -101,7 +103,7 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
   for split in splits:
     rows = stages.with_semantics(split_data[split], table)
     users = stages.with_semantics(sj_data.full_ranking_users(ds, split_data, split), table)
-    sampled = step_lib.Evaluator(model, rows, config.eval_batch_size)
+    sampled = evaluator_lib.Evaluator(model, rows, config.eval_batch_size)
     full = full_eval.FullEvaluator(model, users)
     metrics, per_user = loop.evaluate_selected(params, split, sampled, full,
                                                save_scores=save_scores)

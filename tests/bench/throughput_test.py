@@ -9,6 +9,7 @@ import solid_jax as sj
 from benchmarks import synthetic
 from benchmarks import throughput
 from solid_jax.train import step as step_lib
+from solid_jax.train import optim as optim_lib
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def setup():
 @pytest.mark.slow  # compiles the SOLID training step
 def test_train_step_traces_once_over_batches_and_steps(setup):
   model, params, batches = setup
-  tx = step_lib.make_optimizer(model, params, 1e-3)
+  tx = optim_lib.make_optimizer(model, params, 1e-3)
   chex.clear_trace_counter()
   raw = step_lib.make_train_step(model, tx).__wrapped__
   step = jax.jit(chex.assert_max_traces(raw, n=1), donate_argnums=(0, 1))

@@ -9,6 +9,8 @@ import pytest
 
 import solid_jax as sj
 from solid_jax.train import step as step_lib
+from solid_jax.train import optim as optim_lib
+from solid_jax.train import rows as rows_lib
 from tests.models.conftest import NUM_ITEMS, config, item_semantic
 from tests.models.positions_test import PUBLISHED
 
@@ -87,7 +89,7 @@ def test_packed_batches_are_the_same_users_as_batches():
 
 
 def _loss(model, params, batch):
-  logits, _ = model.apply_positions(params, step_lib._model_batch(batch, None, with_weight=True))
+  logits, _ = model.apply_positions(params, rows_lib.model_batch(batch, None, with_weight=True))
   weights = jnp.broadcast_to(step_lib._position_weights(batch)[:, :, None], logits.shape)
   return step_lib.weighted_bce(logits.reshape(-1), batch["label"].reshape(-1),
                                weights.reshape(-1)), logits
@@ -134,7 +136,7 @@ def test_train_step_on_packed_rows_matches_unpacked():
   cfg = config("sasrec", "static", "duet", **PUBLISHED, seq_len=SEQ_LEN)
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
-  tx = step_lib.make_optimizer(model, params, 1e-2)
+  tx = optim_lib.make_optimizer(model, params, 1e-2)
   step = step_lib.make_train_step(model, tx)
   rows = _rows(4)
   out = {}
@@ -157,4 +159,4 @@ def test_models_that_cannot_take_packed_rows_say_so(backbone, head, options):
   params = model.init(jax.random.key(0))
   packed = sj.data.pack_rows(_rows(5))
   with pytest.raises(ValueError, match="packed rows"):
-    model.apply_positions(params, step_lib._model_batch(packed, None, with_weight=True))
+    model.apply_positions(params, rows_lib.model_batch(packed, None, with_weight=True))

@@ -35,7 +35,7 @@ from solid_jax import parallel  # noqa: E402
 from solid_jax.train import TrainConfig  # noqa: E402
 from solid_jax.train import checkpoint  # noqa: E402
 from solid_jax.train import stages  # noqa: E402
-from solid_jax.train import step as step_lib  # noqa: E402
+from solid_jax.train import evaluator as evaluator_lib  # noqa: E402
 from solid_jax.train import writers  # noqa: E402
 from tests.train import synthetic  # noqa: E402
 
@@ -102,8 +102,8 @@ def evaluator_check(config, mesh):
   out = {}
   for grouped in (True, False):
     # 100 rows per batch: 10 histories of 10 candidates, or 100 rows (neither a multiple of 8).
-    plain = step_lib.Evaluator(model, splits["valid"], 100, grouped=grouped, scorers=scorers)
-    sharded = step_lib.Evaluator(model, splits["valid"], 100, grouped=grouped, scorers=scorers,
+    plain = evaluator_lib.Evaluator(model, splits["valid"], 100, grouped=grouped, scorers=scorers)
+    sharded = evaluator_lib.Evaluator(model, splits["valid"], 100, grouped=grouped, scorers=scorers,
                                  mesh=mesh)
     a, b = np.asarray(plain.scores(params)), np.asarray(sharded.scores(params))
     ma, mb = plain(params), sharded(params)

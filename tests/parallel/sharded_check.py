@@ -28,6 +28,8 @@ from solid_jax import parallel  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 from solid_jax.train import step as step_lib  # noqa: E402
+from solid_jax.train import optim as optim_lib  # noqa: E402
+from solid_jax.train import rows as rows_lib  # noqa: E402
 
 STEPS = 3
 BATCH = 64
@@ -100,7 +102,7 @@ def main():
   mesh = parallel.make_mesh()
   out = {"devices": len(jax.devices()), "mesh": dict(mesh.shape)}
   lr = 1e-3
-  for name, tx in (("sgd", optax.sgd(1e-2)), ("adam", step_lib.make_optimizer(model, params0, lr))):
+  for name, tx in (("sgd", optax.sgd(1e-2)), ("adam", optim_lib.make_optimizer(model, params0, lr))):
     out[name] = compare(model, tx, params0, batches, mesh)
   out["adam"]["lr"] = lr
   # The same Adam run in float64: the summation-order noise of near-zero gradients is ~1e-16
@@ -108,8 +110,8 @@ def main():
   jax.config.update("jax_enable_x64", True)
   params64, batches64 = to_float64(params0), [to_float64(b) for b in batches]
   logits, _ = model.apply(params64, {k: v for k, v in batches64[0].items()
-                                     if k in step_lib.MODEL_KEYS})
-  out["adam_float64"] = compare(model, step_lib.make_optimizer(model, params64, lr), params64,
+                                     if k in rows_lib.MODEL_KEYS})
+  out["adam_float64"] = compare(model, optim_lib.make_optimizer(model, params64, lr), params64,
                                 batches64, mesh)
   out["adam_float64"]["lr"] = lr
   out["adam_float64"]["logits_dtype"] = str(logits.dtype)

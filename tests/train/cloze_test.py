@@ -9,6 +9,8 @@ import pytest
 
 import solid_jax as sj
 from solid_jax.train import step as step_lib
+from solid_jax.train import optim as optim_lib
+from solid_jax.train import rows as rows_lib
 from solid_jax.train.config import TrainConfig
 from solid_jax.train.full_eval import FullEvaluator
 from tests.models.conftest import NUM_ITEMS, config, make_batch
@@ -95,7 +97,7 @@ def test_cloze_training_step_reaches_the_mask_embedding(toy):
   params = model.init(jax.random.key(0))
   rows = sj.data.cloze_rows(ds, splits, 0, mask_rate=0.3)
   batch = next(sj.data.batches(rows, 16, seed=0, epoch=0))
-  tx = step_lib.make_optimizer(model, params, 1e-2)
+  tx = optim_lib.make_optimizer(model, params, 1e-2)
   grads = jax.grad(lambda p: _loss(model, p, batch))(params)
   assert float(jnp.abs(sj.models.item_table(grads)[cfg.mask_id]).sum()) > 0
   assert float(optax.global_norm(grads)) > 0
@@ -109,7 +111,7 @@ def test_cloze_training_step_reaches_the_mask_embedding(toy):
 
 
 def _loss(model, params, batch):
-  logits, _ = model.apply_positions(params, step_lib._model_batch(batch, None, with_weight=True))
+  logits, _ = model.apply_positions(params, rows_lib.model_batch(batch, None, with_weight=True))
   weights = jnp.broadcast_to(step_lib._position_weights(batch)[:, :, None], logits.shape)
   return step_lib.weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
 

@@ -8,6 +8,9 @@ import pytest
 import solid_jax as sj
 from solid_jax import parallel
 from solid_jax.train import step as step_lib
+from solid_jax.train import evaluator as evaluator_lib
+from solid_jax.train import optim as optim_lib
+from solid_jax.train import rows as rows_lib
 
 
 def _model(head="solid", **kwargs):
@@ -43,29 +46,29 @@ def test_weighted_bce_matches_float64_reference():
 
 def test_candidate_groups_and_group_view(toy_splits):
   train = toy_splits["train"]
-  assert step_lib.candidate_groups(train) == 5
-  assert step_lib.candidate_groups(toy_splits["valid"]) == 10
-  groups = step_lib.to_groups(train, 5)
+  assert rows_lib.candidate_groups(train) == 5
+  assert rows_lib.candidate_groups(toy_splits["valid"]) == 10
+  groups = rows_lib.to_groups(train, 5)
   p = len(train["label"]) // 5
   assert groups["items"].shape == (p, 10) and groups["target"].shape == (p, 5)
   np.testing.assert_array_equal(groups["label"][:, 0], 1.0)
   np.testing.assert_array_equal(groups["target"].reshape(-1), train["target"])
   ragged = {k: v[:-1] for k, v in train.items()}
-  assert step_lib.candidate_groups(ragged) is None
+  assert rows_lib.candidate_groups(ragged) is None
   single = {k: v[::5] for k, v in train.items()}
-  assert step_lib.candidate_groups(single) is None
+  assert rows_lib.candidate_groups(single) is None
 
 
 def test_semantic_view():
   batch = {"items": 1, "semantics": 2, "target": 3, "target_semantic": 4, "label": 5}
-  assert step_lib.semantic_view(batch) == {"items": 2, "semantics": 2, "target": 4,
+  assert rows_lib.semantic_view(batch) == {"items": 2, "semantics": 2, "target": 4,
                                            "target_semantic": 4, "label": 5}
 
 
 def _first_groups(split, groups, g):
   rows = {k: v[: groups * g] for k, v in split.items()}
   row_batch = {**rows, "weight": np.ones(groups * g, np.float32)}
-  group_batch = {**step_lib.to_groups(rows, g), "weight": np.ones(groups, np.float32)}
+  group_batch = {**rows_lib.to_groups(rows, g), "weight": np.ones(groups, np.float32)}
   return row_batch, group_batch
 
 
@@ -73,7 +76,7 @@ def _first_groups(split, groups, g):
 def test_grouped_step_equals_row_step(toy_splits, head):
   model = _model(head)
   params = jax.jit(model.init)(jax.random.key(0))
-  tx = step_lib.make_optimizer(model, params, 1e-2)
+  tx = optim_lib.make_optimizer(model, params, 1e-2)
   row_batch, group_batch = _first_groups(toy_splits["train"], 12, 5)
   outs = []
   for grouped, batch in ((False, row_batch), (True, group_batch)):
@@ -93,7 +96,7 @@ def test_grouped_step_equals_row_step(toy_splits, head):
 def test_frozen_leaves_do_not_move(toy_splits):
   model = _model("solid", codebook="frozen", paper_compat=True)
   params = jax.jit(model.init)(jax.random.key(0))
-  tx = step_lib.make_optimizer(model, params, 1e-1)
+  tx = optim_lib.make_optimizer(model, params, 1e-1)
   fn = step_lib.make_train_step(model, tx, seed=0, grouped=True)
   _, batch = _first_groups(toy_splits["train"], 12, 5)
   before = jax.tree.map(np.array, params)
@@ -113,10 +116,10 @@ def test_grouped_evaluator_equals_row_scores(toy_splits, head):
   model = _model(head)
   params = jax.jit(model.init)(jax.random.key(3))
   valid = toy_splits["valid"]
-  grouped = step_lib.Evaluator(model, valid, 64)
-  rows = step_lib.Evaluator(model, valid, 64, grouped=False)
+  grouped = evaluator_lib.Evaluator(model, valid, 64)
+  rows = evaluator_lib.Evaluator(model, valid, 64, grouped=False)
   assert grouped.group == 10 and rows.group is None
-  reference, _ = jax.jit(model.apply)(params, {k: valid[k] for k in step_lib.MODEL_KEYS})
+  reference, _ = jax.jit(model.apply)(params, {k: valid[k] for k in rows_lib.MODEL_KEYS})
   np.testing.assert_allclose(grouped.scores(params), reference, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(rows.scores(params), reference, rtol=1e-5, atol=1e-5)
   metrics = grouped(params)
@@ -134,8 +137,8 @@ def test_evaluator_on_a_mesh_equals_the_plain_one(toy_splits):
   mesh = parallel.make_mesh()
   scorers = {}
   for grouped in (True, False):
-    plain = step_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers)
-    sharded = step_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped,
+    plain = evaluator_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers)
+    sharded = evaluator_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped,
                                  scorers=scorers, mesh=mesh)
     arrays = sharded._parts[0][:2] if grouped else sharded._args
     assert jax.tree.leaves(arrays)[0].sharding.spec == jax.sharding.PartitionSpec(
