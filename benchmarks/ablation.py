@@ -66,13 +66,15 @@ def _parts(cfg, params, batch: dict, seed: int = 0):
     return backbone_module.apply({"params": p}, items, target, method=backbone_fn)
 
   def grus(g, xs_a, xs_b):
-    hs = gru_lib.gru_last_states([g["item_generator"]["gru"], g["semantic_generator"]["gru"]],
-                                 [xs_a, xs_b], lengths)
+    hs = gru_lib.gru_last_states(
+      [g["item_generator"]["gru"], g["semantic_generator"]["gru"]], [xs_a, xs_b], lengths
+    )
     return jnp.sum(jnp.sin(hs[0])) + 2.0 * jnp.sum(jnp.sin(hs[1]))
 
   def heads_fn(m, hs, x):
-    weights = solid_lib.combine(m.item_generator.project(hs[0]),
-                                m.semantic_generator.project(hs[1]), cfg.clip_t)
+    weights = solid_lib.combine(
+      m.item_generator.project(hs[0]), m.semantic_generator.project(hs[1]), cfg.clip_t
+    )
     return jnp.sum(jnp.sin(m(weights, x)))
 
   def heads(g, hs, x):
@@ -84,19 +86,22 @@ def _parts(cfg, params, batch: dict, seed: int = 0):
     sem = m.semantic_embedding(semantics) + m.semantic_position_embedding(jnp.arange(seq))
     sem = jnp.tanh(m.semantic_seq_trans(sem))
     consistency = jnp.sum(mask[..., None] * (sem - info["selected"]) ** 2) / jnp.sum(mask)
-    return (jnp.sum(jnp.sin(dec)) + consistency + info["codebook_loss"]
-            + info["commitment_loss"])
+    return jnp.sum(jnp.sin(dec)) + consistency + info["codebook_loss"] + info["commitment_loss"]
 
   def codebook_part(p, query, semantics):
     return head_module.apply({"params": {**p, **gens}}, query, semantics, method=codebook_fn)
 
   return {
-      "backbone": (backbone, (params["backbone"], items, jnp.asarray(batch["target"]))),
-      "generator GRUs (item + semantic)": (grus, (gens, seq_a, seq_b)),
-      "generator MLPs + DUET projections + clip/sum + dynamic layers": (heads,
-                                                                        (gens, states, head_in)),
-      "codebook + decoder + semantic branch + losses": (
-          codebook_part, (rest, seq_a, jnp.asarray(batch["semantics"]))),
+    "backbone": (backbone, (params["backbone"], items, jnp.asarray(batch["target"]))),
+    "generator GRUs (item + semantic)": (grus, (gens, seq_a, seq_b)),
+    "generator MLPs + DUET projections + clip/sum + dynamic layers": (
+      heads,
+      (gens, states, head_in),
+    ),
+    "codebook + decoder + semantic branch + losses": (
+      codebook_part,
+      (rest, seq_a, jnp.asarray(batch["semantics"])),
+    ),
   }
 
 
@@ -111,9 +116,16 @@ def _autodiff_gru():
     gru_lib.gru_last_states = hand
 
 
-def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_items: int = 1683,
-                      num_semantics: int = 20, rounds: int = 5, steps: int = 4,
-                      seed: int = 0) -> dict:
+def component_timings(
+  backbone: str = "sasrec",
+  *,
+  batch_size: int = 1024,
+  num_items: int = 1683,
+  num_semantics: int = 20,
+  rounds: int = 5,
+  steps: int = 4,
+  seed: int = 0,
+) -> dict:
   """Forward + backward time of each part and of the whole training step (SOLID, DUET generators).
 
   Args:
@@ -129,8 +141,7 @@ def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_i
     "gru_autodiff": {"gru": {...}, "step": {...}} (the GRU part and the step with the GRU
     differentiated through its scan), "batch": B, "model": "<backbone>/solid"}.
   """
-  cfg = throughput.model_config(backbone, "solid", num_items=num_items,
-                                num_semantics=num_semantics)
+  cfg = throughput.model_config(backbone, "solid", num_items=num_items, num_semantics=num_semantics)
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(seed))
   catalog = synthetic.make_catalog(num_items, num_semantics, cfg.seq_len, seed=seed)
@@ -139,8 +150,11 @@ def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_i
   parts = _parts(cfg, params, batches[0], seed)
 
   def compile_part(fn, args):
-    argnums = tuple(i for i, a in enumerate(args) if all(
-        jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(a)))
+    argnums = tuple(
+      i
+      for i, a in enumerate(args)
+      if all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(a))
+    )
     compiled = jax.jit(jax.value_and_grad(fn, argnums=argnums)).lower(*args).compile()
     return lambda: compiled(*args)
 
@@ -171,14 +185,20 @@ def component_timings(backbone: str = "sasrec", *, batch_size: int = 1024, num_i
       for _ in range(steps):
         state["out"] = call(n)
       jax.block_until_ready(state["out"])
-      samples[n].append(((time.perf_counter() - wall) / steps * 1e3,
-                         (time.process_time() - cpu) / steps * 1e3))
+      samples[n].append(
+        ((time.perf_counter() - wall) / steps * 1e3, (time.process_time() - cpu) / steps * 1e3)
+      )
   med = {n: np.median(np.asarray(samples[n]), axis=0) for n in names}
   parts = {n: {"wall_ms": float(med[n][0]), "cpu_ms": float(med[n][1])} for n in runners}
-  return {"parts": parts, "sum_cpu_ms": float(sum(p["cpu_ms"] for p in parts.values())),
-          "sum_wall_ms": float(sum(p["wall_ms"] for p in parts.values())),
-          "step": {"wall_ms": float(med["step"][0]), "cpu_ms": float(med["step"][1])},
-          "gru_autodiff": {
-              n: {"wall_ms": float(med[k][0]), "cpu_ms": float(med[k][1])}
-              for n, k in (("gru", "gru_autodiff"), ("step", "step_gru_autodiff"))},
-          "batch": batch_size, "model": f"{backbone}/solid"}
+  return {
+    "parts": parts,
+    "sum_cpu_ms": float(sum(p["cpu_ms"] for p in parts.values())),
+    "sum_wall_ms": float(sum(p["wall_ms"] for p in parts.values())),
+    "step": {"wall_ms": float(med["step"][0]), "cpu_ms": float(med["step"][1])},
+    "gru_autodiff": {
+      n: {"wall_ms": float(med[k][0]), "cpu_ms": float(med[k][1])}
+      for n, k in (("gru", "gru_autodiff"), ("step", "step_gru_autodiff"))
+    },
+    "batch": batch_size,
+    "model": f"{backbone}/solid",
+  }

@@ -108,8 +108,15 @@ print(json.dumps(out))
 
 def _run(tree: str, args: list[str]) -> dict[str, float]:
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), PYTHONPATH=tree)
-  proc = subprocess.run([sys.executable, "-c", WORKER, *args], cwd=tree, env=env,
-                        capture_output=True, text=True, check=False, timeout=1800)
+  proc = subprocess.run(
+    [sys.executable, "-c", WORKER, *args],
+    cwd=tree,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=1800,
+  )
   if proc.returncode != 0:
     raise RuntimeError(f"worker in {tree} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -117,37 +124,51 @@ def _run(tree: str, args: list[str]) -> dict[str, float]:
 
 def compare(baseline: str, *, rounds: int, args: list[str]) -> dict:
   """Per-round medians of both trees and the ratios of their medians over rounds."""
-  rev = subprocess.run(["git", "rev-parse", baseline], cwd=ROOT, capture_output=True, text=True,
-                       check=True).stdout.strip()
-  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                        check=True).stdout.strip()
+  rev = subprocess.run(
+    ["git", "rev-parse", baseline], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout.strip()
+  head = subprocess.run(
+    ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout.strip()
   with tempfile.TemporaryDirectory() as tmp:
     old = os.path.join(tmp, "baseline")
-    subprocess.run(["git", "worktree", "add", "--detach", old, rev], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run(
+      ["git", "worktree", "add", "--detach", old, rev], cwd=ROOT, check=True, capture_output=True
+    )
     try:
       per_round = {"baseline": [], "this": []}
       for r in range(rounds):
         order = [("baseline", old), ("this", ROOT)]
-        for name, tree in (order if r % 2 == 0 else order[::-1]):
+        for name, tree in order if r % 2 == 0 else order[::-1]:
           per_round[name].append(_run(tree, args))
     finally:
-      subprocess.run(["git", "worktree", "remove", "--force", old], cwd=ROOT, check=False,
-                     capture_output=True)
+      subprocess.run(
+        ["git", "worktree", "remove", "--force", old], cwd=ROOT, check=False, capture_output=True
+      )
   cases = list(per_round["this"][0])
-  median = {name: {c: float(np.median([m[c] for m in ms])) for c in cases}
-            for name, ms in per_round.items()}
-  return {"baseline": rev, "this": head, "rounds": per_round, "median_ms": median,
-          "ratio": {c: median["baseline"][c] / median["this"][c] for c in cases}}
+  median = {
+    name: {c: float(np.median([m[c] for m in ms])) for c in cases} for name, ms in per_round.items()
+  }
+  return {
+    "baseline": rev,
+    "this": head,
+    "rounds": per_round,
+    "median_ms": median,
+    "ratio": {c: median["baseline"][c] / median["this"][c] for c in cases},
+  }
 
 
 def main(argv):
   del argv
   args = [str(FLAGS.batch_size), str(FLAGS.group), str(FLAGS.repeats), str(FLAGS.steps)]
   result = compare(FLAGS.baseline, rounds=FLAGS.rounds, args=args)
-  result["settings"] = {"batch_size": FLAGS.batch_size, "group": FLAGS.group,
-                        "repeats": FLAGS.repeats, "steps": FLAGS.steps,
-                        "model": "sasrec/solid (duet), ml-100k sizes, L=10, d=32"}
+  result["settings"] = {
+    "batch_size": FLAGS.batch_size,
+    "group": FLAGS.group,
+    "repeats": FLAGS.repeats,
+    "steps": FLAGS.steps,
+    "model": "sasrec/solid (duet), ml-100k sizes, L=10, d=32",
+  }
   text = json.dumps(result, indent=2)
   print(json.dumps({"median_ms": result["median_ms"], "ratio": result["ratio"]}, indent=2))
   if FLAGS.output:

@@ -39,9 +39,14 @@ def sasrec_components(cfg) -> dict[str, float]:
   # Backbone: E[items] + P (L*d adds), seq_trans d->d with tanh over L rows.
   out["embeddings + seq_trans"] = seq * d + _dense(seq, d, d) + seq * d
   # Transformer layer: K, V over L rows; Q, attention, out projection, norms and FF on row n-1 only.
-  attention = (2 * _dense(seq, d, d) + _dense(1, d, d)      # k, v (all rows), q (one row)
-               + 2.0 * seq * d + heads * seq * 3              # q.k scores, masked softmax
-               + 2.0 * seq * d + _dense(1, d, d))             # weighted values, out projection
+  attention = (
+    2 * _dense(seq, d, d)
+    + _dense(1, d, d)  # k, v (all rows), q (one row)
+    + 2.0 * seq * d
+    + heads * seq * 3  # q.k scores, masked softmax
+    + 2.0 * seq * d
+    + _dense(1, d, d)
+  )  # weighted values, out projection
   ffn = _dense(1, d, ff) + ff + _dense(1, ff, d)
   norms = 2 * (d + 8 * d)
   out["transformer layer"] = attention + ffn + norms
@@ -73,8 +78,9 @@ def sasrec_components(cfg) -> dict[str, float]:
       out["dynamic layers"] = dynamic_apply
     else:
       k = cfg.apg_rank
-      out["dynamic layers"] = sum(_dense(1, i, k) + 2.0 * k * k + _dense(1, k, o)
-                                  for i, o in layers) + d
+      out["dynamic layers"] = (
+        sum(_dense(1, i, k) + 2.0 * k * k + _dense(1, k, o) for i, o in layers) + d
+      )
     if cfg.head == "solid":
       codes, hidden = cfg.codebook_size, cfg.codebook_hidden
       out["codebook distances + argmin"] = seq * (2.0 * codes * d + 3 * codes + 2 * d)
@@ -105,6 +111,7 @@ def sasrec_grouped_flops_per_row(cfg, group: int) -> float:
 def param_count(params) -> int:
   """Number of scalars in a parameter pytree."""
   import jax  # pylint: disable=import-outside-toplevel
+
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
@@ -125,7 +132,7 @@ def sasrec_bytes_per_sample(cfg, dtype_bytes: int = 4) -> dict[str, float]:
     branches = 2 if cfg.head == "solid" else 1
     kind = cfg.head if cfg.head in ("duet", "apg") else cfg.generator
     out["generator GRU (gates, states)"] = dtype_bytes * branches * seq * (3 * d + 3 * d + d)
-    per_user = (2 * (d * d + d)) if kind == "duet" else 2 * cfg.apg_rank ** 2
+    per_user = (2 * (d * d + d)) if kind == "duet" else 2 * cfg.apg_rank**2
     out["generated per-user weights"] = dtype_bytes * branches * per_user
     if cfg.head == "solid":
       out["codebook distances"] = dtype_bytes * seq * cfg.codebook_size
@@ -147,6 +154,7 @@ def measure_peak_flops(size: int = 2048, repeats: int = 5, dtype=None) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   dtype = dtype or jnp.float32
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   b = jax.random.normal(jax.random.key(1), (size, size), dtype)
@@ -157,9 +165,12 @@ def measure_peak_flops(size: int = 2048, repeats: int = 5, dtype=None) -> dict:
     start = time.perf_counter()
     matmul(a, b).block_until_ready()
     times.append(time.perf_counter() - start)
-  flops = 2.0 * size ** 3
-  return {"matmul_n": size, "gflops_per_s": flops / float(np.median(times)) / 1e9,
-          "best_gflops_per_s": flops / min(times) / 1e9}
+  flops = 2.0 * size**3
+  return {
+    "matmul_n": size,
+    "gflops_per_s": flops / float(np.median(times)) / 1e9,
+    "best_gflops_per_s": flops / min(times) / 1e9,
+  }
 
 
 def xla_cost(cfg, batch_size: int = 256, phase: str = "forward", seed: int = 0) -> dict:
@@ -195,13 +206,16 @@ def xla_cost(cfg, batch_size: int = 256, phase: str = "forward", seed: int = 0) 
   elif phase == "train":
     tx = optim_lib.make_optimizer(model, params, 1e-3)
     inputs = {k: batch[k] for k in rows_lib.MODEL_KEYS + ("label", "weight")}
-    lowered = step_lib.make_train_step(model, tx).lower(params, tx.init(params), inputs,
-                                                         np.int32(0))
+    lowered = step_lib.make_train_step(model, tx).lower(
+      params, tx.init(params), inputs, np.int32(0)
+    )
   else:
     raise ValueError(f"phase={phase!r}; expected 'forward' or 'train'")
   cost = lowered.compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
-  return {"flops": float(cost.get("flops", 0.0)) / batch_size,
-          "transcendentals": float(cost.get("transcendentals", 0.0)) / batch_size,
-          "bytes_accessed": float(cost.get("bytes accessed", 0.0)) / batch_size}
+  return {
+    "flops": float(cost.get("flops", 0.0)) / batch_size,
+    "transcendentals": float(cost.get("transcendentals", 0.0)) / batch_size,
+    "bytes_accessed": float(cost.get("bytes accessed", 0.0)) / batch_size,
+  }

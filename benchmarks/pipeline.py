@@ -34,8 +34,17 @@ def load(dataset: str = "ml-100k", *, seq_len: int = 10, seed: int = 0):
   return ds, splits, {"load_s": loaded - start, "make_splits_s": done - loaded}
 
 
-def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: int = 0,
-                        prefetch: int = 2, device=None, grouped: bool = True) -> dict:
+def pipeline_throughput(
+  ds,
+  splits,
+  batch_size: int,
+  *,
+  epochs: int = 2,
+  seed: int = 0,
+  prefetch: int = 2,
+  device=None,
+  grouped: bool = True,
+) -> dict:
   """Batches/s of the input pipeline as the training loop drives it, with resampling and transfer.
 
   Args:
@@ -81,14 +90,21 @@ def pipeline_throughput(ds, splits, batch_size: int, *, epochs: int = 2, seed: i
   start = time.perf_counter()
   host = sum(1 for _ in sj.data.batches(units, unit_batch, seed=seed, epoch=0, shuffle=True))
   host_s = time.perf_counter() - start
-  return {"batches_per_s": count / total, "host_batches_per_s": host / host_s,
-          "resample_s_per_epoch": float(np.mean(resample_s)), "batches_per_epoch": count // epochs,
-          "rows_per_epoch": int(len(rows["label"])), "batch_size": batch_size, "group": group,
-          "prefetch": prefetch}
+  return {
+    "batches_per_s": count / total,
+    "host_batches_per_s": host / host_s,
+    "resample_s_per_epoch": float(np.mean(resample_s)),
+    "batches_per_epoch": count // epochs,
+    "rows_per_epoch": int(len(rows["label"])),
+    "batch_size": batch_size,
+    "group": group,
+    "prefetch": prefetch,
+  }
 
 
-def evaluation_timing(model, params, split: dict, *, batch_size: int = 8192,
-                      repeats: int = 3) -> dict:
+def evaluation_timing(
+  model, params, split: dict, *, batch_size: int = 8192, repeats: int = 3
+) -> dict:
   """Times the on-device scoring of a split and ``sj.metrics.evaluate`` on its scores.
 
   Args:
@@ -128,6 +144,13 @@ def evaluation_timing(model, params, split: dict, *, batch_size: int = 8192,
     metric_times.append(time.perf_counter() - t0)
   rows = int(len(split["label"]))
   score_s = timing.summarize(np.asarray(score_times) * 1e3)["median_ms"] / 1e3
-  return {"rows": rows, "batch_size": batch_size, "score_first_s": score_first, "score_s": score_s,
-          "metrics_first_s": metrics_first, "metrics_s": float(np.median(metric_times)),
-          "score_rows_per_s": rows / score_s, "metrics": values}
+  return {
+    "rows": rows,
+    "batch_size": batch_size,
+    "score_first_s": score_first,
+    "score_s": score_s,
+    "metrics_first_s": metrics_first,
+    "metrics_s": float(np.median(metric_times)),
+    "score_rows_per_s": rows / score_s,
+    "metrics": values,
+  }

@@ -125,8 +125,7 @@ def hlo_sources(hlo_text: str, package: str = "solid_jax") -> dict[str, dict]:
 def trace_op_times(trace_dir: str) -> dict[str, float]:
   """Total microseconds per XLA operation name in the newest perfetto trace under ``trace_dir``."""
   pattern = os.path.join(trace_dir, "**", "*perfetto_trace.json.gz")
-  paths = sorted(glob.glob(pattern, recursive=True),
-                 key=os.path.getmtime)
+  paths = sorted(glob.glob(pattern, recursive=True), key=os.path.getmtime)
   if not paths:
     raise FileNotFoundError(f"no perfetto trace under {trace_dir}")
   with gzip.open(paths[-1], "rt") as f:
@@ -139,8 +138,14 @@ def trace_op_times(trace_dir: str) -> dict[str, float]:
   return dict(totals)
 
 
-def op_time_by_source(run: Callable[[int], None], sync: Callable[[], None], hlo_text: str,
-                      trace_dir: str, *, steps: int = 10) -> dict:
+def op_time_by_source(
+  run: Callable[[int], None],
+  sync: Callable[[], None],
+  hlo_text: str,
+  trace_dir: str,
+  *,
+  steps: int = 10,
+) -> dict:
   """Profiles ``steps`` steps and attributes the XLA operations' time to source functions.
 
   Args:
@@ -155,6 +160,7 @@ def op_time_by_source(run: Callable[[int], None], sync: Callable[[], None], hlo_
     "by_op": {instruction: {"ms", "source", "op_name"}} (the 25 largest)}.
   """
   import jax  # pylint: disable=import-outside-toplevel
+
   run(1)
   sync()
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
@@ -174,8 +180,8 @@ def op_time_by_source(run: Callable[[int], None], sync: Callable[[], None], hlo_
     by_op[name] = {"ms": ms, **sources[name]}
   top = dict(sorted(by_op.items(), key=lambda kv: -kv[1]["ms"])[:25])
   return {
-      "wall_ms_per_step": wall * 1e3 / steps,
-      "op_ms_per_step": sum(by_source.values()),
-      "by_source": dict(by_source.most_common()),
-      "by_op": top,
+    "wall_ms_per_step": wall * 1e3 / steps,
+    "op_ms_per_step": sum(by_source.values()),
+    "by_source": dict(by_source.most_common()),
+    "by_op": top,
   }

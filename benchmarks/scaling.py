@@ -40,8 +40,12 @@ def executable_bytes(compiled) -> int | None:
     return None
   if m is None:
     return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - getattr(m, "alias_size_in_bytes", 0))
+  return int(
+    m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    + m.temp_size_in_bytes
+    - getattr(m, "alias_size_in_bytes", 0)
+  )
 
 
 def estimated_bytes(cfg, batch_size: int, params_bytes: int) -> int:
@@ -51,8 +55,9 @@ def estimated_bytes(cfg, batch_size: int, params_bytes: int) -> int:
   about 47 KB for SOLID); the compiled training step measures about 68 KB per sample
   (`memory_analysis`), which is the check that decides after compilation.
   """
-  per_sample = sum(flops_lib.sasrec_bytes_per_sample(cfg).values()) if cfg.backbone == "sasrec" \
-      else 64 * 1024
+  per_sample = (
+    sum(flops_lib.sasrec_bytes_per_sample(cfg).values()) if cfg.backbone == "sasrec" else 64 * 1024
+  )
   return 4 * params_bytes + 2 * int(per_sample) * batch_size
 
 
@@ -87,9 +92,17 @@ def repeats_for(batch: int, num_items: int) -> tuple[int, int]:
   return 3, 1
 
 
-def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "solid",
-                  num_semantics: int = 20, seed: int = 0, memory_fraction: float = 0.6,
-                  num_batches: int = 2, log=print) -> dict:
+def measure_point(
+  point: Point,
+  *,
+  backbone: str = "sasrec",
+  method: str = "solid",
+  num_semantics: int = 20,
+  seed: int = 0,
+  memory_fraction: float = 0.6,
+  num_batches: int = 2,
+  log=print,
+) -> dict:
   """Times one point; returns a record or a skip note.
 
   Args:
@@ -104,10 +117,15 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
   Returns:
     A `timing.record` with "exe_bytes", or {"phase", "batch", "num_items", "skipped": reason}.
   """
-  base = {"phase": point.phase, "batch": point.batch, "batch_flag": point.batch,
-          "num_items": point.num_items}
-  cfg = throughput.model_config(backbone, method, num_items=point.num_items,
-                                num_semantics=num_semantics)
+  base = {
+    "phase": point.phase,
+    "batch": point.batch,
+    "batch_flag": point.batch,
+    "num_items": point.num_items,
+  }
+  cfg = throughput.model_config(
+    backbone, method, num_items=point.num_items, num_semantics=num_semantics
+  )
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(seed))
   params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
@@ -136,11 +154,22 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
   repeats, steps = repeats_for(point.batch, point.num_items)
   step_ms = bench.time(repeats=repeats, steps_per_repeat=steps, warmup=1)
   info = bench.summary()
-  rec = timing.record("solid_jax", point.phase, bench.batch_size, step_ms, batch_flag=point.batch,
-                      compile_s=info.pop("compile_s"), backbone=backbone, method=method,
-                      num_items=point.num_items, num_semantics=num_semantics, exe_bytes=exe,
-                      params=int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
-                      point_wall_s=time.perf_counter() - start, **info)
+  rec = timing.record(
+    "solid_jax",
+    point.phase,
+    bench.batch_size,
+    step_ms,
+    batch_flag=point.batch,
+    compile_s=info.pop("compile_s"),
+    backbone=backbone,
+    method=method,
+    num_items=point.num_items,
+    num_semantics=num_semantics,
+    exe_bytes=exe,
+    params=int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+    point_wall_s=time.perf_counter() - start,
+    **info,
+  )
   if cfg.backbone == "sasrec":
     forward = sum(flops_lib.sasrec_components(cfg).values())
     if point.phase == "train_grouped":
@@ -148,15 +177,25 @@ def measure_point(point: Point, *, backbone: str = "sasrec", method: str = "soli
     per_sample = forward * (1.0 if point.phase == "infer" else flops_lib.TRAIN_FACTOR)
     rec["analytic_flops_per_sample"] = per_sample
     rec["achieved_gflops_per_s"] = per_sample * rec["samples_per_s"] / 1e9
-  log(f"{point.phase:<5} B={point.batch:<6} items={point.num_items:<8} "
-      f"{rec['samples_per_s']:>12,.0f} samples/s  median {rec['median_ms']:9.2f} ms  "
-      f"compile {rec['compile_s']:.1f} s  ({repeats}x{steps})")
+  log(
+    f"{point.phase:<5} B={point.batch:<6} items={point.num_items:<8} "
+    f"{rec['samples_per_s']:>12,.0f} samples/s  median {rec['median_ms']:9.2f} ms  "
+    f"compile {rec['compile_s']:.1f} s  ({repeats}x{steps})"
+  )
   del bench
   return rec
 
 
-def run_scaling(batch_sizes, catalog_sizes, *, base_items: int = 1683, base_batch: int = 1024,
-                phases=PHASES, log=print, **kwargs) -> list[dict]:
+def run_scaling(
+  batch_sizes,
+  catalog_sizes,
+  *,
+  base_items: int = 1683,
+  base_batch: int = 1024,
+  phases=PHASES,
+  log=print,
+  **kwargs,
+) -> list[dict]:
   """Batch sweep at ``base_items``, then catalogue sweep at ``base_batch``, for every phase."""
   points = [("batch", Point(p, b, base_items)) for p in phases for b in batch_sizes]
   points += [("catalog", Point(p, base_batch, n)) for p in phases for n in catalog_sizes]
@@ -177,15 +216,23 @@ def flop_table(cfg, records: list[dict], peak_gflops: float, *, xla_batch: int =
   """
   components = flops_lib.sasrec_components(cfg)
   forward = sum(components.values())
-  out = {"components_forward": components, "analytic_forward": forward,
-         "analytic_train": flops_lib.TRAIN_FACTOR * forward,
-         "analytic_bytes_forward": flops_lib.sasrec_bytes_per_sample(cfg),
-         "xla_forward": flops_lib.xla_cost(cfg, xla_batch, "forward"),
-         "xla_train": flops_lib.xla_cost(cfg, xla_batch, "train"),
-         "peak_gflops_per_s": peak_gflops}
+  out = {
+    "components_forward": components,
+    "analytic_forward": forward,
+    "analytic_train": flops_lib.TRAIN_FACTOR * forward,
+    "analytic_bytes_forward": flops_lib.sasrec_bytes_per_sample(cfg),
+    "xla_forward": flops_lib.xla_cost(cfg, xla_batch, "forward"),
+    "xla_train": flops_lib.xla_cost(cfg, xla_batch, "train"),
+    "peak_gflops_per_s": peak_gflops,
+  }
   for phase in ("train", "infer"):
-    recs = [r for r in records if r.get("phase") == phase and "achieved_gflops_per_s" in r
-            and r.get("num_items") == cfg.num_items]
+    recs = [
+      r
+      for r in records
+      if r.get("phase") == phase
+      and "achieved_gflops_per_s" in r
+      and r.get("num_items") == cfg.num_items
+    ]
     if recs:
       best = max(recs, key=lambda r: r["samples_per_s"])
       out[f"best_{phase}_samples_per_s"] = best["samples_per_s"]
@@ -196,5 +243,7 @@ def flop_table(cfg, records: list[dict], peak_gflops: float, *, xla_batch: int =
 
 
 def cpu_env() -> dict:
-  return {"cpu_count": os.cpu_count(),
-          "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+  return {
+    "cpu_count": os.cpu_count(),
+    "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+  }

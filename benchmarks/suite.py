@@ -31,8 +31,13 @@ from solid_jax.train import rows as rows_lib
 
 # solid_jax's implementations ("solid_jax", "solid_jax_per_row") and the reference's: per row
 # (eager, compiled) and grouped (the reference's grouped forward, eager, compiled).
-IMPLS = ("solid_jax", "torch_reference", "torch_compile", "torch_reference_grouped",
-         "torch_compile_grouped")
+IMPLS = (
+  "solid_jax",
+  "torch_reference",
+  "torch_compile",
+  "torch_reference_grouped",
+  "torch_compile_grouped",
+)
 PHASES = ("train", "infer")
 
 
@@ -119,16 +124,24 @@ def host_info() -> dict:
           break
   except OSError:
     pass
-  info = {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
-          "cpu_count": os.cpu_count()}
+  info = {
+    "hostname": socket.gethostname(),
+    "platform": platform.platform(),
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+  }
   if hasattr(os, "getloadavg"):
     info["loadavg_1_5_15"] = list(os.getloadavg())
   return info
 
 
 def versions() -> dict:
-  out = {"python": sys.version.split()[0], "jax": jax.__version__, "numpy": np.__version__,
-         "solid_jax": sj.__version__}
+  out = {
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "numpy": np.__version__,
+    "solid_jax": sj.__version__,
+  }
   for name in ("jaxlib", "optax", "flax", "torch"):
     try:
       out[name] = __import__(name).__version__
@@ -138,20 +151,28 @@ def versions() -> dict:
 
 
 def device_info(device, torch_device: str | None) -> dict:
-  return {"jax": {"platform": device.platform, "device_kind": device.device_kind,
-                  "local_device_count": jax.local_device_count()},
-          "torch": torch_device}
+  return {
+    "jax": {
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "local_device_count": jax.local_device_count(),
+    },
+    "torch": torch_device,
+  }
 
 
 def _analytic(cfg, group: int | None = None) -> dict:
   if cfg.backbone != "sasrec":
     return {}
   forward = sum(flops_lib.sasrec_components(cfg).values())
-  out = {"analytic_forward_flops_per_sample": forward,
-         "analytic_train_flops_per_sample": flops_lib.TRAIN_FACTOR * forward}
+  out = {
+    "analytic_forward_flops_per_sample": forward,
+    "analytic_train_flops_per_sample": flops_lib.TRAIN_FACTOR * forward,
+  }
   if group:
-    out["analytic_train_flops_per_sample"] = flops_lib.TRAIN_FACTOR * \
-        flops_lib.sasrec_grouped_flops_per_row(cfg, group)
+    out["analytic_train_flops_per_sample"] = (
+      flops_lib.TRAIN_FACTOR * flops_lib.sasrec_grouped_flops_per_row(cfg, group)
+    )
   return out
 
 
@@ -161,15 +182,19 @@ def achieved_gflops(rec: dict) -> dict:
   XLA's own count (``xla_flops_per_sample``) is not used for this: it counts the body of the GRU
   scan's while loop once instead of L times.
   """
-  key = "analytic_train_flops_per_sample" if rec["phase"] == "train" else \
-      "analytic_forward_flops_per_sample"
+  key = (
+    "analytic_train_flops_per_sample"
+    if rec["phase"] == "train"
+    else "analytic_forward_flops_per_sample"
+  )
   if key not in rec:
     return {}
   return {"achieved_gflops_per_s": rec[key] * rec["samples_per_s"] / 1e9}
 
 
-def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
-                log=print) -> list[dict]:
+def bench_model(
+  backbone: str, method: str, opts: SuiteOptions, torch_api=None, log=print
+) -> list[dict]:
   """Records of one (backbone, method) for every implementation and phase.
 
   For each phase every implementation is built (and compiled) first; then the timed repeats run in
@@ -192,17 +217,25 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
   if opts.grouped_train:
     # The training loop batches round(batch_size / G) whole groups.
     _, _, _, grouped_batches = _model_and_batches(
-        backbone, method, opts, batch_size=max(1, round(opts.batch_size / group)) * group)
+      backbone, method, opts, batch_size=max(1, round(opts.batch_size / group)) * group
+    )
     grouped_host = [rows_lib.to_groups(b, group) for b in grouped_batches]
   device = jax_device(opts.device)
   dtype = compute_dtype(opts.dtype)
-  common = {"backbone": backbone, "method": method, "dtype": opts.dtype,
-            "num_items": opts.num_items, "num_semantics": opts.num_semantics,
-            "steps_per_repeat": opts.steps_per_repeat, **_analytic(cfg)}
+  common = {
+    "backbone": backbone,
+    "method": method,
+    "dtype": opts.dtype,
+    "num_items": opts.num_items,
+    "num_semantics": opts.num_semantics,
+    "steps_per_repeat": opts.steps_per_repeat,
+    **_analytic(cfg),
+  }
   n_params = flops_lib.param_count(params)
   tdev = None
   if torch_api is not None:
     from benchmarks import torch_bench  # pylint: disable=import-outside-toplevel
+
     tdev = torch_bench.torch_device("cuda" if opts.device == "gpu" else opts.device)
   records = []
   for phase in opts.phases:
@@ -210,38 +243,67 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
     ours = {"params": n_params, "device": str(device)}
     if phase == "train":
       if opts.grouped_train:
-        benches.append(("solid_jax", {**ours, "variant": "grouped (the training loop's step)",
-                                      **_analytic(cfg, group)},
-                        throughput.TrainBench(model, params, grouped_batches, compute_dtype=dtype,
-                                              device=device, grouped=True)))
-      benches.append(("solid_jax_per_row" if opts.grouped_train else "solid_jax",
-                      {**ours, "variant": "per row (every row encodes its history)"},
-                      throughput.TrainBench(model, params, batches, compute_dtype=dtype,
-                                            device=device)))
+        benches.append(
+          (
+            "solid_jax",
+            {**ours, "variant": "grouped (the training loop's step)", **_analytic(cfg, group)},
+            throughput.TrainBench(
+              model, params, grouped_batches, compute_dtype=dtype, device=device, grouped=True
+            ),
+          )
+        )
+      benches.append(
+        (
+          "solid_jax_per_row" if opts.grouped_train else "solid_jax",
+          {**ours, "variant": "per row (every row encodes its history)"},
+          throughput.TrainBench(model, params, batches, compute_dtype=dtype, device=device),
+        )
+      )
     else:
-      benches.append(("solid_jax", {**ours, "variant": "generate + score per row"},
-                      throughput.InferBench(model, params, batches, compute_dtype=dtype,
-                                            device=device)))
+      benches.append(
+        (
+          "solid_jax",
+          {**ours, "variant": "generate + score per row"},
+          throughput.InferBench(model, params, batches, compute_dtype=dtype, device=device),
+        )
+      )
     variants = []
     if torch_api is not None:
-      variants = [(False, "torch_reference", batches)] * opts.torch_eager + \
-          [(True, "torch_compile", batches)] * opts.torch_compile
+      variants = [(False, "torch_reference", batches)] * opts.torch_eager + [
+        (True, "torch_compile", batches)
+      ] * opts.torch_compile
       if phase == "train" and opts.grouped_train:
         # The reference's grouped forward on the grouped step's batches: grouped against grouped.
-        variants += [(False, "torch_reference_grouped", grouped_host)] * opts.torch_eager + \
-            [(True, "torch_compile_grouped", grouped_host)] * opts.torch_compile
+        variants += [(False, "torch_reference_grouped", grouped_host)] * opts.torch_eager + [
+          (True, "torch_compile_grouped", grouped_host)
+        ] * opts.torch_compile
     for compiled, impl, host in variants:
-      for threads in (opts.torch_threads if tdev == "cpu" else (0,)):
+      for threads in opts.torch_threads if tdev == "cpu" else (0,):
         try:
           bench = torch_bench.TorchBench(
-              cfg, torch_api.build_torch_model, torch_api.train_step, host, phase=phase,
-              compile_model=compiled, device=tdev, dtype=opts.dtype, threads=threads,
-              seed=opts.seed)
+            cfg,
+            torch_api.build_torch_model,
+            torch_api.train_step,
+            host,
+            phase=phase,
+            compile_model=compiled,
+            device=tdev,
+            dtype=opts.dtype,
+            threads=threads,
+            seed=opts.seed,
+          )
         except Exception as e:  # pylint: disable=broad-except  # recorded, the suite goes on
-          rec = {"impl": impl, "phase": phase, "batch": opts.batch_size,
-                 "batch_flag": opts.batch_size, **common, "device": tdev,
-                 "threads": threads, "error": f"{type(e).__name__}: {e}"[:2000],
-                 "traceback": traceback.format_exc(limit=4)[-3000:]}
+          rec = {
+            "impl": impl,
+            "phase": phase,
+            "batch": opts.batch_size,
+            "batch_flag": opts.batch_size,
+            **common,
+            "device": tdev,
+            "threads": threads,
+            "error": f"{type(e).__name__}: {e}"[:2000],
+            "traceback": traceback.format_exc(limit=4)[-3000:],
+          }
           log(f"{impl} {backbone}/{method} {phase}: FAILED {rec['error'][:300]}")
           records.append(rec)
           continue
@@ -250,13 +312,21 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
     per_round = max(1, -(-opts.repeats // opts.rounds))
     for _ in range(opts.rounds):
       for _, _, bench in benches:
-        times[id(bench)] += bench.time(repeats=per_round, steps_per_repeat=opts.steps_per_repeat,
-                                       warmup=opts.warmup)
+        times[id(bench)] += bench.time(
+          repeats=per_round, steps_per_repeat=opts.steps_per_repeat, warmup=opts.warmup
+        )
     for impl, extra, bench in benches:
       info = bench.summary()
-      rec = timing.record(impl, phase, bench.batch_size, times[id(bench)],
-                          batch_flag=opts.batch_size,
-                          compile_s=info.pop("compile_s"), **{**common, **extra}, **info)
+      rec = timing.record(
+        impl,
+        phase,
+        bench.batch_size,
+        times[id(bench)],
+        batch_flag=opts.batch_size,
+        compile_s=info.pop("compile_s"),
+        **{**common, **extra},
+        **info,
+      )
       rec.update(achieved_gflops(rec))
       records.append(rec)
       log(_line(rec))
@@ -266,10 +336,12 @@ def bench_model(backbone: str, method: str, opts: SuiteOptions, torch_api=None,
 
 def _line(rec: dict) -> str:
   compile_s = rec.get("compile_s")
-  return (f"{rec['impl']:>15} {rec['backbone']}/{rec['method']:<9} {rec['phase']:<5} "
-          f"B={rec['batch']:<6} {rec['samples_per_s']:>12,.0f} samples/s  median "
-          f"{rec['median_ms']:8.2f} ms (p10 {rec['p10_ms']:.2f}, p90 {rec['p90_ms']:.2f})"
-          + ("" if compile_s is None else f"  compile {compile_s:.1f} s"))
+  return (
+    f"{rec['impl']:>15} {rec['backbone']}/{rec['method']:<9} {rec['phase']:<5} "
+    f"B={rec['batch']:<6} {rec['samples_per_s']:>12,.0f} samples/s  median "
+    f"{rec['median_ms']:8.2f} ms (p10 {rec['p10_ms']:.2f}, p90 {rec['p90_ms']:.2f})"
+    + ("" if compile_s is None else f"  compile {compile_s:.1f} s")
+  )
 
 
 def ratios(records: list[dict]) -> dict:
@@ -300,6 +372,7 @@ def run_suite(opts: SuiteOptions, torch_api=None, log=print) -> dict:
   tdev = None
   if torch_api is not None:
     from benchmarks import torch_bench  # pylint: disable=import-outside-toplevel
+
     tdev = torch_bench.torch_device("cuda" if opts.device == "gpu" else opts.device)
   host = host_info()
   start = time.time()
@@ -309,14 +382,14 @@ def run_suite(opts: SuiteOptions, torch_api=None, log=print) -> dict:
       records.extend(bench_model(backbone, method, opts, torch_api, log))
   host["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
   return {
-      "records": records,
-      "ratios": ratios(records),
-      "device": device_info(device, tdev),
-      "host": host,
-      "versions": versions(),
-      "options": dataclasses.asdict(opts),
-      "started_unix": start,
-      "wall_s": time.time() - start,
+    "records": records,
+    "ratios": ratios(records),
+    "device": device_info(device, tdev),
+    "host": host,
+    "versions": versions(),
+    "options": dataclasses.asdict(opts),
+    "started_unix": start,
+    "wall_s": time.time() - start,
   }
 
 
@@ -333,23 +406,45 @@ def jsonable(tree: Any) -> Any:
   return tree
 
 
-def _model_and_batches(backbone: str, method: str, opts: SuiteOptions, *, num_items=None,
-                       num_semantics=None, batch_size=None):
+def _model_and_batches(
+  backbone: str,
+  method: str,
+  opts: SuiteOptions,
+  *,
+  num_items=None,
+  num_semantics=None,
+  batch_size=None,
+):
   batch_size = batch_size or opts.batch_size
   num_items = num_items or opts.num_items
   num_semantics = num_semantics or opts.num_semantics
-  cfg = throughput.model_config(backbone, method, num_items=num_items,
-                                num_semantics=num_semantics, seq_len=opts.seq_len, dim=opts.dim)
-  catalog = synthetic.make_catalog(num_items, num_semantics, opts.seq_len,
-                                   zipf_exponent=opts.zipf_exponent, seed=opts.seed)
-  batches = synthetic.make_batches(catalog, batch_size, opts.num_batches, seed=opts.seed,
-                                   negatives=opts.negatives)
+  cfg = throughput.model_config(
+    backbone,
+    method,
+    num_items=num_items,
+    num_semantics=num_semantics,
+    seq_len=opts.seq_len,
+    dim=opts.dim,
+  )
+  catalog = synthetic.make_catalog(
+    num_items, num_semantics, opts.seq_len, zipf_exponent=opts.zipf_exponent, seed=opts.seed
+  )
+  batches = synthetic.make_batches(
+    catalog, batch_size, opts.num_batches, seed=opts.seed, negatives=opts.negatives
+  )
   model = sj.make_model(cfg)
   return cfg, model, model.init(jax.random.key(opts.seed)), batches
 
 
-def pipeline_and_evaluation(records: list[dict], opts: SuiteOptions, dataset: str, *,
-                            epochs: int = 2, eval_batch_size: int = 8192, log=print) -> dict:
+def pipeline_and_evaluation(
+  records: list[dict],
+  opts: SuiteOptions,
+  dataset: str,
+  *,
+  epochs: int = 2,
+  eval_batch_size: int = 8192,
+  log=print,
+) -> dict:
   """The input pipeline against the training step, and the evaluation of the test split.
 
   The step's batches/s is the fastest solid_jax training record of ``records`` at this batch size
@@ -360,11 +455,17 @@ def pipeline_and_evaluation(records: list[dict], opts: SuiteOptions, dataset: st
     "evaluation": {...}, "dataset": {...}}.
   """
   from benchmarks import pipeline  # pylint: disable=import-outside-toplevel
+
   device = jax_device(opts.device)
   ds, splits, load_info = pipeline.load(dataset, seq_len=opts.seq_len, seed=opts.seed)
-  steps = [r for r in records if r.get("impl", "").startswith("solid_jax")
-           and r.get("phase") == "train" and r.get("batch_flag") == opts.batch_size
-           and "median_ms" in r]
+  steps = [
+    r
+    for r in records
+    if r.get("impl", "").startswith("solid_jax")
+    and r.get("phase") == "train"
+    and r.get("batch_flag") == opts.batch_size
+    and "median_ms" in r
+  ]
   if steps:
     step_rec = min(steps, key=lambda r: r["median_ms"])
     step_model = f"{step_rec['backbone']}/{step_rec['method']}"
@@ -373,33 +474,59 @@ def pipeline_and_evaluation(records: list[dict], opts: SuiteOptions, dataset: st
     backbone, method = opts.backbones[0], opts.methods[0]
     _, model, params, batches = _model_and_batches(backbone, method, opts)
     bench = throughput.TrainBench(model, params, batches, device=device)
-    step_ms = timing.summarize(bench.time(repeats=max(3, opts.repeats // 2),
-                                          steps_per_repeat=opts.steps_per_repeat))["median_ms"]
+    step_ms = timing.summarize(
+      bench.time(repeats=max(3, opts.repeats // 2), steps_per_repeat=opts.steps_per_repeat)
+    )["median_ms"]
     step_model = f"{backbone}/{method}"
-  pipe = pipeline.pipeline_throughput(ds, splits, opts.batch_size, epochs=epochs, seed=opts.seed,
-                                      device=device, grouped=opts.grouped_train)
+  pipe = pipeline.pipeline_throughput(
+    ds,
+    splits,
+    opts.batch_size,
+    epochs=epochs,
+    seed=opts.seed,
+    device=device,
+    grouped=opts.grouped_train,
+  )
   pipe["step_batches_per_s"] = 1e3 / step_ms
   pipe["step_model"] = step_model
   pipe["ratio"] = pipe["batches_per_s"] / pipe["step_batches_per_s"]
   pipe["ok"] = bool(pipe["ratio"] >= 5.0)
-  log(f"pipeline {pipe['batches_per_s']:.1f} batches/s, step {pipe['step_batches_per_s']:.1f} "
-      f"batches/s ({step_model}): ratio {pipe['ratio']:.1f}")
+  log(
+    f"pipeline {pipe['batches_per_s']:.1f} batches/s, step {pipe['step_batches_per_s']:.1f} "
+    f"batches/s ({step_model}): ratio {pipe['ratio']:.1f}"
+  )
   backbone, method = opts.backbones[0], opts.methods[0]
-  cfg = throughput.model_config(backbone, method, num_items=ds.num_items,
-                                num_semantics=ds.num_semantics, seq_len=opts.seq_len, dim=opts.dim)
+  cfg = throughput.model_config(
+    backbone,
+    method,
+    num_items=ds.num_items,
+    num_semantics=ds.num_semantics,
+    seq_len=opts.seq_len,
+    dim=opts.dim,
+  )
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(opts.seed))
   evaluation = pipeline.evaluation_timing(model, params, splits["test"], batch_size=eval_batch_size)
   evaluation["model"] = f"{backbone}/{method} (untrained parameters)"
-  log(f"evaluation of {evaluation['rows']} rows: scoring {evaluation['score_s']:.3f} s, "
-      f"metrics {evaluation['metrics_s']:.3f} s")
-  return {"pipeline": pipe, "evaluation": evaluation,
-          "dataset": {"name": dataset, "num_items": ds.num_items,
-                      "num_semantics": ds.num_semantics, **load_info}}
+  log(
+    f"evaluation of {evaluation['rows']} rows: scoring {evaluation['score_s']:.3f} s, "
+    f"metrics {evaluation['metrics_s']:.3f} s"
+  )
+  return {
+    "pipeline": pipe,
+    "evaluation": evaluation,
+    "dataset": {
+      "name": dataset,
+      "num_items": ds.num_items,
+      "num_semantics": ds.num_semantics,
+      **load_info,
+    },
+  }
 
 
-def profile_train(backbone: str, method: str, opts: SuiteOptions, trace_dir: str, *,
-                  steps: int = 10) -> dict:
+def profile_train(
+  backbone: str, method: str, opts: SuiteOptions, trace_dir: str, *, steps: int = 10
+) -> dict:
   """Where the training step's time goes (`profile.op_time_by_source`), with FLOP counts.
 
   Returns:
@@ -408,9 +535,11 @@ def profile_train(backbone: str, method: str, opts: SuiteOptions, trace_dir: str
     FLOPs (SASRec), "peak": measured matmul FLOP/s}.
   """
   from benchmarks import profile  # pylint: disable=import-outside-toplevel
+
   cfg, model, params, batches = _model_and_batches(backbone, method, opts)
-  bench = throughput.TrainBench(model, params, batches, compute_dtype=compute_dtype(opts.dtype),
-                                device=jax_device(opts.device))
+  bench = throughput.TrainBench(
+    model, params, batches, compute_dtype=compute_dtype(opts.dtype), device=jax_device(opts.device)
+  )
   out = profile.op_time_by_source(bench.run, bench.sync, bench.info["hlo"], trace_dir, steps=steps)
   out.update(throughput.cost_per_sample(bench.info["cost"], bench.batch_size))
   out["model"] = f"{backbone}/{method}"

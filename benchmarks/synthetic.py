@@ -68,9 +68,15 @@ class SyntheticCatalog:
   length_probs: np.ndarray
 
 
-def make_catalog(num_items: int, num_semantics: int, seq_len: int = 10, *,
-                 zipf_exponent: float = 1.0, seed: int = 0,
-                 length_counts=ML100K_HISTORY_LENGTH_COUNTS) -> SyntheticCatalog:
+def make_catalog(
+  num_items: int,
+  num_semantics: int,
+  seq_len: int = 10,
+  *,
+  zipf_exponent: float = 1.0,
+  seed: int = 0,
+  length_counts=ML100K_HISTORY_LENGTH_COUNTS,
+) -> SyntheticCatalog:
   """Builds a catalogue with Zipf popularity and a random item -> semantic table.
 
   Args:
@@ -86,7 +92,8 @@ def make_catalog(num_items: int, num_semantics: int, seq_len: int = 10, *,
   """
   if num_items < 2 or num_semantics < 2:
     raise ValueError(
-        f"need num_items >= 2 and num_semantics >= 2, got {num_items}, {num_semantics}")
+      f"need num_items >= 2 and num_semantics >= 2, got {num_items}, {num_semantics}"
+    )
   rng = np.random.default_rng(seed)
   n = num_items - 1
   by_rank = np.arange(1, n + 1, dtype=np.float64) ** -zipf_exponent
@@ -97,8 +104,14 @@ def make_catalog(num_items: int, num_semantics: int, seq_len: int = 10, *,
   cdf /= cdf[-1]
   item_semantic = np.zeros(num_items, np.int32)
   item_semantic[1:] = rng.integers(1, num_semantics, size=n, dtype=np.int32)
-  return SyntheticCatalog(num_items, num_semantics, seq_len, cdf, item_semantic,
-                          history_length_probs(seq_len, length_counts))
+  return SyntheticCatalog(
+    num_items,
+    num_semantics,
+    seq_len,
+    cdf,
+    item_semantic,
+    history_length_probs(seq_len, length_counts),
+  )
 
 
 def _zipf_items(catalog: SyntheticCatalog, rng: np.random.Generator, shape) -> np.ndarray:
@@ -106,8 +119,9 @@ def _zipf_items(catalog: SyntheticCatalog, rng: np.random.Generator, shape) -> n
   return (np.minimum(idx, catalog.num_items - 2) + 1).astype(np.int32)
 
 
-def make_batch(catalog: SyntheticCatalog, batch_size: int, seed: int, *,
-               negatives: int = 4) -> dict:
+def make_batch(
+  catalog: SyntheticCatalog, batch_size: int, seed: int, *, negatives: int = 4
+) -> dict:
   """One synthetic training batch, laid out like the training split.
 
   Rows come in groups of ``negatives + 1`` consecutive rows that share a user and a history, the
@@ -138,17 +152,18 @@ def make_batch(catalog: SyntheticCatalog, batch_size: int, seed: int, *,
   uniform = rng.integers(1, catalog.num_items, size=batch_size, dtype=np.int32)
   target = np.where(label > 0, positives, uniform).astype(np.int32)
   return {
-      "user": (np.arange(batch_size, dtype=np.int32) // group) + 1,
-      "items": items,
-      "semantics": catalog.item_semantic[items],
-      "target": target,
-      "target_semantic": catalog.item_semantic[target],
-      "label": label,
-      "weight": np.ones(batch_size, np.float32),
+    "user": (np.arange(batch_size, dtype=np.int32) // group) + 1,
+    "items": items,
+    "semantics": catalog.item_semantic[items],
+    "target": target,
+    "target_semantic": catalog.item_semantic[target],
+    "label": label,
+    "weight": np.ones(batch_size, np.float32),
   }
 
 
-def make_batches(catalog: SyntheticCatalog, batch_size: int, count: int, *, seed: int = 0,
-                 negatives: int = 4) -> list[dict]:
+def make_batches(
+  catalog: SyntheticCatalog, batch_size: int, count: int, *, seed: int = 0, negatives: int = 4
+) -> list[dict]:
   """``count`` distinct batches (seeds ``seed .. seed + count - 1``), see `make_batch`."""
   return [make_batch(catalog, batch_size, seed + i, negatives=negatives) for i in range(count)]

@@ -38,9 +38,16 @@ TRAIN_KEYS = MODEL_KEYS + ("label", "weight")
 METHODS = models_registry.METHODS
 
 
-def model_config(backbone: str, method: str, *, num_items: int, num_semantics: int,
-                 seq_len: int = 10, dim: int = 32,
-                 codebook: str = "straight_through") -> ModelConfig:
+def model_config(
+  backbone: str,
+  method: str,
+  *,
+  num_items: int,
+  num_semantics: int,
+  seq_len: int = 10,
+  dim: int = 32,
+  codebook: str = "straight_through",
+) -> ModelConfig:
   """The ModelConfig of ``method`` as training builds it (stage 2 for the SOLID methods).
 
   Args:
@@ -59,14 +66,23 @@ def model_config(backbone: str, method: str, *, num_items: int, num_semantics: i
     raise ValueError(f"method={method!r}; expected one of {METHODS.names()}")
   fields = METHODS[method]
   extra = {"codebook": codebook} if fields["head"] == "solid" else {}
-  return ModelConfig(backbone=backbone, **fields, num_items=num_items,
-                     num_semantics=num_semantics, seq_len=seq_len, dim=dim, **extra)
+  return ModelConfig(
+    backbone=backbone,
+    **fields,
+    num_items=num_items,
+    num_semantics=num_semantics,
+    seq_len=seq_len,
+    dim=dim,
+    **extra,
+  )
 
 
 def cast_floating(tree, dtype):
   """Casts the floating-point leaves of ``tree`` to ``dtype`` (integer leaves unchanged)."""
+
   def cast(x):
     return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+
   return jax.tree_util.tree_map(cast, tree)
 
 
@@ -98,9 +114,11 @@ def mixed_precision(model, compute_dtype):
 
 def make_infer_fn(model) -> Callable:
   """The pure inference pass ``(params, batch) -> logits float32[B]`` (generate, then score)."""
+
   def infer(params, batch):
     weights = model.generate(params, batch)
     return model.score(params, weights, batch).astype(jnp.float32)
+
   return infer
 
 
@@ -130,8 +148,12 @@ def compile_timed(jitted, *args) -> tuple[Any, dict]:
   traced = time.perf_counter()
   compiled = lowered.compile()
   done = time.perf_counter()
-  return compiled, {"trace_s": traced - start, "compile_s": done - traced, "cost": _cost(compiled),
-                    "hlo": compiled.as_text()}
+  return compiled, {
+    "trace_s": traced - start,
+    "compile_s": done - traced,
+    "cost": _cost(compiled),
+    "hlo": compiled.as_text(),
+  }
 
 
 def cost_per_sample(cost, batch: int) -> dict:
@@ -164,8 +186,17 @@ class TrainBench:
     grouped: the grouped step (see above).
   """
 
-  def __init__(self, model, params, host_batches: list[dict], *, learning_rate: float = 1e-3,
-               compute_dtype=None, device=None, grouped: bool = False):
+  def __init__(
+    self,
+    model,
+    params,
+    host_batches: list[dict],
+    *,
+    learning_rate: float = 1e-3,
+    compute_dtype=None,
+    device=None,
+    grouped: bool = False,
+  ):
     self.device = device or jax.devices()[0]
     run_model = mixed_precision(model, compute_dtype)
     tx = optim_lib.make_optimizer(model, params, learning_rate)
@@ -178,13 +209,16 @@ class TrainBench:
       self.group = rows_lib.candidate_groups(host_batches[0])
       if self.group is None or self.batch_size % self.group:
         raise ValueError(
-            "grouped=True needs batches made of whole groups of rows sharing a history")
-      host_batches = [rows_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group)
-                      for b in host_batches]
+          "grouped=True needs batches made of whole groups of rows sharing a history"
+        )
+      host_batches = [
+        rows_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group) for b in host_batches
+      ]
     self.batches = [jax.device_put(select(b, TRAIN_KEYS), self.device) for b in host_batches]
     self.step = jax.device_put(np.int32(0), self.device)
-    self.compiled, self.info = compile_timed(self.jitted, self.params, self.opt_state,
-                                             self.batches[0], self.step)
+    self.compiled, self.info = compile_timed(
+      self.jitted, self.params, self.opt_state, self.batches[0], self.step
+    )
     self.i = 0
     self.out = None
 
@@ -202,13 +236,18 @@ class TrainBench:
   def time(self, *, repeats: int, steps_per_repeat: int, warmup: int = 1) -> list[float]:
     """Per-step ms of each repeat, under ``jax.transfer_guard("disallow")``."""
     with jax.transfer_guard("disallow"):
-      return timing.time_repeats(self.run, self.sync, repeats=repeats,
-                                 steps_per_repeat=steps_per_repeat, warmup=warmup)
+      return timing.time_repeats(
+        self.run, self.sync, repeats=repeats, steps_per_repeat=steps_per_repeat, warmup=warmup
+      )
 
   def summary(self) -> dict:
     loss = None if self.out is None else float(np.asarray(self.out["loss"]))
-    return {"trace_s": self.info["trace_s"], "compile_s": self.info["compile_s"],
-            **cost_per_sample(self.info["cost"], self.batch_size), "final_loss": loss}
+    return {
+      "trace_s": self.info["trace_s"],
+      "compile_s": self.info["compile_s"],
+      **cost_per_sample(self.info["cost"], self.batch_size),
+      "final_loss": loss,
+    }
 
 
 class InferBench:
@@ -237,9 +276,13 @@ class InferBench:
 
   def time(self, *, repeats: int, steps_per_repeat: int, warmup: int = 1) -> list[float]:
     with jax.transfer_guard("disallow"):
-      return timing.time_repeats(self.run, self.sync, repeats=repeats,
-                                 steps_per_repeat=steps_per_repeat, warmup=warmup)
+      return timing.time_repeats(
+        self.run, self.sync, repeats=repeats, steps_per_repeat=steps_per_repeat, warmup=warmup
+      )
 
   def summary(self) -> dict:
-    return {"trace_s": self.info["trace_s"], "compile_s": self.info["compile_s"],
-            **cost_per_sample(self.info["cost"], self.batch_size)}
+    return {
+      "trace_s": self.info["trace_s"],
+      "compile_s": self.info["compile_s"],
+      **cost_per_sample(self.info["cost"], self.batch_size),
+    }

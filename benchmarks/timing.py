@@ -24,15 +24,21 @@ def summarize(step_ms) -> dict:
   """
   arr = np.asarray(step_ms, np.float64)
   return {
-      "median_ms": float(np.median(arr)),
-      "p10_ms": float(np.percentile(arr, 10)),
-      "p90_ms": float(np.percentile(arr, 90)),
-      "repeats": int(arr.size),
+    "median_ms": float(np.median(arr)),
+    "p10_ms": float(np.percentile(arr, 10)),
+    "p90_ms": float(np.percentile(arr, 90)),
+    "repeats": int(arr.size),
   }
 
 
-def time_repeats(run: Callable[[int], None], sync: Callable[[], None], *, repeats: int,
-                 steps_per_repeat: int, warmup: int = 1) -> list[float]:
+def time_repeats(
+  run: Callable[[int], None],
+  sync: Callable[[], None],
+  *,
+  repeats: int,
+  steps_per_repeat: int,
+  warmup: int = 1,
+) -> list[float]:
   """Times ``run(steps_per_repeat)`` repeatedly.
 
   Args:

@@ -33,8 +33,9 @@ MODEL_KEYS = ("items", "semantics", "target", "target_semantic")
 
 
 def torch_device(name: str = "auto") -> str:
-  """"cuda" when asked or when ``name="auto"`` and CUDA is available, else "cpu"."""
+  """ "cuda" when asked or when ``name="auto"`` and CUDA is available, else "cpu"."""
   import torch  # pylint: disable=import-outside-toplevel
+
   if name == "auto":
     return "cuda" if torch.cuda.is_available() else "cpu"
   return name
@@ -42,8 +43,10 @@ def torch_device(name: str = "auto") -> str:
 
 def _to_torch(batch: dict, device: str) -> tuple[dict, object]:
   import torch  # pylint: disable=import-outside-toplevel
-  tensors = {k: torch.as_tensor(np.asarray(batch[k]).astype(np.int64), device=device)
-             for k in MODEL_KEYS}
+
+  tensors = {
+    k: torch.as_tensor(np.asarray(batch[k]).astype(np.int64), device=device) for k in MODEL_KEYS
+  }
   labels = torch.as_tensor(np.asarray(batch["label"], np.float32), device=device)
   return tensors, labels
 
@@ -51,6 +54,7 @@ def _to_torch(batch: dict, device: str) -> tuple[dict, object]:
 @contextlib.contextmanager
 def _threads(n: int):
   import torch  # pylint: disable=import-outside-toplevel
+
   before = torch.get_num_threads()
   if n:
     torch.set_num_threads(n)
@@ -77,10 +81,23 @@ class TorchBench:
     seed: ``torch.manual_seed`` before building the model.
   """
 
-  def __init__(self, cfg, build_model: Callable, train_step: Callable, host_batches: list[dict], *,
-               phase: str, compile_model: bool, device: str = "cpu", dtype: str = "float32",
-               threads: int = 0, learning_rate: float = 1e-3, seed: int = 0):
+  def __init__(
+    self,
+    cfg,
+    build_model: Callable,
+    train_step: Callable,
+    host_batches: list[dict],
+    *,
+    phase: str,
+    compile_model: bool,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: int = 0,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+  ):
     import torch  # pylint: disable=import-outside-toplevel
+
     if phase not in ("train", "infer"):
       raise ValueError(f"phase={phase!r}; expected 'train' or 'infer'")
     self.phase, self.device, self.dtype, self.threads = phase, device, dtype, threads
@@ -107,12 +124,14 @@ class TorchBench:
 
   def _autocast(self):
     import torch  # pylint: disable=import-outside-toplevel
+
     if self.dtype == "bfloat16":
       return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
   def run(self, n: int) -> None:
     import torch  # pylint: disable=import-outside-toplevel
+
     for _ in range(n):
       batch, labels = self.batches[self.i % len(self.batches)]
       with self._autocast():
@@ -125,16 +144,19 @@ class TorchBench:
 
   def sync(self) -> None:
     import torch  # pylint: disable=import-outside-toplevel
+
     if self.device.startswith("cuda"):
       torch.cuda.synchronize()
 
   def time(self, *, repeats: int, steps_per_repeat: int, warmup: int = 1) -> list[float]:
     with _threads(self.threads):
-      return timing.time_repeats(self.run, self.sync, repeats=repeats,
-                                 steps_per_repeat=steps_per_repeat, warmup=warmup)
+      return timing.time_repeats(
+        self.run, self.sync, repeats=repeats, steps_per_repeat=steps_per_repeat, warmup=warmup
+      )
 
   def summary(self) -> dict:
     import torch  # pylint: disable=import-outside-toplevel
+
     with _threads(self.threads):
       threads = torch.get_num_threads()
     loss = None

@@ -26,13 +26,21 @@ COMMAND = "python -m experiments.dataset_stats"
 
 flags.DEFINE_list("datasets", [], "names or folders (default: every registered data set)")
 flags.DEFINE_string("output", "docs/DATASETS.md", "Markdown file to write")
-flags.DEFINE_string("cache_dir", None, "Arrow cache folder (default $SOLID_JAX_CACHE or "
-                    "~/.cache/solid_jax)")
+flags.DEFINE_string(
+  "cache_dir", None, "Arrow cache folder (default $SOLID_JAX_CACHE or ~/.cache/solid_jax)"
+)
 flags.DEFINE_integer("seed", 0, "seed of the negatives")
 
 
-def dataset_row(name: str, *, seed: int = 0, seq_len: int = 10, train_negatives: int = 4,
-                eval_negatives: int = 99, cache_dir: Any = None) -> dict[str, Any]:
+def dataset_row(
+  name: str,
+  *,
+  seed: int = 0,
+  seq_len: int = 10,
+  train_negatives: int = 4,
+  eval_negatives: int = 99,
+  cache_dir: Any = None,
+) -> dict[str, Any]:
   """Loads one data set, builds its splits and returns its statistics.
 
   Args:
@@ -48,13 +56,19 @@ def dataset_row(name: str, *, seed: int = 0, seq_len: int = 10, train_negatives:
   start = time.perf_counter()
   ds = data.load_dataset(name, cache_dir=cache_dir)
   loaded = time.perf_counter() - start
-  splits = data.make_splits(ds, seq_len=seq_len, train_negatives=train_negatives,
-                            eval_negatives=eval_negatives, seed=seed)
+  splits = data.make_splits(
+    ds, seq_len=seq_len, train_negatives=train_negatives, eval_negatives=eval_negatives, seed=seed
+  )
   meta = splits["meta"]
   row = ds.summary()
-  row.update(name=name if isinstance(name, str) else ds.name, train_rows=meta["train_rows"],
-             valid_rows=meta["valid_rows"], test_rows=meta["test_rows"],
-             dropped_users=meta["dropped_users"], load_s=loaded)
+  row.update(
+    name=name if isinstance(name, str) else ds.name,
+    train_rows=meta["train_rows"],
+    valid_rows=meta["valid_rows"],
+    test_rows=meta["test_rows"],
+    dropped_users=meta["dropped_users"],
+    load_s=loaded,
+  )
   for key in ("train", "valid", "test"):
     assert splits[key]["label"].shape[0] == row[f"{key}_rows"]
   return row
@@ -70,24 +84,30 @@ def _side_text(row: dict[str, Any]) -> str:
 def render(rows: Sequence[dict[str, Any]], *, seed: int = 0) -> str:
   """The Markdown of docs/DATASETS.md for these rows."""
   head = (
-      "| data set | format | users | items | interactions | avg seq len | semantic source | "
-      "classes | train rows | valid rows | test rows | side information |\n"
-      "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
+    "| data set | format | users | items | interactions | avg seq len | semantic source | "
+    "classes | train rows | valid rows | test rows | side information |\n"
+    "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n"
+  )
   lines = []
   for r in rows:
     lines.append(
-        f"| {r['name']} | {r['format']} | {r['users']:,} | {r['items']:,} | "
-        f"{r['interactions']:,} | {r['avg_seq_len']:.2f} | {r['semantic_source']} | "
-        f"{r['semantic_classes']:,} | {r['train_rows']:,} | {r['valid_rows']:,} | "
-        f"{r['test_rows']:,} | {_side_text(r)} |")
+      f"| {r['name']} | {r['format']} | {r['users']:,} | {r['items']:,} | "
+      f"{r['interactions']:,} | {r['avg_seq_len']:.2f} | {r['semantic_source']} | "
+      f"{r['semantic_classes']:,} | {r['train_rows']:,} | {r['valid_rows']:,} | "
+      f"{r['test_rows']:,} | {_side_text(r)} |"
+    )
   dropped = [f"{r['name']} ({r['dropped_users']})" for r in rows if r["dropped_users"]]
-  note = ("Users dropped for having fewer than 3 events: " + ", ".join(dropped) + "."
-          if dropped else "No user has fewer than 3 events in any of these data sets.")
+  note = (
+    "Users dropped for having fewer than 3 events: " + ", ".join(dropped) + "."
+    if dropped
+    else "No user has fewer than 3 events in any of these data sets."
+  )
   return PROSE.format(command=COMMAND, seed=seed, table=head + "\n".join(lines), dropped=note)
 
 
-def generate(names: Sequence[Any], output: Any, *, seed: int = 0, cache_dir: Any = None
-             ) -> list[dict[str, Any]]:
+def generate(
+  names: Sequence[Any], output: Any, *, seed: int = 0, cache_dir: Any = None
+) -> list[dict[str, Any]]:
   """Computes the rows of `names` and writes the Markdown file `output`; returns the rows."""
   rows = []
   for name in names:

@@ -39,21 +39,29 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   checkpoint.quiet_orbax_logging()
-  base = dataclasses.replace(cli.load_config_file(FLAGS.config, CONFIGS_DIR),
-                             dataset=FLAGS.dataset, backbone=FLAGS.backbone,
-                             epochs=FLAGS.epochs, seed=FLAGS.seed, progress=FLAGS.progress)
+  base = dataclasses.replace(
+    cli.load_config_file(FLAGS.config, CONFIGS_DIR),
+    dataset=FLAGS.dataset,
+    backbone=FLAGS.backbone,
+    epochs=FLAGS.epochs,
+    seed=FLAGS.seed,
+    progress=FLAGS.progress,
+  )
   name = os.path.basename(os.path.normpath(FLAGS.dataset))
   start = time.perf_counter()
   results = {}
   for method in FLAGS.methods:
     config = dataclasses.replace(base, method=method)
-    workdir = os.path.join(FLAGS.workdir_root,
-                           f"{name}_{config.backbone}_{method}_seed{config.seed}")
+    workdir = os.path.join(
+      FLAGS.workdir_root, f"{name}_{config.backbone}_{method}_seed{config.seed}"
+    )
     logging.info("%s -> %s", method, workdir)
     results[method] = stages.run_experiment(config, workdir)
   print(stages.summary_table(results))
-  print(f"wall time of this launch: {(time.perf_counter() - start) / 60:.2f} min; workdirs under "
-        f"{os.path.abspath(FLAGS.workdir_root)}")
+  print(
+    f"wall time of this launch: {(time.perf_counter() - start) / 60:.2f} min; workdirs under "
+    f"{os.path.abspath(FLAGS.workdir_root)}"
+  )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,14 @@ from solid_jax.train import optim as optim_lib
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-flags.DEFINE_list("datasets", [os.path.join(os.path.dirname(ROOT), "shared", "data", "beauty")],
-                  "data sets (names or folders)")
-flags.DEFINE_list("configs", ["s3rec_sasrec", "s3rec_gru4rec", "s3rec_bert4rec"],
-                  "configs in experiments/configs")
+flags.DEFINE_list(
+  "datasets",
+  [os.path.join(os.path.dirname(ROOT), "shared", "data", "beauty")],
+  "data sets (names or folders)",
+)
+flags.DEFINE_list(
+  "configs", ["s3rec_sasrec", "s3rec_gru4rec", "s3rec_bert4rec"], "configs in experiments/configs"
+)
 flags.DEFINE_integer("steps", 20, "timed steps of each layout")
 flags.DEFINE_string("output", "", "JSON file (empty: print only)")
 
@@ -55,19 +59,31 @@ def _time(step_fn, params, opt_state, batches):
 
 def bench(name: str, dataset: str) -> dict:
   config = dataclasses.replace(
-      cli.load_config_file(name, os.path.join(ROOT, "experiments", "configs")), method="static")
+    cli.load_config_file(name, os.path.join(ROOT, "experiments", "configs")), method="static"
+  )
   ds = sj.data.load_dataset(dataset)
-  splits = sj.data.make_splits(ds, seq_len=config.seq_len, train_negatives=config.train_negatives,
-                               eval_negatives=config.eval_negatives, seed=0)
+  splits = sj.data.make_splits(
+    ds,
+    seq_len=config.seq_len,
+    train_negatives=config.train_negatives,
+    eval_negatives=config.eval_negatives,
+    seed=0,
+  )
   rows = stages.with_semantics(_rows(config, ds, splits), ds.item_semantic)
-  model_cfg = config.model_config("main", num_items=ds.num_items,
-                                  num_semantics=int(ds.item_semantic.max()) + 1)
+  model_cfg = config.model_config(
+    "main", num_items=ds.num_items, num_semantics=int(ds.item_semantic.max()) + 1
+  )
   model = sj.make_model(model_cfg)
   params = model.init(jax.random.key(0))
   tx = optim_lib.make_optimizer(model, params, config.lr)
-  out = {"config": name, "dataset": ds.name, "users": int(len(rows["items"])),
-         "batch_size": config.batch_size, "seq_len": config.seq_len,
-         "real_slot_share": float(np.mean(rows["items"] != 0))}
+  out = {
+    "config": name,
+    "dataset": ds.name,
+    "users": int(len(rows["items"])),
+    "batch_size": config.batch_size,
+    "seq_len": config.seq_len,
+    "real_slot_share": float(np.mean(rows["items"] != 0)),
+  }
   for layout, make in (("padded", sj.data.batches), ("packed", sj.data.packed_batches)):
     batches = list(make(rows, config.batch_size, seed=0, epoch=0))
     step_fn = step_lib.make_train_step(model, tx, seed=0)
@@ -80,10 +96,12 @@ def bench(name: str, dataset: str) -> dict:
     timed = batches[: FLAGS.steps]
     times = _time(step_fn, *jax.tree.map(np.copy, state), timed)
     median = float(np.median(times))
-    out[layout] = {"median_step_s": median,
-                   "sequences_per_s": config.batch_size / median,
-                   "rows_per_batch": sorted({int(b["items"].shape[0]) for b in timed}),
-                   "steps_timed": len(times)}
+    out[layout] = {
+      "median_step_s": median,
+      "sequences_per_s": config.batch_size / median,
+      "rows_per_batch": sorted({int(b["items"].shape[0]) for b in timed}),
+      "steps_timed": len(times),
+    }
   out["speedup"] = out["padded"]["median_step_s"] / out["packed"]["median_step_s"]
   return out
 
@@ -91,9 +109,14 @@ def bench(name: str, dataset: str) -> dict:
 def main(argv):
   del argv
   records = [bench(name, dataset) for dataset in FLAGS.datasets for name in FLAGS.configs]
-  report = {"jax": jax.__version__, "devices": str(jax.devices()),
-            "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "records": records}
+  report = {
+    "jax": jax.__version__,
+    "devices": str(jax.devices()),
+    "cpu_count": os.cpu_count(),
+    "load_average": os.getloadavg(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "records": records,
+  }
   text = json.dumps(report, indent=1)
   print(text)
   if FLAGS.output:

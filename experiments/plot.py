@@ -29,6 +29,7 @@ def _define_flags():
   flags.DEFINE_integer("dpi", 120, "resolution of the PNG")
   flags.mark_flag_as_required("workdir")
 
+
 STAGES = ("stage0", "stage1", "stage2", "main")
 EVAL_METRICS = ("auc", "uauc", "ndcg@10")
 
@@ -50,8 +51,9 @@ def plot(workdir: str, out: str, dpi: int = 120) -> str:
     raise FileNotFoundError(f"no <stage>/metrics.jsonl under {workdir}")
   has_codebook = any("codebook/usage" in r.get("train", {}) for rs in stages.values() for r in rs)
   nrows = 3 if has_codebook else 2
-  fig, axes = plt.subplots(nrows, len(stages), figsize=(4.2 * len(stages), 3.0 * nrows),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    nrows, len(stages), figsize=(4.2 * len(stages), 3.0 * nrows), squeeze=False
+  )
   for col, (stage, records) in enumerate(stages.items()):
     epochs = [r["epoch"] for r in records]
     ax = axes[0][col]
@@ -78,13 +80,19 @@ def plot(workdir: str, out: str, dpi: int = 120) -> str:
       ax = axes[2][col]
       train = [r.get("train", {}) for r in records]
       if all("codebook/usage" in t for t in train):
-        ax.plot(epochs, [t["codebook/usage"] for t in train], "o-", color="C2",
-                label="usage (fraction of codes)")
+        ax.plot(
+          epochs,
+          [t["codebook/usage"] for t in train],
+          "o-",
+          color="C2",
+          label="usage (fraction of codes)",
+        )
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("usage")
         ax2 = ax.twinx()
-        ax2.plot(epochs, [t["codebook/perplexity"] for t in train], "s--", color="C3",
-                 label="perplexity")
+        ax2.plot(
+          epochs, [t["codebook/perplexity"] for t in train], "s--", color="C3", label="perplexity"
+        )
         ax2.set_ylabel("perplexity")
         lines = ax.get_lines() + ax2.get_lines()
         ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc="lower right")

@@ -30,10 +30,13 @@ def main(argv):
   protocol = FLAGS.metric.split("/")[0]
   users_a, users_b = a.get(f"{protocol}/user"), b.get(f"{protocol}/user")
   if users_a is None or users_b is None or not np.array_equal(users_a, users_b):
-    raise app.UsageError("the two runs do not hold the same users in the same order "
-                         f"for {protocol} (other data or seed of the splits?)")
-  out = rescore.paired_permutation_test(a[FLAGS.metric], b[FLAGS.metric],
-                                        permutations=FLAGS.permutations)
+    raise app.UsageError(
+      "the two runs do not hold the same users in the same order "
+      f"for {protocol} (other data or seed of the splits?)"
+    )
+  out = rescore.paired_permutation_test(
+    a[FLAGS.metric], b[FLAGS.metric], permutations=FLAGS.permutations
+  )
   print(json.dumps({"metric": FLAGS.metric, "split": FLAGS.split, **out}, indent=1))
 
 

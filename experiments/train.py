@@ -43,13 +43,21 @@ def main(argv):
   logging.info("JAX %s on %s; config %s", jax.__version__, jax.devices(), config)
   try:
     results = stages.run_experiment(config, FLAGS.workdir)
-  except reliability.Preempted as e:   # SIGTERM / SIGINT: checkpointed, relaunch to resume
+  except reliability.Preempted as e:  # SIGTERM / SIGINT: checkpointed, relaunch to resume
     logging.warning("%s", e)
     sys.exit(reliability.PREEMPTED_EXIT_CODE)
   print(stages.summary_table({config.method: results}))
   print(f"results: {os.path.join(os.path.abspath(FLAGS.workdir), stages.RESULTS_FILE)}")
-  logging.info("%s", json.dumps({k: results[k] for k in ("valid", "test", "valid_full", "test_full",
-                                                        "selected_epoch") if k in results}))
+  logging.info(
+    "%s",
+    json.dumps(
+      {
+        k: results[k]
+        for k in ("valid", "test", "valid_full", "test_full", "selected_epoch")
+        if k in results
+      }
+    ),
+  )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 Tree = Mapping[str, Any]
 
+
 def _a(x) -> np.ndarray:
   return np.asarray(x, dtype=np.float32)
 
@@ -58,14 +59,17 @@ def _transformer_layer(prefix: str, p: Tree, out: dict) -> None:
   att = p["attention"]
   qkv = [_a(att[n]["kernel"]) for n in ("query", "key", "value")]
   out[f"{prefix}.self_attn.in_proj_weight"] = np.concatenate(
-      [k.reshape(k.shape[0], -1).T for k in qkv], axis=0
+    [k.reshape(k.shape[0], -1).T for k in qkv], axis=0
   )
   out[f"{prefix}.self_attn.in_proj_bias"] = np.concatenate(
-      [_a(att[n]["bias"]).reshape(-1) for n in ("query", "key", "value")], axis=0
+    [_a(att[n]["bias"]).reshape(-1) for n in ("query", "key", "value")], axis=0
   )
   kernel = _a(att["out"]["kernel"])
-  _dense(f"{prefix}.self_attn.out_proj",
-         {"kernel": kernel.reshape(-1, kernel.shape[-1]), "bias": att["out"]["bias"]}, out)
+  _dense(
+    f"{prefix}.self_attn.out_proj",
+    {"kernel": kernel.reshape(-1, kernel.shape[-1]), "bias": att["out"]["bias"]},
+    out,
+  )
   _norm(f"{prefix}.norm1", p["norm_1"], out)
   _dense(f"{prefix}.linear1", p["ff_1"], out)
   _dense(f"{prefix}.linear2", p["ff_2"], out)
@@ -77,7 +81,7 @@ def _generator(prefix: str, p: Tree, out: dict) -> None:
   _gru(f"{prefix}.gru", p["gru"], out)
   _mlp(f"{prefix}.mlp", p["mlp"], out)
   for name, proj in p["proj"].items():
-    for part, dense in proj.items():   # DUET: w (A, a) and b (B, c); APG: core (A, a)
+    for part, dense in proj.items():  # DUET: w (A, a) and b (B, c); APG: core (A, a)
       _dense(f"{prefix}.proj.{name}.{part}", dense, out)
 
 

@@ -85,7 +85,7 @@ class Mlp(nn.Module):
     if len(activations) != len(sizes) - 1:
       raise ValueError(f"{len(sizes) - 1} layers but {len(activations)} activations")
     self.layers = nn.ModuleDict(
-        {f"dense_{j}": dense(a, b) for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+      {f"dense_{j}": dense(a, b) for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
     )
     self.activations = list(activations)
 
@@ -114,8 +114,14 @@ def activate(x: torch.Tensor, name: str | None) -> torch.Tensor:
 def transformer_layer(dim: int, heads: int, ff_dim: int, act: str) -> nn.TransformerEncoderLayer:
   """A post-norm encoder layer (dropout 0); init: Xavier per projection, zero biases."""
   layer = nn.TransformerEncoderLayer(
-      dim, heads, ff_dim, dropout=0.0, activation=act, layer_norm_eps=LAYER_NORM_EPS,
-      batch_first=True, norm_first=False,
+    dim,
+    heads,
+    ff_dim,
+    dropout=0.0,
+    activation=act,
+    layer_norm_eps=LAYER_NORM_EPS,
+    batch_first=True,
+    norm_first=False,
   )
   with torch.no_grad():
     for block in layer.self_attn.in_proj_weight.view(3, dim, dim):
@@ -178,10 +184,10 @@ class Generator(nn.Module):
     self.gru = nn.GRU(d, d, batch_first=True)
     self.mlp = Mlp([d, d, d], ["tanh", None])
     self.proj = nn.ModuleDict(
-        {
-            f"layer_{j}": Projection(d, n_in, n_out, kind, cfg.apg_rank)
-            for j, (n_in, n_out, _) in enumerate(layer_specs(cfg))
-        }
+      {
+        f"layer_{j}": Projection(d, n_in, n_out, kind, cfg.apg_rank)
+        for j, (n_in, n_out, _) in enumerate(layer_specs(cfg))
+      }
     )
 
   def forward(self, seq: torch.Tensor, lengths: torch.Tensor) -> Weights:
@@ -239,7 +245,7 @@ class RecModel(nn.Module):
     if cfg.backbone == "din":
       self.target_trans = Mlp([d, d], ["tanh"])
       self.attention = nn.ModuleDict(
-          {n: dense(d, d, bias=False) for n in ("query", "key", "value")}
+        {n: dense(d, d, bias=False) for n in ("query", "key", "value")}
       )
     else:
       self.target_trans = Mlp([d, d, d], ["tanh", None])
@@ -248,10 +254,10 @@ class RecModel(nn.Module):
       num_layers = 1 if cfg.backbone == "sasrec" else cfg.bert_layers
       act = "relu" if cfg.backbone == "sasrec" else "gelu"
       self.transformer = nn.ModuleDict(
-          {
-              f"layer_{i}": transformer_layer(d, cfg.num_heads, cfg.ff_dim, act)
-              for i in range(num_layers)
-          }
+        {
+          f"layer_{i}": transformer_layer(d, cfg.num_heads, cfg.ff_dim, act)
+          for i in range(num_layers)
+        }
       )
     elif cfg.backbone == "gru4rec":
       self.gru = nn.GRU(d, d, batch_first=True)
@@ -264,10 +270,10 @@ class RecModel(nn.Module):
       self.head = Mlp(sizes, [act for _, _, act in self.specs])
     elif self.family == "apg":
       self.head = nn.ModuleDict(
-          {
-              f"layer_{j}": ApgShared(n_in, n_out, cfg.apg_rank)
-              for j, (n_in, n_out, _) in enumerate(self.specs)
-          }
+        {
+          f"layer_{j}": ApgShared(n_in, n_out, cfg.apg_rank)
+          for j, (n_in, n_out, _) in enumerate(self.specs)
+        }
       )
     if cfg.head in ("duet", "apg"):
       self.generator = Generator(cfg, self.family)
@@ -296,7 +302,7 @@ class RecModel(nn.Module):
     return torch.tanh(self.seq_trans(x))
 
   def head_input(
-      self, seq: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor, tgt: torch.Tensor
+    self, seq: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor, tgt: torch.Tensor
   ) -> torch.Tensor:
     """The head's input: state at n-1 [B, d] (DIN: concat(target, pooled) [B, 2d])."""
     if self.backbone == "gru4rec":
@@ -333,9 +339,9 @@ class RecModel(nn.Module):
     valid = (mask > 0).unsqueeze(-1)
     with torch.no_grad():
       dist = (
-          query.pow(2).sum(-1, keepdim=True)
-          - 2.0 * torch.einsum("bld,cd->blc", query, codes)
-          + codes.pow(2).sum(-1)
+        query.pow(2).sum(-1, keepdim=True)
+        - 2.0 * torch.einsum("bld,cd->blc", query, codes)
+        + codes.pow(2).sum(-1)
       )
       dist[..., 0] = float("inf")
       index = dist.argmin(dim=-1).masked_fill(~valid.squeeze(-1), 0)
@@ -375,14 +381,14 @@ class RecModel(nn.Module):
     sem_weights = self.semantic_generator(sem, lengths)
     t = self.cfg.clip_t
     weights = [
-        {k: v.clamp(-t, t) + sw[k] for k, v in iw.items()}
-        for iw, sw in zip(item_weights, sem_weights)
+      {k: v.clamp(-t, t) + sw[k] for k, v in iw.items()}
+      for iw, sw in zip(item_weights, sem_weights)
     ]
     consistency = masked_mean((sem - selected).pow(2), mask)
     aux = (
-        self.cfg.consistency_weight * consistency
-        + codebook_loss
-        + self.cfg.commitment_weight * commitment_loss
+      self.cfg.consistency_weight * consistency
+      + codebook_loss
+      + self.cfg.commitment_weight * commitment_loss
     )
     return weights, aux
 
@@ -498,7 +504,7 @@ def build_torch_model(cfg: Any, codebook_init: torch.Tensor | None = None) -> Re
 
 
 def train_step(
-    model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, labels: torch.Tensor
+  model: nn.Module, opt: torch.optim.Optimizer, batch: Batch, labels: torch.Tensor
 ) -> torch.Tensor:
   """One optimizer step on the solid_jax training loss, ``BCE + aux_loss``.
 

@@ -23,5 +23,16 @@ from solid_jax.nn import codebook
 from solid_jax import semantics
 from solid_jax import train
 
-__all__ = ["Model", "ModelConfig", "__version__", "codebook", "data", "make_model", "metrics",
-           "models", "nn", "semantics", "train"]
+__all__ = [
+  "Model",
+  "ModelConfig",
+  "__version__",
+  "codebook",
+  "data",
+  "make_model",
+  "metrics",
+  "models",
+  "nn",
+  "semantics",
+  "train",
+]

@@ -20,6 +20,7 @@ def _registries():
   """``(BACKBONES, HEADS)``, imported on use (the model zoo imports this module)."""
   from solid_jax.models import registry  # pylint: disable=import-outside-toplevel
   import solid_jax.models  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
   return registry.BACKBONES, registry.HEADS
 
 
@@ -139,8 +140,10 @@ class ModelConfig:
     check("ff_activation", self.ff_activation, ACTIVATIONS)
     backbone, head = backbones[self.backbone], heads[self.head]
     if self.head_layers < 0 or (head.dynamic and not backbone.head_specs(self)):
-      raise ValueError(f"ModelConfig.head_layers={self.head_layers}: the {self.head!r} head "
-                       "needs at least one layer (0 is for the static head only)")
+      raise ValueError(
+        f"ModelConfig.head_layers={self.head_layers}: the {self.head!r} head "
+        "needs at least one layer (0 is for the static head only)"
+      )
     if self.sasrec_layers < 1:
       raise ValueError(f"ModelConfig.sasrec_layers={self.sasrec_layers} must be >= 1")
     for name in ("dropout_embedding", "dropout_hidden", "dropout_attention"):
@@ -149,8 +152,10 @@ class ModelConfig:
     if self.init_std < 0:
       raise ValueError(f"ModelConfig.init_std={self.init_std} must be >= 0")
     if self.cloze and (not backbone.supports_cloze or head.dynamic):
-      raise ValueError(f"ModelConfig.cloze=True is BERT4Rec's objective with the static head, not "
-                       f"backbone={self.backbone!r} head={self.head!r}")
+      raise ValueError(
+        f"ModelConfig.cloze=True is BERT4Rec's objective with the static head, not "
+        f"backbone={self.backbone!r} head={self.head!r}"
+      )
     if self.dim % self.num_heads:
       raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by num_heads={self.num_heads}")
     backbone.validate(self)

@@ -158,8 +158,8 @@ def _per_user_metrics(neg_scores, status, users, ks, fdtype):
 
   pos_i = pos.astype(jnp.int32)
   neg_i = neg.astype(jnp.int32)
-  above = tie_first - user_first                      # the user's rows strictly above the tie block
-  block = _segment_sum(jnp.ones(n, jnp.int32), tie, n)[tie]   # rows in the tie block (t + 1)
+  above = tie_first - user_first  # the user's rows strictly above the tie block
+  block = _segment_sum(jnp.ones(n, jnp.int32), tie, n)[tie]  # rows in the tie block (t + 1)
   block_pos = _segment_sum(pos_i, tie, n)[tie]
   block_negs = _segment_sum(neg_i, tie, n)[tie]
   user_pos = _segment_sum(pos_i, seg, n)
@@ -198,7 +198,8 @@ def _per_user_metrics(neg_scores, status, users, ks, fdtype):
       miss = miss * jnp.where(i < slots, jnp.maximum(ratio, 0), 1)
     hit = jnp.where(inside, 1, jnp.where(straddles, 1 - miss, 0))
     user_hit = jax.ops.segment_max(
-        jnp.where(pos, hit, 0), seg, num_segments=n, indices_are_sorted=True)
+      jnp.where(pos, hit, 0), seg, num_segments=n, indices_are_sorted=True
+    )
     hr = jnp.where(has_pos, user_hit, 0)
     out[f"ndcg@{k}"] = jnp.sum(ndcg) / num_users
     out[f"hr@{k}"] = jnp.sum(hr) / num_users
@@ -207,13 +208,13 @@ def _per_user_metrics(neg_scores, status, users, ks, fdtype):
 
 @functools.partial(jax.jit, static_argnames=("ks", "from_logits"))
 def evaluate_jit(
-    scores: jax.Array,
-    labels: jax.Array,
-    user_ids: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    ks: tuple[int, ...] = DEFAULT_KS,
-    from_logits: bool = True,
+  scores: jax.Array,
+  labels: jax.Array,
+  user_ids: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  ks: tuple[int, ...] = DEFAULT_KS,
+  from_logits: bool = True,
 ) -> dict[str, jax.Array]:
   """All metrics of `metric_names(ks)` as device scalars, in one compiled program.
 
@@ -251,8 +252,8 @@ def evaluate_jit(
   num_valid = jnp.sum(valid, dtype=fdtype)
   bce = _binary_cross_entropy(scores, positive, from_logits).astype(fdtype)
   out = {
-      "auc": _global_auc(neg_scores, status, fdtype),
-      "logloss": jnp.sum(jnp.where(valid, bce, 0)) / num_valid,
+    "auc": _global_auc(neg_scores, status, fdtype),
+    "logloss": jnp.sum(jnp.where(valid, bce, 0)) / num_valid,
   }
   out.update(_per_user_metrics(neg_scores, status, jnp.asarray(user_ids), ks, fdtype))
   return {name: out[name].astype(fdtype) for name in metric_names(ks)}
@@ -278,12 +279,12 @@ def _pad(x, size, fill):
 
 
 def evaluate(
-    scores,
-    labels,
-    user_ids,
-    *,
-    ks: Sequence[int] = DEFAULT_KS,
-    from_logits: bool = True,
+  scores,
+  labels,
+  user_ids,
+  *,
+  ks: Sequence[int] = DEFAULT_KS,
+  from_logits: bool = True,
 ) -> dict[str, float]:
   """Evaluates candidate lists: AUC, UAUC, logloss, NDCG@k and HR@k (see the module docstring).
 
@@ -317,7 +318,8 @@ def evaluate(
   n = scores.shape[0]
   if labels.shape[0] != n or user_ids.shape[0] != n:
     raise ValueError(
-        f"length mismatch: scores {n}, labels {labels.shape[0]}, user_ids {user_ids.shape[0]}")
+      f"length mismatch: scores {n}, labels {labels.shape[0]}, user_ids {user_ids.shape[0]}"
+    )
   # Host inputs get one dtype each, so that they share compiled programs.
   if not isinstance(scores, jax.Array):
     keep64 = jax.config.jax_enable_x64 and scores.dtype == np.float64
@@ -329,8 +331,13 @@ def evaluate(
   size = padded_size(n)
   mask = np.arange(size) < n
   result = evaluate_jit(
-      _pad(scores, size, 0), _pad(labels, size, 0), _pad(user_ids, size, 0), mask,
-      ks=ks, from_logits=from_logits)
+    _pad(scores, size, 0),
+    _pad(labels, size, 0),
+    _pad(user_ids, size, 0),
+    mask,
+    ks=ks,
+    from_logits=from_logits,
+  )
   result = jax.device_get(result)
   return {name: float(result[name]) for name in metric_names(ks)}
 
@@ -338,5 +345,13 @@ def evaluate(
 # Full-catalogue ranking (SPEC section 3b) lives in its own module; the array API is exported here.
 from solid_jax.ranking import FULL_KS, evaluate_full, full_metric_names  # noqa: E402
 
-__all__ = ["DEFAULT_KS", "FULL_KS", "evaluate", "evaluate_full", "evaluate_jit",
-           "full_metric_names", "metric_names", "padded_size"]
+__all__ = [
+  "DEFAULT_KS",
+  "FULL_KS",
+  "evaluate",
+  "evaluate_full",
+  "evaluate_jit",
+  "full_metric_names",
+  "metric_names",
+  "padded_size",
+]

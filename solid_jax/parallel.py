@@ -62,7 +62,8 @@ def distributed_environment() -> str | None:
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and _env_int("JAX_NUM_PROCESSES", 1) > 1:
     if "JAX_PROCESS_ID" not in os.environ:
       raise ValueError(
-          "JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but JAX_PROCESS_ID is not")
+        "JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES are set but JAX_PROCESS_ID is not"
+      )
     return "explicit"
   slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
   if all(v in os.environ for v in slurm) and _env_int("SLURM_NTASKS", 1) > 1:
@@ -91,9 +92,9 @@ def maybe_initialize_distributed() -> bool:
     return False
   if env == "explicit":
     jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=_env_int("JAX_NUM_PROCESSES"),
-        process_id=_env_int("JAX_PROCESS_ID"),
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=_env_int("JAX_NUM_PROCESSES"),
+      process_id=_env_int("JAX_PROCESS_ID"),
     )
   else:
     jax.distributed.initialize()
@@ -137,8 +138,9 @@ def pad_batch(batch: dict, multiple: int) -> dict:
   extra = -size % multiple
   if not extra:
     return leaves
-  return {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)])
-          for k, v in leaves.items()}
+  return {
+    k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for k, v in leaves.items()
+  }
 
 
 def _leading_size(batch) -> int:
@@ -153,7 +155,8 @@ def _put_sharded(tree, sharding: NamedSharding):
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
   return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+  )
 
 
 def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False, axis_name: str = DATA_AXIS) -> dict:
@@ -181,9 +184,10 @@ def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False, axis_name: str = 
   if size % local:
     if not pad:
       raise ValueError(
-          f"batch size {size} is not a multiple of the {local} local devices of mesh axis "
-          f"{axis_name!r}; choose a multiple of {local} or pass pad=True (zero-weight padding "
-          "rows)")
+        f"batch size {size} is not a multiple of the {local} local devices of mesh axis "
+        f"{axis_name!r}; choose a multiple of {local} or pass pad=True (zero-weight padding "
+        "rows)"
+      )
     batch = pad_batch(batch, local)
   return _put_sharded(batch, batch_sharding(mesh, axis_name))
 
@@ -213,14 +217,18 @@ def process_rows(batch: dict, mesh: Mesh, *, axis_name: str = DATA_AXIS) -> dict
   size = _leading_size(batch)
   devices = mesh.shape[axis_name]
   if size % devices:
-    raise ValueError(f"global batch of {size} rows is not a multiple of the {devices} devices of "
-                     f"mesh axis {axis_name!r} (pad it with pad_batch)")
+    raise ValueError(
+      f"global batch of {size} rows is not a multiple of the {devices} devices of "
+      f"mesh axis {axis_name!r} (pad it with pad_batch)"
+    )
   index = batch_sharding(mesh, axis_name).addressable_devices_indices_map((size,))
   blocks = sorted({idx[0].indices(size)[:2] for idx in index.values()})
   if any(stop != start for (_, stop), (start, _) in zip(blocks, blocks[1:])):
-    raise ValueError(f"the devices of process {jax.process_index()} hold rows {blocks} of the "
-                     "global batch, not one contiguous block; build the mesh with the devices of "
-                     "each process next to each other (make_mesh() does)")
+    raise ValueError(
+      f"the devices of process {jax.process_index()} hold rows {blocks} of the "
+      "global batch, not one contiguous block; build the mesh with the devices of "
+      "each process next to each other (make_mesh() does)"
+    )
   start, stop = blocks[0][0], blocks[-1][1]
   return {k: np.asarray(v)[start:stop] for k, v in batch.items()}
 
@@ -267,9 +275,15 @@ def device_prefetch(iterator: Iterable[Any], size: int = 2, sharding=None) -> It
     yield queue.popleft()
 
 
-def make_sharded_train_step(step_fn: Callable, mesh: Mesh, *, num_args: int = 4,
-                            batch_argnum: int = 2,
-                            axis_name: str = DATA_AXIS, donate: bool = True) -> Callable:
+def make_sharded_train_step(
+  step_fn: Callable,
+  mesh: Mesh,
+  *,
+  num_args: int = 4,
+  batch_argnum: int = 2,
+  axis_name: str = DATA_AXIS,
+  donate: bool = True,
+) -> Callable:
   """Jits a training step for data parallelism over ``mesh``.
 
   The default signature is the training loop's ``step_fn(params, opt_state, batch, step) -> (params,
@@ -292,10 +306,15 @@ def make_sharded_train_step(step_fn: Callable, mesh: Mesh, *, num_args: int = 4,
     The jitted step.
   """
   replicated = replicated_sharding(mesh)
-  in_shardings = tuple(batch_sharding(mesh, axis_name) if i == batch_argnum else replicated
-                       for i in range(num_args))
-  return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=replicated,
-                 donate_argnums=(0, 1) if donate else ())
+  in_shardings = tuple(
+    batch_sharding(mesh, axis_name) if i == batch_argnum else replicated for i in range(num_args)
+  )
+  return jax.jit(
+    step_fn,
+    in_shardings=in_shardings,
+    out_shardings=replicated,
+    donate_argnums=(0, 1) if donate else (),
+  )
 
 
 def global_batch_size(local_batch_size: int) -> int:
@@ -309,13 +328,24 @@ def tree_allclose(a, b, *, atol: float = 1e-5, rtol: float = 1e-5) -> bool:
   lb, tb = jax.tree_util.tree_flatten(b)
   if ta != tb:
     return False
-  return all(np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
-             for x, y in zip(la, lb))
+  return all(
+    np.allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol) for x, y in zip(la, lb)
+  )
 
 
 __all__ = [
-    "DATA_AXIS", "batch_sharding", "device_prefetch", "distributed_environment",
-    "global_batch_size", "make_mesh", "make_sharded_train_step", "maybe_initialize_distributed",
-    "pad_batch", "process_rows", "replicate",
-    "replicated_sharding", "shard_batch", "tree_allclose",
+  "DATA_AXIS",
+  "batch_sharding",
+  "device_prefetch",
+  "distributed_environment",
+  "global_batch_size",
+  "make_mesh",
+  "make_sharded_train_step",
+  "maybe_initialize_distributed",
+  "pad_batch",
+  "process_rows",
+  "replicate",
+  "replicated_sharding",
+  "shard_batch",
+  "tree_allclose",
 ]

@@ -65,15 +65,17 @@ def per_user_metrics(above, ties, ks: Sequence[int] = FULL_KS) -> dict[str, jax.
   ties = jnp.asarray(ties, jnp.int32)
   block = (ties + 1).astype(fdtype)
   max_k = max(ks)
-  disc = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, max_k + 2,
-                                                                  dtype=np.float64)))])
+  disc = np.concatenate(
+    [[0.0], np.cumsum(1.0 / np.log2(np.arange(2, max_k + 2, dtype=np.float64)))]
+  )
   disc = jnp.asarray(disc, fdtype)
   out = {}
   for k in ks:
     out[f"hr@{k}"] = jnp.clip((k - above).astype(fdtype) / block, 0, 1)
     # Expected DCG of a position uniform on above+1 .. above+ties+1, cut at k.
-    out[f"ndcg@{k}"] = (disc[jnp.minimum(above + ties + 1, k)] - disc[jnp.minimum(above, k)]
-                        ) / block
+    out[f"ndcg@{k}"] = (
+      disc[jnp.minimum(above + ties + 1, k)] - disc[jnp.minimum(above, k)]
+    ) / block
   a = above.astype(fdtype)
   # mean_{p=a+1}^{a+t+1} 1/p = (H(a+t+1) - H(a)) / (t+1) = (digamma(a+t+2) - digamma(a+1)) / (t+1).
   spread = (jax.scipy.special.digamma(a + block + 1) - jax.scipy.special.digamma(a + 1)) / block
@@ -93,9 +95,17 @@ def _mask_tile(scores, start, target, seen, num_items):
   return scores.at[rows, col].set(-jnp.inf, mode="drop")
 
 
-def rank_counts(tile_scores: Callable[[jax.Array], jax.Array], num_tiles: int, tile: int,
-                target: jax.Array, seen: jax.Array, num_items: int, user_mask: jax.Array,
-                *, coverage_k: int = COVERAGE_K) -> dict[str, jax.Array]:
+def rank_counts(
+  tile_scores: Callable[[jax.Array], jax.Array],
+  num_tiles: int,
+  tile: int,
+  target: jax.Array,
+  seen: jax.Array,
+  num_items: int,
+  user_mask: jax.Array,
+  *,
+  coverage_k: int = COVERAGE_K,
+) -> dict[str, jax.Array]:
   """Rank counts of a batch of users over the whole catalogue, tile by tile (traceable).
 
   Args:
@@ -157,8 +167,9 @@ def rank_counts(tile_scores: Callable[[jax.Array], jax.Array], num_tiles: int, t
   (above, equal, kth_above, kth_equal), _ = jax.lax.scan(pass2, (zeros,) * 4, tiles)
   # The k-th score is -inf when fewer than k items rank: then every ranked item is in the top k.
   few = kth == -jnp.inf
-  share = jnp.where(few, 0.0, (coverage_k - kth_above).astype(fdtype)
-                    / jnp.maximum(kth_equal, 1).astype(fdtype))
+  share = jnp.where(
+    few, 0.0, (coverage_k - kth_above).astype(fdtype) / jnp.maximum(kth_equal, 1).astype(fdtype)
+  )
 
   # Pass 3: log(1 - P(item in the user's top k)), summed over users.
   def pass3(_, i):
@@ -174,8 +185,13 @@ def rank_counts(tile_scores: Callable[[jax.Array], jax.Array], num_tiles: int, t
   return {"above": above, "ties": jnp.maximum(equal - 1, 0), "not_covered_log": lognot.reshape(-1)}
 
 
-def summarize(above: np.ndarray, ties: np.ndarray, not_covered_log: np.ndarray, num_items: int,
-              ks: Sequence[int] = FULL_KS) -> dict[str, float]:
+def summarize(
+  above: np.ndarray,
+  ties: np.ndarray,
+  not_covered_log: np.ndarray,
+  num_items: int,
+  ks: Sequence[int] = FULL_KS,
+) -> dict[str, float]:
   """The metrics of `full_metric_names(ks)` from per-user counts and the coverage accumulator.
 
   Args:
@@ -199,8 +215,9 @@ def summarize(above: np.ndarray, ties: np.ndarray, not_covered_log: np.ndarray, 
   return out
 
 
-def sampled_per_user(scores: np.ndarray, labels: np.ndarray, group: int,
-                     ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
+def sampled_per_user(
+  scores: np.ndarray, labels: np.ndarray, group: int, ks: Sequence[int] = (5, 10, 20)
+) -> dict[str, np.ndarray]:
   """Per-user metrics of a grouped sampled split (one positive among ``group`` candidates).
 
   Args:
@@ -237,12 +254,18 @@ def _evaluate_matrix(scores, target, seen, *, tile, num_items):
   def tile_scores(i):
     return jax.lax.dynamic_slice_in_dim(padded, i * tile, tile, axis=1)
 
-  return rank_counts(tile_scores, num_tiles, tile, target, seen, num_items,
-                     jnp.ones((u,), bool))
+  return rank_counts(tile_scores, num_tiles, tile, target, seen, num_items, jnp.ones((u,), bool))
 
 
-def evaluate_full(scores, target, seen, *, ks: Sequence[int] = FULL_KS,
-                  tile: int = 4096, return_per_user: bool = False):
+def evaluate_full(
+  scores,
+  target,
+  seen,
+  *,
+  ks: Sequence[int] = FULL_KS,
+  tile: int = 4096,
+  return_per_user: bool = False,
+):
   """Full-catalogue HR@k, NDCG@k, MRR and Coverage@10 of a score matrix (see the module docstring).
 
   Args:
@@ -265,28 +288,42 @@ def evaluate_full(scores, target, seen, *, ks: Sequence[int] = FULL_KS,
   target = np.asarray(target)
   seen = np.asarray(seen)
   if scores.ndim != 2 or target.ndim != 1 or seen.ndim != 2:
-    raise ValueError(f"expected scores [U, N], target [U], seen [U, S]; got {scores.shape}, "
-                     f"{target.shape}, {seen.shape}")
+    raise ValueError(
+      f"expected scores [U, N], target [U], seen [U, S]; got {scores.shape}, "
+      f"{target.shape}, {seen.shape}"
+    )
   u, n = scores.shape
   if target.shape[0] != u or seen.shape[0] != u:
-    raise ValueError(f"user count mismatch: scores {u}, target {target.shape[0]}, "
-                     f"seen {seen.shape[0]}")
+    raise ValueError(
+      f"user count mismatch: scores {u}, target {target.shape[0]}, seen {seen.shape[0]}"
+    )
   if u and (target.min() < 1 or target.max() >= n):
     raise ValueError(f"targets must be item ids in 1..{n - 1}, got {target.min()}..{target.max()}")
   if seen.shape[1] == 0:
     seen = np.zeros((u, 1), np.int32)
   tile = int(max(1, min(tile, n)))
-  counts = jax.device_get(_evaluate_matrix(scores, target.astype(np.int32),
-                                           seen.astype(np.int32), tile=tile, num_items=n))
+  counts = jax.device_get(
+    _evaluate_matrix(scores, target.astype(np.int32), seen.astype(np.int32), tile=tile, num_items=n)
+  )
   ks = tuple(int(k) for k in ks)
   metrics = summarize(counts["above"], counts["ties"], counts["not_covered_log"], n, ks)
   if not return_per_user:
     return metrics
-  per_user = {k: np.asarray(v) for k, v in
-              jax.device_get(per_user_metrics(counts["above"], counts["ties"], ks)).items()}
+  per_user = {
+    k: np.asarray(v)
+    for k, v in jax.device_get(per_user_metrics(counts["above"], counts["ties"], ks)).items()
+  }
   per_user.update(above=np.asarray(counts["above"]), ties=np.asarray(counts["ties"]))
   return metrics, per_user
 
 
-__all__ = ["COVERAGE_K", "FULL_KS", "evaluate_full", "full_metric_names", "per_user_metrics",
-           "rank_counts", "sampled_per_user", "summarize"]
+__all__ = [
+  "COVERAGE_K",
+  "FULL_KS",
+  "evaluate_full",
+  "full_metric_names",
+  "per_user_metrics",
+  "rank_counts",
+  "sampled_per_user",
+  "summarize",
+]

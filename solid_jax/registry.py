@@ -37,8 +37,10 @@ class Registry(Generic[T]):
 
     def add(obj: T) -> T:
       if name in self._entries and not replace and self._entries[name] is not obj:
-        raise ValueError(f"{self.kind} {name!r} is already registered "
-                         f"({self._entries[name]!r}); pass replace=True to override it")
+        raise ValueError(
+          f"{self.kind} {name!r} is already registered "
+          f"({self._entries[name]!r}); pass replace=True to override it"
+        )
       self._entries[name] = obj
       return obj
 

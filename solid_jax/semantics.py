@@ -34,8 +34,11 @@ from solid_jax.nn import codebook
 FEATURE_KEYS = {"text": "features/clip_text", "image": "features/clip_image"}
 # Semantic sources that cluster vectors, and the parts they concatenate.
 KMEANS_SOURCES = {
-    "id": ("id",), "text": ("text",), "image": ("image",), "text_image": ("text", "image"),
-    "id_text_image": ("id", "text", "image"),
+  "id": ("id",),
+  "text": ("text",),
+  "image": ("image",),
+  "text_image": ("text", "image"),
+  "id_text_image": ("id", "text", "image"),
 }
 MISSING_LABEL = "<missing>"
 
@@ -71,7 +74,7 @@ def from_labels(labels: Sequence[Hashable | None]) -> np.ndarray:
   [0, 1, 2, 1, 3]
   """
   keys = [""] + [MISSING_LABEL if _is_missing(l) else repr(l) for l in list(labels)[1:]]
-  table, _ = labels_to_ids(keys, missing=MISSING_LABEL)   # "no label" gets the last id
+  table, _ = labels_to_ids(keys, missing=MISSING_LABEL)  # "no label" gets the last id
   return table.astype(np.int32)
 
 
@@ -93,8 +96,9 @@ def first_labels(label_lists: Sequence[Sequence[Hashable] | None]) -> list:
   return out
 
 
-def from_category_paths(paths: Sequence[Sequence[str] | str | None], depth: int,
-                        separator: str = ",") -> np.ndarray:
+def from_category_paths(
+  paths: Sequence[Sequence[str] | str | None], depth: int, separator: str = ","
+) -> np.ndarray:
   """Semantic ids from category paths (Amazon ``categories``) cut at a depth.
 
   Args:
@@ -145,13 +149,15 @@ def item_vectors(parts: Mapping[str, np.ndarray], source: str) -> np.ndarray:
     KeyError: a part the source needs is missing (the message lists what is there).
   """
   if source not in KMEANS_SOURCES:
-    raise ValueError(f"semantic source {source!r} is not clustered; expected one of "
-                     f"{sorted(KMEANS_SOURCES)}")
+    raise ValueError(
+      f"semantic source {source!r} is not clustered; expected one of {sorted(KMEANS_SOURCES)}"
+    )
   names = KMEANS_SOURCES[source]
   missing = [n for n in names if n not in parts]
   if missing:
-    raise KeyError(f"semantic source {source!r} needs item vectors {missing}; available: "
-                   f"{sorted(parts)}")
+    raise KeyError(
+      f"semantic source {source!r} needs item vectors {missing}; available: {sorted(parts)}"
+    )
   rows = {np.asarray(parts[n]).shape[0] for n in names}
   if len(rows) != 1:
     raise ValueError(f"item vectors of {names} have different numbers of rows: {sorted(rows)}")
@@ -160,12 +166,14 @@ def item_vectors(parts: Mapping[str, np.ndarray], source: str) -> np.ndarray:
 
 def dataset_vectors(ds) -> dict[str, np.ndarray]:
   """The CLIP feature parts a dataset provides (``{"text": ..., "image": ...}``, when present)."""
-  return {name: np.asarray(ds.side[key], np.float32)
-          for name, key in FEATURE_KEYS.items() if key in ds.side}
+  return {
+    name: np.asarray(ds.side[key], np.float32)
+    for name, key in FEATURE_KEYS.items()
+    if key in ds.side
+  }
 
 
-def cluster_items(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 50
-                  ) -> np.ndarray:
+def cluster_items(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 50) -> np.ndarray:
   """k-means semantic ids of the real items.
 
   Args:
@@ -206,8 +214,12 @@ def save_table(prefix: str, table: np.ndarray, provenance: Mapping[str, Any]) ->
   """
   table = np.asarray(table, np.int32)
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-  info = {**dict(provenance), "num_items": int(table.shape[0]),
-          "num_semantics": int(table.max()) + 1, "table_sha256": table_fingerprint(table)}
+  info = {
+    **dict(provenance),
+    "num_items": int(table.shape[0]),
+    "num_semantics": int(table.max()) + 1,
+    "table_sha256": table_fingerprint(table),
+  }
   tmp = f"{prefix}.tmp{os.getpid()}"
   with open(tmp + ".npz", "wb") as f:
     np.savez(f, table=table)
@@ -217,8 +229,9 @@ def save_table(prefix: str, table: np.ndarray, provenance: Mapping[str, Any]) ->
   os.replace(tmp + ".json", prefix + ".json")
 
 
-def load_table(prefix: str, expected: Mapping[str, Any] | None = None
-               ) -> tuple[np.ndarray, dict[str, Any]]:
+def load_table(
+  prefix: str, expected: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
   """Reads a table saved by ``save_table`` and checks its provenance.
 
   Args:
@@ -239,9 +252,13 @@ def load_table(prefix: str, expected: Mapping[str, Any] | None = None
     table = np.asarray(z["table"], np.int32)
   if table_fingerprint(table) != info.get("table_sha256"):
     raise ProvenanceError(f"{prefix}.npz does not match the hash recorded in {prefix}.json")
-  diffs = [f"{k}: saved {info.get(k)!r}, expected {v!r}"
-           for k, v in (expected or {}).items() if info.get(k) != v]
+  diffs = [
+    f"{k}: saved {info.get(k)!r}, expected {v!r}"
+    for k, v in (expected or {}).items()
+    if info.get(k) != v
+  ]
   if diffs:
-    raise ProvenanceError(f"semantic table {prefix} was made with other settings: "
-                          + "; ".join(diffs))
+    raise ProvenanceError(
+      f"semantic table {prefix} was made with other settings: " + "; ".join(diffs)
+    )
   return table, info

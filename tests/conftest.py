@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(
-    os.environ.get("SOLID_JAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+  os.environ.get("SOLID_JAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
 )
 HAVE_SHARED_DATA = SHARED_DATA.is_dir()
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -25,7 +25,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 def pytest_collection_modifyitems(config, items):
   del config
   skip_data = pytest.mark.skip(
-      reason=f"real datasets not found at {SHARED_DATA} (set SOLID_JAX_SHARED_DATA to their folder)"
+    reason=f"real datasets not found at {SHARED_DATA} (set SOLID_JAX_SHARED_DATA to their folder)"
   )
   skip_torch = pytest.mark.skip(reason="torch is not installed (pip install -e '.[torch]')")
   for item in items:

@@ -92,8 +92,9 @@ def _list_ndcg_hr_brute_force(scores, labels, k):
   return ndcg / count / _ideal_dcg(int(labels.sum()), k), hr / count
 
 
-def _reference(scores, labels, users, ks=KS, list_metric=_list_ndcg_hr_closed_form,
-               from_logits=True):
+def _reference(
+  scores, labels, users, ks=KS, list_metric=_list_ndcg_hr_closed_form, from_logits=True
+):
   """All metrics with loops over users."""
   scores = np.asarray(scores)
   labels = np.asarray(labels).astype(np.int64)
@@ -143,7 +144,12 @@ def test_keys_and_types():
   assert tuple(m) == KEYS
   assert all(type(v) is float for v in m.values())
   assert tuple(metrics.evaluate(*_random_lists(rng, 5, 30, 0.3), ks=(3,))) == (
-      "auc", "uauc", "logloss", "ndcg@3", "hr@3")
+    "auc",
+    "uauc",
+    "logloss",
+    "ndcg@3",
+    "hr@3",
+  )
 
 
 def test_random_data_matches_reference():
@@ -156,14 +162,14 @@ def test_tie_heavy_data_matches_reference():
   rng = np.random.default_rng(2)
   scores, labels, users = _random_lists(rng, 80, 60, 0.3, decimals=1)
   pos_scores = set(scores[labels == 1].tolist())
-  assert len(set(scores[labels == 0].tolist()) & pos_scores) > 5     # positive-negative ties exist
+  assert len(set(scores[labels == 0].tolist()) & pos_scores) > 5  # positive-negative ties exist
   _assert_close(metrics.evaluate(scores, labels, users), _reference(scores, labels, users))
 
 
 def test_ties_match_brute_force_enumeration():
   rng = np.random.default_rng(3)
   scores, labels, users = _random_lists(rng, 150, 6, 0.4)
-  scores = rng.integers(0, 3, scores.size).astype(np.float32)     # lists of <= 6 rows, heavy ties
+  scores = rng.integers(0, 3, scores.size).astype(np.float32)  # lists of <= 6 rows, heavy ties
   ks = (1, 2, 3, 5)
   want = _reference(scores, labels, users, ks=ks, list_metric=_list_ndcg_hr_brute_force)
   _assert_close(metrics.evaluate(scores, labels, users, ks=ks), want)
@@ -218,8 +224,9 @@ def test_constant_scores():
   assert m["logloss"] == pytest.approx(math.log(2), abs=1e-6)
   for k in KS:
     assert m[f"hr@{k}"] == pytest.approx(k / 100, abs=1e-6)
-    assert m[f"ndcg@{k}"] == pytest.approx(sum(1 / math.log2(p + 1) for p in range(1, k + 1)) / 100,
-                                           abs=1e-6)
+    assert m[f"ndcg@{k}"] == pytest.approx(
+      sum(1 / math.log2(p + 1) for p in range(1, k + 1)) / 100, abs=1e-6
+    )
 
 
 def test_perfect_model():
@@ -261,7 +268,7 @@ def test_undefined_metrics_are_nan():
   assert math.isnan(all_neg["auc"]) and math.isnan(all_neg["uauc"]) and math.isnan(all_neg["hr@5"])
   assert all_neg["logloss"] == pytest.approx(_logloss(scores, np.zeros(4)), abs=1e-6)
   split = metrics.evaluate(scores, np.array([1, 1, 0, 0]), np.array([1, 1, 2, 2]))
-  assert math.isnan(split["uauc"]) and split["auc"] == pytest.approx(0.25)   # 1 of 4 pairs won
+  assert math.isnan(split["uauc"]) and split["auc"] == pytest.approx(0.25)  # 1 of 4 pairs won
   assert split["hr@5"] == pytest.approx(1.0)
   empty = metrics.evaluate(np.zeros(0, np.float32), np.zeros(0), np.zeros(0, np.int64))
   assert tuple(empty) == KEYS and all(math.isnan(v) for v in empty.values())
@@ -274,13 +281,15 @@ def test_evaluate_jit_with_mask_on_device_arrays():
   # Masked rows get labels and scores that would change every metric if they were counted.
   junk_scores = np.where(mask, scores, 9.0).astype(np.float32)
   junk_labels = np.where(mask, labels, 1 - labels)
-  got = metrics.evaluate_jit(jnp.asarray(junk_scores), jnp.asarray(junk_labels), jnp.asarray(users),
-                             jnp.asarray(mask))
+  got = metrics.evaluate_jit(
+    jnp.asarray(junk_scores), jnp.asarray(junk_labels), jnp.asarray(users), jnp.asarray(mask)
+  )
   assert all(isinstance(v, jax.Array) and v.shape == () for v in got.values())
   want = _reference(scores[mask], labels[mask], users[mask])
   _assert_close({k: float(v) for k, v in got.items()}, want)
-  unmasked = metrics.evaluate_jit(jnp.asarray(scores[mask]), jnp.asarray(labels[mask]),
-                                  jnp.asarray(users[mask]))
+  unmasked = metrics.evaluate_jit(
+    jnp.asarray(scores[mask]), jnp.asarray(labels[mask]), jnp.asarray(users[mask])
+  )
   _assert_close({k: float(v) for k, v in unmasked.items()}, want)
 
 
@@ -302,7 +311,7 @@ def test_similar_sizes_compile_once():
 def _matrix_reference(scores, labels, ks=KS):
   """Float64 reference for equal-length lists with one positive each: scores, labels float[U, M]."""
   s = scores.astype(np.float64)
-  pos_score = s[labels == 1]                                      # [U]
+  pos_score = s[labels == 1]  # [U]
   above = (s > pos_score[:, None]).sum(1)
   tied = (s == pos_score[:, None]).sum(1) - 1
   negs_tied = tied

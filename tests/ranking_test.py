@@ -1,8 +1,5 @@
 """Full-catalogue metrics against an independent float64 NumPy reference (explicit tie enumeration)."""
 
-
-
-
 import numpy as np
 import pytest
 
@@ -26,7 +23,7 @@ def _reference(scores, target, seen, ks=(5, 10, 20, 50), cov_k=10):
     others = [j for j in range(n) if ranked[j] and j != target[i]]
     above = sum(scores[i, j] > st for j in others)
     ties = sum(scores[i, j] == st for j in others)
-    positions = np.arange(above + 1, above + ties + 2)   # uniform over the tie block
+    positions = np.arange(above + 1, above + ties + 2)  # uniform over the tie block
     for k in ks:
       per[f"hr@{k}"].append(np.mean(positions <= k))
       per[f"ndcg@{k}"].append(np.mean(np.where(positions <= k, 1 / np.log2(positions + 1), 0)))
@@ -57,7 +54,7 @@ def _case(seed, u=37, n=70, s=6, levels=None):
   target = rng.integers(1, n, size=u)
   seen = rng.integers(0, n, size=(u, s))
   seen[rng.random((u, s)) < 0.2] = 0
-  seen[: u // 4, 0] = target[: u // 4]   # the target also in the history: must stay ranked
+  seen[: u // 4, 0] = target[: u // 4]  # the target also in the history: must stay ranked
   return scores, target, seen
 
 
@@ -95,7 +92,7 @@ def test_exclusion_changes_rank_and_target_is_never_excluded():
   base = sj.metrics.evaluate_full(scores, target, np.zeros((1, 1)))
   assert base["mrr"] == pytest.approx(1 / 3)
   excluded = sj.metrics.evaluate_full(scores, target, np.array([[1, 2, 3, 0]]))
-  assert excluded["mrr"] == pytest.approx(1.0)          # items 1, 2 gone; 3 (target) kept
+  assert excluded["mrr"] == pytest.approx(1.0)  # items 1, 2 gone; 3 (target) kept
   assert excluded["hr@5"] == 1.0
 
 
@@ -145,6 +142,6 @@ def test_per_user_formula_by_enumeration():
     for k in (5, 10, 20, 50):
       assert float(got[f"hr@{k}"][i]) == pytest.approx(np.mean(pos <= k), abs=1e-6)
       assert float(got[f"ndcg@{k}"][i]) == pytest.approx(
-          np.mean(np.where(pos <= k, 1 / np.log2(pos + 1), 0)), abs=1e-6)
+        np.mean(np.where(pos <= k, 1 / np.log2(pos + 1), 0)), abs=1e-6
+      )
     assert float(got["rr"][i]) == pytest.approx(np.mean(1 / pos), rel=1e-5)
-

@@ -39,8 +39,9 @@ def test_first_labels():
   assert semantics.first_labels([None, ["a", "b"], [], "c", ("d",)]) == [None, "a", None, "c", "d"]
 
 
-@pytest.mark.parametrize("depth,expected", [(1, [0, 1, 1, 1, 2, 3]), (2, [0, 1, 1, 2, 3, 4]),
-                                            (3, [0, 1, 2, 3, 4, 5])])
+@pytest.mark.parametrize(
+  "depth,expected", [(1, [0, 1, 1, 1, 2, 3]), (2, [0, 1, 1, 2, 3, 4]), (3, [0, 1, 2, 3, 4, 5])]
+)
 def test_from_category_paths_depths(depth, expected):
   paths = [None, "A,B,C", ["A", "B", "D"], "A,E", "F", []]
   np.testing.assert_array_equal(semantics.from_category_paths(paths, depth), expected)
@@ -55,16 +56,20 @@ def test_l2_normalize_against_numpy_float64():
   x = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
   x[2] = 0.0
   out = semantics.l2_normalize(x)
-  ref = x.astype(np.float64) / np.maximum(np.linalg.norm(x.astype(np.float64), axis=1,
-                                                         keepdims=True), 1e-12)
+  ref = x.astype(np.float64) / np.maximum(
+    np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True), 1e-12
+  )
   np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(out[2], 0.0)
 
 
 def test_item_vectors_concatenates_normalised_parts():
   rng = np.random.default_rng(2)
-  parts = {"id": rng.normal(size=(4, 3)), "text": rng.normal(size=(4, 5)) * 10,
-           "image": rng.normal(size=(4, 2))}
+  parts = {
+    "id": rng.normal(size=(4, 3)),
+    "text": rng.normal(size=(4, 5)) * 10,
+    "image": rng.normal(size=(4, 2)),
+  }
   out = semantics.item_vectors(parts, "id_text_image")
   assert out.shape == (4, 10)
   np.testing.assert_allclose(np.linalg.norm(out[:, 3:8], axis=1), 1.0, rtol=1e-5)
@@ -130,6 +135,7 @@ def test_load_table_detects_a_replaced_table(tmp_path):
 
 def test_ml100k_first_genre_table_matches_the_loader():
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
+
   try:
     ds = sj.data.load_dataset("ml-100k")
   except sj.data.DataError as e:  # the recbole wheel that ships the files is not installed
@@ -142,6 +148,7 @@ def test_ml100k_first_genre_table_matches_the_loader():
 @pytest.mark.shared_data
 def test_clip_features_of_scientific_mm_subset_cluster(shared_data):
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
+
   ds = sj.data.load_dataset(str(shared_data / "scientific_mm_subset"))
   parts = semantics.dataset_vectors(ds)
   assert set(parts) == {"text", "image"}

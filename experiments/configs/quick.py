@@ -1,6 +1,6 @@
 """Minutes on 2 CPU cores: the default settings with 5 epochs per stage (the main comparison).
 
-  python -m experiments.train --config=quick --method=solid --workdir=/tmp/solid_quick
+python -m experiments.train --config=quick --method=solid --workdir=/tmp/solid_quick
 """
 
 import dataclasses

@@ -50,8 +50,21 @@ from solid_jax.data.splits import position_rows
 from solid_jax.data.splits import resample_train
 
 __all__ = [
-    "Dataset", "DataError", "load_dataset", "from_interactions", "make_splits", "resample_train",
-    "position_rows", "cloze_rows", "full_ranking_users",
-    "batches", "packed_batches", "pack_rows", "num_batches", "prefetch", "read_authors_file", "write_authors_file",
-    "registered_datasets",
+  "Dataset",
+  "DataError",
+  "load_dataset",
+  "from_interactions",
+  "make_splits",
+  "resample_train",
+  "position_rows",
+  "cloze_rows",
+  "full_ranking_users",
+  "batches",
+  "packed_batches",
+  "pack_rows",
+  "num_batches",
+  "prefetch",
+  "read_authors_file",
+  "write_authors_file",
+  "registered_datasets",
 ]

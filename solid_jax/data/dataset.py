@@ -80,8 +80,9 @@ class Dataset:
       raise DataError(f"{where}: item_vocab[0] must be '' (padding)")
     off = self.seq_offsets
     if off.shape != (self.num_users + 1,):
-      raise DataError(f"{where}: seq_offsets has shape {off.shape}, expected "
-                      f"({self.num_users + 1},)")
+      raise DataError(
+        f"{where}: seq_offsets has shape {off.shape}, expected ({self.num_users + 1},)"
+      )
     if off[0] != 0 or off[1] != 0 or off[-1] != self.seq_items.shape[0] or np.any(np.diff(off) < 0):
       raise DataError(f"{where}: seq_offsets is not a CSR offset array with an empty row 0")
     if self.seq_items.size and (self.seq_items.min() < 1 or self.seq_items.max() >= self.num_items):
@@ -89,8 +90,10 @@ class Dataset:
     if self.seq_timestamps is not None and self.seq_timestamps.shape != self.seq_items.shape:
       raise DataError(f"{where}: seq_timestamps is not aligned with seq_items")
     check_semantics(self.item_semantic, self.num_items, len(self.semantic_vocab), where)
-    for table, size, label in ((self.side, self.num_items, "side"),
-                               (self.user_side, self.num_users, "user_side")):
+    for table, size, label in (
+      (self.side, self.num_items, "side"),
+      (self.user_side, self.num_users, "user_side"),
+    ):
       for key, value in table.items():
         if len(value) != size:
           raise DataError(f"{where}: {label}[{key!r}] has {len(value)} rows, expected {size}")
@@ -121,10 +124,16 @@ class Dataset:
 
   def user_sequence(self, user: int) -> np.ndarray:
     """int32[n]: internal item ids of `user`'s events, oldest first."""
-    return self.seq_items[self.seq_offsets[user]:self.seq_offsets[user + 1]]
+    return self.seq_items[self.seq_offsets[user] : self.seq_offsets[user + 1]]
 
-  def with_semantics(self, item_semantic: np.ndarray, source: str, *,
-                     vocab: Sequence[str] | None = None, relabel: bool = False) -> "Dataset":
+  def with_semantics(
+    self,
+    item_semantic: np.ndarray,
+    source: str,
+    *,
+    vocab: Sequence[str] | None = None,
+    relabel: bool = False,
+  ) -> "Dataset":
     """Returns a copy with a new semantic table.
 
     Args:
@@ -158,19 +167,25 @@ class Dataset:
     if vocab is None:
       vocab = [""] + [str(i) for i in range(1, num)]
     check_semantics(table, self.num_items, len(vocab), f"dataset {self.name!r}")
-    return dataclasses.replace(self, item_semantic=table.astype(np.int32), semantic_source=source,
-                               semantic_vocab=list(vocab))
+    return dataclasses.replace(
+      self, item_semantic=table.astype(np.int32), semantic_source=source, semantic_vocab=list(vocab)
+    )
 
   def summary(self) -> dict[str, Any]:
     """Plain counts (real users/items, without padding) for logs and tables."""
     lengths = self.seq_lengths[1:]
     return {
-        "name": self.name, "format": self.format, "users": self.num_users - 1,
-        "items": self.num_items - 1, "interactions": self.num_interactions,
-        "semantic_classes": self.num_semantics - 1, "semantic_source": self.semantic_source,
-        "avg_seq_len": float(lengths.mean()) if lengths.size else 0.0,
-        "side": sorted(self.side), "user_side": sorted(self.user_side),
-        "timestamps": self.seq_timestamps is not None,
+      "name": self.name,
+      "format": self.format,
+      "users": self.num_users - 1,
+      "items": self.num_items - 1,
+      "interactions": self.num_interactions,
+      "semantic_classes": self.num_semantics - 1,
+      "semantic_source": self.semantic_source,
+      "avg_seq_len": float(lengths.mean()) if lengths.size else 0.0,
+      "side": sorted(self.side),
+      "user_side": sorted(self.user_side),
+      "timestamps": self.seq_timestamps is not None,
     }
 
 
@@ -186,9 +201,11 @@ def check_semantics(table: np.ndarray, num_items: int, num_semantics: int, where
     raise DataError(f"{where}: item {bad} has semantic id {table[bad]}; only padding may be 0")
   used = np.unique(real)
   if used.size != num_semantics - 1 or (used.size and used[-1] != num_semantics - 1):
-    raise DataError(f"{where}: semantic ids must be exactly 1..{num_semantics - 1} (contiguous, "
-                    f"all used); got {used.size} distinct ids with maximum "
-                    f"{int(used[-1]) if used.size else 0} (use relabel=True to compact them)")
+    raise DataError(
+      f"{where}: semantic ids must be exactly 1..{num_semantics - 1} (contiguous, "
+      f"all used); got {used.size} distinct ids with maximum "
+      f"{int(used[-1]) if used.size else 0} (use relabel=True to compact them)"
+    )
 
 
 def make_vocab(raw: Any) -> tuple[list[str], np.ndarray]:
@@ -220,8 +237,9 @@ def make_vocab(raw: Any) -> tuple[list[str], np.ndarray]:
   return [""] + uniq.tolist(), (inverse + 1).astype(np.int32)
 
 
-def labels_to_ids(labels: Sequence[str], *, missing: str | None = None
-                  ) -> tuple[np.ndarray, list[str]]:
+def labels_to_ids(
+  labels: Sequence[str], *, missing: str | None = None
+) -> tuple[np.ndarray, list[str]]:
   """Turns one label per item into semantic ids, numbered by first appearance.
 
   The one numbering rule of the project for labels (readers, ``semantics.from_labels``).
@@ -240,7 +258,7 @@ def labels_to_ids(labels: Sequence[str], *, missing: str | None = None
     return np.zeros(1, np.int32), [""]
   uniq, first, inverse = np.unique(real, return_index=True, return_inverse=True)
   if missing is not None:
-    first = np.where(uniq == missing, real.size, first)   # after every real label
+    first = np.where(uniq == missing, real.size, first)  # after every real label
   order = np.argsort(first, kind="stable")
   rank = np.empty_like(order)
   rank[order] = np.arange(order.size)
@@ -248,8 +266,9 @@ def labels_to_ids(labels: Sequence[str], *, missing: str | None = None
   return table, [""] + uniq[order].tolist()
 
 
-def sequences_from_events(user_codes: np.ndarray, num_users: int,
-                          timestamps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sequences_from_events(
+  user_codes: np.ndarray, num_users: int, timestamps: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Orders events into CSR form.
 
   Args:
@@ -272,10 +291,17 @@ def sequences_from_events(user_codes: np.ndarray, num_users: int,
   return order.astype(np.int64), offsets
 
 
-def from_interactions(user_ids: Any, item_ids: Any, timestamps: Any = None, *,
-                      name: str = "interactions", item_labels: Mapping[Any, str] | None = None,
-                      items: Any = None, source: str = "from_interactions",
-                      semantic_source: str | None = None) -> Dataset:
+def from_interactions(
+  user_ids: Any,
+  item_ids: Any,
+  timestamps: Any = None,
+  *,
+  name: str = "interactions",
+  item_labels: Mapping[Any, str] | None = None,
+  items: Any = None,
+  source: str = "from_interactions",
+  semantic_source: str | None = None,
+) -> Dataset:
   """Builds a Dataset from raw interaction columns (the path a Hugging Face Hub dataset takes).
 
   Every row is one event. Each user's events are sorted by timestamp (stable: ties keep the
@@ -305,8 +331,11 @@ def from_interactions(user_ids: Any, item_ids: Any, timestamps: Any = None, *,
   users = np.asarray(user_ids)
   item_col = np.asarray(item_ids)
   if users.ndim != 1 or item_col.ndim != 1 or users.shape != item_col.shape:
-    raise DataError(f"user_ids and item_ids must be 1-D of equal length, got shapes {users.shape} "
-                    f"and {item_col.shape}", field="user_ids/item_ids")
+    raise DataError(
+      f"user_ids and item_ids must be 1-D of equal length, got shapes {users.shape} "
+      f"and {item_col.shape}",
+      field="user_ids/item_ids",
+    )
   if users.size == 0:
     raise DataError("no interactions", field="user_ids")
   ts = None
@@ -316,16 +345,19 @@ def from_interactions(user_ids: Any, item_ids: Any, timestamps: Any = None, *,
     except (TypeError, ValueError) as e:
       raise DataError(f"timestamps are not numbers: {e}", field="timestamps") from e
     if ts.shape != users.shape:
-      raise DataError(f"timestamps has shape {ts.shape}, expected {users.shape}",
-                      field="timestamps")
+      raise DataError(
+        f"timestamps has shape {ts.shape}, expected {users.shape}", field="timestamps"
+      )
   user_vocab, user_codes = make_vocab(users)
   if items is not None:
     catalogue = np.asarray(items)
-    both = np.concatenate([item_col.astype(str), catalogue.astype(str)]) if (
-        item_col.dtype.kind not in "iu" or catalogue.dtype.kind not in "iu") else np.concatenate(
-            [item_col, catalogue])
+    both = (
+      np.concatenate([item_col.astype(str), catalogue.astype(str)])
+      if (item_col.dtype.kind not in "iu" or catalogue.dtype.kind not in "iu")
+      else np.concatenate([item_col, catalogue])
+    )
     item_vocab, codes = make_vocab(both)
-    item_codes = codes[:item_col.size]
+    item_codes = codes[: item_col.size]
   else:
     item_vocab, item_codes = make_vocab(item_col)
   order, offsets = sequences_from_events(user_codes, len(user_vocab), ts)
@@ -344,7 +376,16 @@ def from_interactions(user_ids: Any, item_ids: Any, timestamps: Any = None, *,
   if semantic_source is None:
     semantic_source = "item_labels" if item_labels is not None else "none (one class)"
   return Dataset(
-      name=name, source=source, fingerprint=digest.hexdigest(), user_vocab=user_vocab,
-      item_vocab=item_vocab, seq_offsets=offsets, seq_items=item_codes[order],
-      item_semantic=table, semantic_source=semantic_source, semantic_vocab=vocab,
-      seq_timestamps=None if ts is None else ts[order], format="interactions")
+    name=name,
+    source=source,
+    fingerprint=digest.hexdigest(),
+    user_vocab=user_vocab,
+    item_vocab=item_vocab,
+    seq_offsets=offsets,
+    seq_items=item_codes[order],
+    item_semantic=table,
+    semantic_source=semantic_source,
+    semantic_vocab=vocab,
+    seq_timestamps=None if ts is None else ts[order],
+    format="interactions",
+  )

@@ -22,8 +22,9 @@ class DataError(ValueError):
     field: the field, column, key or token at fault, or None.
   """
 
-  def __init__(self, message: str, *, path: Any = None, line: int | None = None,
-               field: str | None = None):
+  def __init__(
+    self, message: str, *, path: Any = None, line: int | None = None, field: str | None = None
+  ):
     self.path = None if path is None else os.fspath(path)
     self.line = line
     self.field = field
@@ -64,8 +65,11 @@ def read_text(path: Any) -> str:
     line = data.count(b"\n", 0, e.start) + 1
     column = e.start - (data.rfind(b"\n", 0, e.start) + 1)
     raise DataError(
-        f"not valid UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} "
-        f"(byte {column} of the line): {e.reason}", path=path, line=line) from e
+      f"not valid UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+      f"(byte {column} of the line): {e.reason}",
+      path=path,
+      line=line,
+    ) from e
   return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -85,5 +89,6 @@ def read_json(path: Any) -> Any:
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise DataError(f"malformed JSON: {e.msg}", path=path, line=e.lineno,
-                    field=f"column {e.colno}") from e
+    raise DataError(
+      f"malformed JSON: {e.msg}", path=path, line=e.lineno, field=f"column {e.colno}"
+    ) from e

@@ -91,6 +91,7 @@ def fingerprint_files(paths: Iterable[Any]) -> str:
 def _quiet():
   """Silences the progress bars of `datasets` for the duration (and restores them)."""
   import datasets  # pylint: disable=import-outside-toplevel
+
   was_disabled = datasets.utils.are_progress_bars_disabled()
   datasets.utils.disable_progress_bars()
   try:
@@ -103,6 +104,7 @@ def _quiet():
 def _encode(value: Any, rows: int, where: str):
   """One side entry -> (pyarrow array, kind spec)."""
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
+
   if isinstance(value, np.ndarray):
     if value.ndim == 1:
       return pa.array(value), {"kind": "array", "dtype": value.dtype.str, "shape": [rows]}
@@ -110,18 +112,26 @@ def _encode(value: Any, rows: int, where: str):
     array = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
     return array, {"kind": "array", "dtype": value.dtype.str, "shape": list(value.shape)}
   value = list(value)
-  sample = next((v for v in value if v not in ("", None) and not (isinstance(v, list) and not v)),
-                None)
+  sample = next(
+    (v for v in value if v not in ("", None) and not (isinstance(v, list) and not v)), None
+  )
   if sample is None or isinstance(sample, str):
     if all(isinstance(v, str) for v in value):
       return pa.array(value, pa.string()), {"kind": "strings"}
   if all(isinstance(v, list) for v in value):
     inner = next((x for v in value for x in v), "")
-    kind = (pa.string() if isinstance(inner, str) else pa.int64() if isinstance(inner, int)
-            else pa.float64())
+    kind = (
+      pa.string()
+      if isinstance(inner, str)
+      else pa.int64()
+      if isinstance(inner, int)
+      else pa.float64()
+    )
     return pa.array(value, pa.list_(kind)), {"kind": "lists"}
-  raise DataError(f"{where}: cannot store side information of this type in Arrow "
-                  f"(expected an array, a list of str or a list of lists)")
+  raise DataError(
+    f"{where}: cannot store side information of this type in Arrow "
+    f"(expected an array, a list of str or a list of lists)"
+  )
 
 
 def _decode(column, spec: dict) -> Any:
@@ -145,28 +155,45 @@ def to_arrow(ds: Dataset):
   """
   import datasets  # pylint: disable=import-outside-toplevel
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  events = {"user": pa.array(np.repeat(np.arange(ds.num_users, dtype=np.int32), ds.seq_lengths)),
-            "item": pa.array(ds.seq_items.astype(np.int32))}
+
+  events = {
+    "user": pa.array(np.repeat(np.arange(ds.num_users, dtype=np.int32), ds.seq_lengths)),
+    "item": pa.array(ds.seq_items.astype(np.int32)),
+  }
   if ds.seq_timestamps is not None:
     events["timestamp"] = pa.array(ds.seq_timestamps)
-  items = {"raw_id": pa.array(ds.item_vocab, pa.string()),
-           "semantic": pa.array(ds.item_semantic.astype(np.int32))}
+  items = {
+    "raw_id": pa.array(ds.item_vocab, pa.string()),
+    "semantic": pa.array(ds.item_semantic.astype(np.int32)),
+  }
   users = {"raw_id": pa.array(ds.user_vocab, pa.string())}
   specs: dict[str, list[dict]] = {"side": [], "user_side": []}
-  for table, columns, rows, label in ((ds.side, items, ds.num_items, "side"),
-                                      (ds.user_side, users, ds.num_users, "user_side")):
+  for table, columns, rows, label in (
+    (ds.side, items, ds.num_items, "side"),
+    (ds.user_side, users, ds.num_users, "user_side"),
+  ):
     for k, (key, value) in enumerate(sorted(table.items())):
       array, spec = _encode(value, rows, f"{label}[{key!r}]")
       column = f"{label}_{k}"
       columns[column] = array
       specs[label].append({"key": key, "column": column, **spec})
-  tables = datasets.DatasetDict({
+  tables = datasets.DatasetDict(
+    {
       name: datasets.Dataset(pa.table(columns))
-      for name, columns in (("events", events), ("items", items), ("users", users))})
-  meta = {"cache_version": CACHE_VERSION, "name": ds.name, "source": ds.source,
-          "fingerprint": ds.fingerprint, "format": ds.format,
-          "semantic_source": ds.semantic_source, "semantic_vocab": ds.semantic_vocab,
-          "has_timestamps": ds.seq_timestamps is not None, **specs}
+      for name, columns in (("events", events), ("items", items), ("users", users))
+    }
+  )
+  meta = {
+    "cache_version": CACHE_VERSION,
+    "name": ds.name,
+    "source": ds.source,
+    "fingerprint": ds.fingerprint,
+    "format": ds.format,
+    "semantic_source": ds.semantic_source,
+    "semantic_vocab": ds.semantic_vocab,
+    "has_timestamps": ds.seq_timestamps is not None,
+    **specs,
+  }
   return tables, meta
 
 
@@ -179,15 +206,21 @@ def from_arrow(tables, meta: dict) -> Dataset:
   side = {s["key"]: _decode(items.column(s["column"]), s) for s in meta["side"]}
   user_side = {s["key"]: _decode(users.column(s["column"]), s) for s in meta["user_side"]}
   return Dataset(
-      name=meta["name"], source=meta["source"], fingerprint=meta["fingerprint"],
-      user_vocab=user_vocab, item_vocab=items.column("raw_id").to_pylist(),
-      seq_offsets=np.concatenate([[0], np.cumsum(counts)]),
-      seq_items=events.column("item").to_numpy(),
-      item_semantic=items.column("semantic").to_numpy(),
-      semantic_source=meta["semantic_source"], semantic_vocab=meta["semantic_vocab"], side=side,
-      user_side=user_side,
-      seq_timestamps=events.column("timestamp").to_numpy() if meta["has_timestamps"] else None,
-      format=meta["format"])
+    name=meta["name"],
+    source=meta["source"],
+    fingerprint=meta["fingerprint"],
+    user_vocab=user_vocab,
+    item_vocab=items.column("raw_id").to_pylist(),
+    seq_offsets=np.concatenate([[0], np.cumsum(counts)]),
+    seq_items=events.column("item").to_numpy(),
+    item_semantic=items.column("semantic").to_numpy(),
+    semantic_source=meta["semantic_source"],
+    semantic_vocab=meta["semantic_vocab"],
+    side=side,
+    user_side=user_side,
+    seq_timestamps=events.column("timestamp").to_numpy() if meta["has_timestamps"] else None,
+    format=meta["format"],
+  )
 
 
 def save(ds: Dataset, directory: Any) -> None:
@@ -211,19 +244,29 @@ def save(ds: Dataset, directory: Any) -> None:
 def load(directory: Any) -> Dataset:
   """Reads a Dataset written by `save`."""
   import datasets  # pylint: disable=import-outside-toplevel
+
   directory = pathlib.Path(directory)
   meta = json.loads((directory / "meta.json").read_text())
   if meta.get("cache_version") != CACHE_VERSION:
-    raise DataError(f"cache entry has version {meta.get('cache_version')}, expected "
-                    f"{CACHE_VERSION}", path=directory)
+    raise DataError(
+      f"cache entry has version {meta.get('cache_version')}, expected {CACHE_VERSION}",
+      path=directory,
+    )
   with _quiet():
     tables = datasets.load_from_disk(str(directory / "arrow"))
   return from_arrow(tables, meta)
 
 
-def cached_parse(files: Iterable[Any], key_parts: Iterable[str], name: str, source: str,
-                 parse: Callable[[], Dataset], *, cache_dir: Any = None, use_cache: bool = True
-                 ) -> tuple[Dataset, bool]:
+def cached_parse(
+  files: Iterable[Any],
+  key_parts: Iterable[str],
+  name: str,
+  source: str,
+  parse: Callable[[], Dataset],
+  *,
+  cache_dir: Any = None,
+  use_cache: bool = True,
+) -> tuple[Dataset, bool]:
   """Returns the parsed data set from the cache, parsing (and caching) it when absent.
 
   Args:

@@ -24,8 +24,9 @@ from solid_jax.data.pipeline import batches as _batches
 ROW_MULTIPLE = 8
 
 
-def pack_rows(batch: Mapping[str, np.ndarray], *, row_multiple: int = ROW_MULTIPLE
-              ) -> dict[str, np.ndarray]:
+def pack_rows(
+  batch: Mapping[str, np.ndarray], *, row_multiple: int = ROW_MULTIPLE
+) -> dict[str, np.ndarray]:
   """Packs one batch of right-padded position rows into as few rows as first-fit decreasing finds.
 
   Args:
@@ -93,8 +94,11 @@ def pack_rows(batch: Mapping[str, np.ndarray], *, row_multiple: int = ROW_MULTIP
     packed = np.zeros((rows, length) + value.shape[2:], value.dtype)
     packed[dst_row, dst_col] = value[src_user, src_col]
     out[name] = packed
-  for name, per_user, dtype in (("weight", weight, np.float32), ("segment", segment_of, np.int32),
-                                ("span", lengths, np.int32)):
+  for name, per_user, dtype in (
+    ("weight", weight, np.float32),
+    ("segment", segment_of, np.int32),
+    ("span", lengths, np.int32),
+  ):
     packed = np.zeros((rows, length), dtype)
     packed[dst_row, dst_col] = per_user[src_user]
     out[name] = packed
@@ -104,16 +108,24 @@ def pack_rows(batch: Mapping[str, np.ndarray], *, row_multiple: int = ROW_MULTIP
   return out
 
 
-def packed_batches(split: Mapping[str, Any], batch_size: int, *, seed: int, epoch: int,
-                   shuffle: bool = True, start_step: int = 0,
-                   row_multiple: int = ROW_MULTIPLE) -> Iterator[dict[str, np.ndarray]]:
+def packed_batches(
+  split: Mapping[str, Any],
+  batch_size: int,
+  *,
+  seed: int,
+  epoch: int,
+  shuffle: bool = True,
+  start_step: int = 0,
+  row_multiple: int = ROW_MULTIPLE,
+) -> Iterator[dict[str, np.ndarray]]:
   """`solid_jax.data.batches` of position rows, each batch packed by `pack_rows`.
 
   The same users per batch, in the same order of batches, as ``batches`` with the same
   arguments (a pure function of (seed, epoch); ``start_step`` resumes mid-epoch).
   """
-  for batch in _batches(split, batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                        start_step=start_step):
+  for batch in _batches(
+    split, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, start_step=start_step
+  ):
     yield pack_rows(batch, row_multiple=row_multiple)
 
 

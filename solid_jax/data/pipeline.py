@@ -25,8 +25,11 @@ def _row_arrays(split: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
   if "label" not in split:
     raise DataError("a split needs a 'label' array (and user, items, ... with the same rows)")
   n = int(np.shape(split["label"])[0])
-  arrays = {k: np.asarray(v) for k, v in split.items()
-            if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n}
+  arrays = {
+    k: np.asarray(v)
+    for k, v in split.items()
+    if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n
+  }
   return arrays, n
 
 
@@ -45,9 +48,10 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.nd
   return np.random.default_rng([seed, _STREAM_SHUFFLE, int(epoch)]).permutation(n)
 
 
-def _take(arrays: Mapping[str, np.ndarray], order: np.ndarray, n: int, batch_size: int,
-          step: int) -> dict[str, np.ndarray]:
-  idx = order[step * batch_size:(step + 1) * batch_size]
+def _take(
+  arrays: Mapping[str, np.ndarray], order: np.ndarray, n: int, batch_size: int, step: int
+) -> dict[str, np.ndarray]:
+  idx = order[step * batch_size : (step + 1) * batch_size]
   real = idx.size
   if real < batch_size:
     idx = np.concatenate([idx, np.full(batch_size - real, idx[0], idx.dtype)])
@@ -58,8 +62,15 @@ def _take(arrays: Mapping[str, np.ndarray], order: np.ndarray, n: int, batch_siz
   return batch
 
 
-def batch_at(split: Mapping[str, Any], batch_size: int, step: int, *, seed: int, epoch: int,
-             shuffle: bool = True) -> dict[str, np.ndarray]:
+def batch_at(
+  split: Mapping[str, Any],
+  batch_size: int,
+  step: int,
+  *,
+  seed: int,
+  epoch: int,
+  shuffle: bool = True,
+) -> dict[str, np.ndarray]:
   """Batch number `step` of an epoch, computed directly.
 
   Args:
@@ -76,12 +87,18 @@ def batch_at(split: Mapping[str, Any], batch_size: int, step: int, *, seed: int,
   total = num_batches(split, batch_size)
   if not 0 <= step < total:
     raise DataError(f"step {step} outside 0..{total - 1}")
-  return _take(arrays, epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle), n, batch_size,
-               step)
+  return _take(arrays, epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle), n, batch_size, step)
 
 
-def batches(split: Mapping[str, Any], batch_size: int, *, seed: int, epoch: int,
-            shuffle: bool = True, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def batches(
+  split: Mapping[str, Any],
+  batch_size: int,
+  *,
+  seed: int,
+  epoch: int,
+  shuffle: bool = True,
+  start_step: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields the batches of one epoch, from `start_step` on.
 
   Args:

@@ -25,18 +25,30 @@ from solid_jax.data.errors import DataError
 
 EMBEDDED = "embedded"
 SHARED_ENV = "SOLID_JAX_SHARED_DATA"
-SHARED_NAMES = ("beauty", "sports", "lastfm", "scientific", "office", "instruments",
-                "scientific_mm_subset")
+SHARED_NAMES = (
+  "beauty",
+  "sports",
+  "lastfm",
+  "scientific",
+  "office",
+  "instruments",
+  "scientific_mm_subset",
+)
 _ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
-_RECBOLE_HINT = ("the embedded data set 'ml-100k' is read from the recbole wheel; install it with "
-                 "`pip install --no-deps recbole==1.2.1` (the project set-up script does this)")
+_RECBOLE_HINT = (
+  "the embedded data set 'ml-100k' is read from the recbole wheel; install it with "
+  "`pip install --no-deps recbole==1.2.1` (the project set-up script does this)"
+)
 
 
 def shared_data_root() -> pathlib.Path | None:
   """The shared data folder ($SOLID_JAX_SHARED_DATA, else ../shared/data), or None if absent."""
   env = os.environ.get(SHARED_ENV)
-  root = (pathlib.Path(env).expanduser() if env
-          else pathlib.Path(__file__).resolve().parents[3] / "shared" / "data")
+  root = (
+    pathlib.Path(env).expanduser()
+    if env
+    else pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+  )
   return root if root.is_dir() else None
 
 
@@ -52,8 +64,9 @@ def embedded_ml100k_folder() -> pathlib.Path:
   folder = pathlib.Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
   missing = [n for n in _ML100K_FILES if not (folder / n).is_file()]
   if missing:
-    raise DataError(f"recbole is installed but lacks {', '.join(missing)}: {_RECBOLE_HINT}",
-                    path=folder)
+    raise DataError(
+      f"recbole is installed but lacks {', '.join(missing)}: {_RECBOLE_HINT}", path=folder
+    )
   return folder
 
 
@@ -76,10 +89,16 @@ def _resolve(path_or_name: Any) -> tuple[pathlib.Path, str, str, formats.FolderS
       version = importlib.metadata.version("recbole")
     except importlib.metadata.PackageNotFoundError:
       version = "unknown"
-    spec = formats.FolderSpec(format="recbole_atomic", folder=folder, prefix="ml-100k",
-                              files={"inter": folder / "ml-100k.inter",
-                                     "item": folder / "ml-100k.item",
-                                     "user": folder / "ml-100k.user"})
+    spec = formats.FolderSpec(
+      format="recbole_atomic",
+      folder=folder,
+      prefix="ml-100k",
+      files={
+        "inter": folder / "ml-100k.inter",
+        "item": folder / "ml-100k.item",
+        "user": folder / "ml-100k.user",
+      },
+    )
     return folder, "ml-100k", f"recbole=={version} wheel", spec
   registered = registered_datasets()
   if isinstance(path_or_name, str) and path_or_name in registered:
@@ -88,18 +107,29 @@ def _resolve(path_or_name: Any) -> tuple[pathlib.Path, str, str, formats.FolderS
   folder = pathlib.Path(path_or_name).expanduser()
   if not folder.is_dir():
     known = ", ".join(sorted(registered))
-    hint = "" if shared_data_root() else (
-        f" (the shared names {', '.join(SHARED_NAMES)} need ${SHARED_ENV} or ../shared/data)")
-    raise DataError(f"{str(path_or_name)!r} is neither a registered name ({known}) nor a folder"
-                    + hint)
+    hint = (
+      ""
+      if shared_data_root()
+      else (f" (the shared names {', '.join(SHARED_NAMES)} need ${SHARED_ENV} or ../shared/data)")
+    )
+    raise DataError(
+      f"{str(path_or_name)!r} is neither a registered name ({known}) nor a folder" + hint
+    )
   return folder, folder.resolve().name, str(folder.resolve()), None
 
 
-def load_dataset(path_or_name: Any = "ml-100k", *,
-                 format: str | None = None,  # pylint: disable=redefined-builtin
-                 cache_dir: Any = None, use_cache: bool = True, semantics: str | None = None,
-                 category_depth: int = 2, category_split: str = "auto", codes: str = "text",
-                 code_levels: int = 1) -> Dataset:
+def load_dataset(
+  path_or_name: Any = "ml-100k",
+  *,
+  format: str | None = None,  # pylint: disable=redefined-builtin
+  cache_dir: Any = None,
+  use_cache: bool = True,
+  semantics: str | None = None,
+  category_depth: int = 2,
+  category_split: str = "auto",
+  codes: str = "text",
+  code_levels: int = 1,
+) -> Dataset:
   """Loads a registered data set or a dataset folder (any supported format, detected).
 
   The raw files are parsed once and cached as Arrow tables (see `hf`); later loads of unchanged
@@ -132,8 +162,19 @@ def load_dataset(path_or_name: Any = "ml-100k", *,
   elif format is not None and format != spec.format:
     raise DataError(f"{name} is in format {spec.format!r}, not {format!r}")
   ds, _ = hf.cached_parse(
-      spec.files.values(), (spec.format, spec.prefix), name, source,
-      lambda: formats.parse_folder(spec, name, source), cache_dir=cache_dir, use_cache=use_cache)
-  return formats.default_semantics(ds, semantics=semantics, category_depth=category_depth,
-                                   category_split=category_split, codes=codes,
-                                   code_levels=code_levels)
+    spec.files.values(),
+    (spec.format, spec.prefix),
+    name,
+    source,
+    lambda: formats.parse_folder(spec, name, source),
+    cache_dir=cache_dir,
+    use_cache=use_cache,
+  )
+  return formats.default_semantics(
+    ds,
+    semantics=semantics,
+    category_depth=category_depth,
+    category_split=category_split,
+    codes=codes,
+    code_levels=code_levels,
+  )

@@ -45,12 +45,20 @@ def seen_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
   users = np.repeat(np.arange(ds.num_users, dtype=np.int64), ds.seq_lengths)
   keys = np.unique(users * ds.num_items + ds.seq_items)
   counts = np.bincount(keys // ds.num_items, minlength=ds.num_users)
-  return (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-          (keys % ds.num_items).astype(np.int32))
+  return (
+    np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+    (keys % ds.num_items).astype(np.int32),
+  )
 
 
-def sample_negatives(rng: np.random.Generator, users: np.ndarray, k: int,
-                     seen_offsets: np.ndarray, seen: np.ndarray, num_items: int) -> np.ndarray:
+def sample_negatives(
+  rng: np.random.Generator,
+  users: np.ndarray,
+  k: int,
+  seen_offsets: np.ndarray,
+  seen: np.ndarray,
+  num_items: int,
+) -> np.ndarray:
   """Uniform negatives, without replacement per row, among the items each user never saw.
 
   Rejection sampling, vectorised: draw all, redraw the entries that hit a seen item or repeat an
@@ -78,8 +86,10 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, k: int,
   available = (num_items - 1) - counts[users]
   if (available < k).any():
     bad = int(users[np.flatnonzero(available < k)[0]])
-    raise DataError(f"user {bad} has only {int((num_items - 1) - counts[bad])} items never "
-                    f"interacted with, fewer than the {k} negatives asked for")
+    raise DataError(
+      f"user {bad} has only {int((num_items - 1) - counts[bad])} items never "
+      f"interacted with, fewer than the {k} negatives asked for"
+    )
   seen_keys = np.repeat(np.arange(counts.size, dtype=np.int64), counts) * num_items + seen
   rows = np.arange(users.size)
   out[:] = rng.integers(1, num_items, size=(users.size, k))
@@ -95,13 +105,14 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, k: int,
     out[rows] = block
   for r in rows.tolist():  # Users who saw almost everything: exact draw.
     u = users[r]
-    unseen = np.setdiff1d(np.arange(1, num_items), seen[seen_offsets[u]:seen_offsets[u + 1]])
+    unseen = np.setdiff1d(np.arange(1, num_items), seen[seen_offsets[u] : seen_offsets[u + 1]])
     out[r] = rng.choice(unseen, size=k, replace=False)
   return out.astype(np.int32)
 
 
-def _invalid(cand: np.ndarray, users: np.ndarray, seen_keys: np.ndarray, num_items: int
-             ) -> np.ndarray:
+def _invalid(
+  cand: np.ndarray, users: np.ndarray, seen_keys: np.ndarray, num_items: int
+) -> np.ndarray:
   """bool[R, k]: seen by the row's user, or equal to an earlier entry of the same row."""
   keys = users[:, None] * num_items + cand
   pos = np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)
@@ -135,21 +146,28 @@ def histories(ds: Dataset, positions: np.ndarray, users: np.ndarray, seq_len: in
   return np.where(valid, ds.seq_items[np.where(valid, idx, 0)], 0).astype(np.int32)
 
 
-def _rows(ds: Dataset, users: np.ndarray, hist: np.ndarray, target: np.ndarray,
-          negatives: np.ndarray) -> dict[str, np.ndarray]:
+def _rows(
+  ds: Dataset, users: np.ndarray, hist: np.ndarray, target: np.ndarray, negatives: np.ndarray
+) -> dict[str, np.ndarray]:
   """Positive rows followed by their negatives: P * (1 + k) rows."""
   k = negatives.shape[1]
   per = 1 + k
   candidates = np.concatenate([target[:, None], negatives], axis=1).reshape(-1).astype(np.int32)
   items = np.repeat(hist, per, axis=0)
   label = np.tile(np.concatenate([[1.0], np.zeros(k)]).astype(np.float32), target.size)
-  return {"user": np.repeat(users, per).astype(np.int32), "items": items,
-          "semantics": ds.item_semantic[items], "target": candidates,
-          "target_semantic": ds.item_semantic[candidates], "label": label}
+  return {
+    "user": np.repeat(users, per).astype(np.int32),
+    "items": items,
+    "semantics": ds.item_semantic[items],
+    "target": candidates,
+    "target_semantic": ds.item_semantic[candidates],
+    "label": label,
+  }
 
 
-def make_splits(ds: Dataset, seq_len: int = 10, train_negatives: int = 4,
-                eval_negatives: int = 99, seed: int = 0) -> dict[str, Any]:
+def make_splits(
+  ds: Dataset, seq_len: int = 10, train_negatives: int = 4, eval_negatives: int = 99, seed: int = 0
+) -> dict[str, Any]:
   """Builds train (epoch 0), valid and test rows, SPEC section 3.
 
   Args:
@@ -167,43 +185,60 @@ def make_splits(ds: Dataset, seq_len: int = 10, train_negatives: int = 4,
     training target) and the seen-item CSR `seen_offsets` int64[num_users + 1] / `seen_items`.
   """
   if seq_len < 1 or train_negatives < 0 or eval_negatives < 0:
-    raise DataError(f"need seq_len >= 1 and non-negative negatives, got seq_len={seq_len}, "
-                    f"train_negatives={train_negatives}, eval_negatives={eval_negatives}")
+    raise DataError(
+      f"need seq_len >= 1 and non-negative negatives, got seq_len={seq_len}, "
+      f"train_negatives={train_negatives}, eval_negatives={eval_negatives}"
+    )
   lengths = ds.seq_lengths
   real_users = np.arange(1, ds.num_users)
   kept = real_users[lengths[1:] >= 3]
   dropped = int(real_users.size - kept.size)
   if dropped:
-    logging.info("make_splits(%s): dropped %d of %d users with fewer than 3 events", ds.name,
-                 dropped, real_users.size)
+    logging.info(
+      "make_splits(%s): dropped %d of %d users with fewer than 3 events",
+      ds.name,
+      dropped,
+      real_users.size,
+    )
   if kept.size == 0:
     raise DataError(f"data set {ds.name!r} has no user with at least 3 events")
   start, n = ds.seq_offsets[kept], lengths[kept]
   train_counts = n - 3
   total = int(train_counts.sum())
   first = np.repeat(start + 1, train_counts)
-  train_positions = first + (np.arange(total) - np.repeat(np.cumsum(train_counts) - train_counts,
-                                                         train_counts))
+  train_positions = first + (
+    np.arange(total) - np.repeat(np.cumsum(train_counts) - train_counts, train_counts)
+  )
   seen_offsets, seen = seen_items(ds)
   meta = {
-      "dataset": ds.name, "fingerprint": ds.fingerprint, "seed": int(seed), "seq_len": int(seq_len),
-      "train_negatives": int(train_negatives), "eval_negatives": int(eval_negatives),
-      "num_users": int(kept.size), "dropped_users": dropped, "num_items": ds.num_items,
-      "num_semantics": ds.num_semantics, "train_positives": total,
-      "valid_positives": int(kept.size), "test_positives": int(kept.size),
-      "train_rows": total * (1 + train_negatives),
-      "valid_rows": int(kept.size) * (1 + eval_negatives),
-      "test_rows": int(kept.size) * (1 + eval_negatives),
-      "train_positions": train_positions.astype(np.int64), "seen_offsets": seen_offsets,
-      "seen_items": seen,
+    "dataset": ds.name,
+    "fingerprint": ds.fingerprint,
+    "seed": int(seed),
+    "seq_len": int(seq_len),
+    "train_negatives": int(train_negatives),
+    "eval_negatives": int(eval_negatives),
+    "num_users": int(kept.size),
+    "dropped_users": dropped,
+    "num_items": ds.num_items,
+    "num_semantics": ds.num_semantics,
+    "train_positives": total,
+    "valid_positives": int(kept.size),
+    "test_positives": int(kept.size),
+    "train_rows": total * (1 + train_negatives),
+    "valid_rows": int(kept.size) * (1 + eval_negatives),
+    "test_rows": int(kept.size) * (1 + eval_negatives),
+    "train_positions": train_positions.astype(np.int64),
+    "seen_offsets": seen_offsets,
+    "seen_items": seen,
   }
   out: dict[str, Any] = {"meta": meta}
   for name, offset, stream in (("valid", 2, _STREAM_VALID), ("test", 1, _STREAM_TEST)):
     positions = start + n - offset
     rng = np.random.default_rng([seed, stream])
     negatives = sample_negatives(rng, kept, eval_negatives, seen_offsets, seen, ds.num_items)
-    out[name] = _rows(ds, kept, histories(ds, positions, kept, seq_len), ds.seq_items[positions],
-                      negatives)
+    out[name] = _rows(
+      ds, kept, histories(ds, positions, kept, seq_len), ds.seq_items[positions], negatives
+    )
   out["train"] = resample_train(ds, out, 0)
   return out
 
@@ -223,19 +258,24 @@ def resample_train(ds: Dataset, splits: dict[str, Any], epoch: int) -> dict[str,
   """
   meta = splits["meta"]
   if meta["fingerprint"] != ds.fingerprint or meta["num_items"] != ds.num_items:
-    raise DataError(f"these splits were made from another data set ({meta['dataset']}, "
-                    f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}")
+    raise DataError(
+      f"these splits were made from another data set ({meta['dataset']}, "
+      f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}"
+    )
   positions = meta["train_positions"]
   users = np.searchsorted(ds.seq_offsets, positions, side="right") - 1
   rng = np.random.default_rng([meta["seed"], _STREAM_TRAIN, int(epoch)])
-  negatives = sample_negatives(rng, users, meta["train_negatives"], meta["seen_offsets"],
-                               meta["seen_items"], ds.num_items)
-  return _rows(ds, users, histories(ds, positions, users, meta["seq_len"]),
-               ds.seq_items[positions], negatives)
+  negatives = sample_negatives(
+    rng, users, meta["train_negatives"], meta["seen_offsets"], meta["seen_items"], ds.num_items
+  )
+  return _rows(
+    ds, users, histories(ds, positions, users, meta["seq_len"]), ds.seq_items[positions], negatives
+  )
 
 
-def position_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *,
-                  negatives: int | None = None) -> dict[str, np.ndarray]:
+def position_rows(
+  ds: Dataset, splits: dict[str, Any], epoch: int, *, negatives: int | None = None
+) -> dict[str, np.ndarray]:
   """Training rows of `epoch` for training on every position (SASRec's next-item objective).
 
   One row per user with at least one training target: the input is the user's last
@@ -259,8 +299,10 @@ def position_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *,
   """
   meta = splits["meta"]
   if meta["fingerprint"] != ds.fingerprint or meta["num_items"] != ds.num_items:
-    raise DataError(f"these splits were made from another data set ({meta['dataset']}, "
-                    f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}")
+    raise DataError(
+      f"these splits were made from another data set ({meta['dataset']}, "
+      f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}"
+    )
   k = meta["train_negatives"] if negatives is None else int(negatives)
   length = meta["seq_len"]
   positions = meta["train_positions"]
@@ -268,13 +310,12 @@ def position_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *,
   row_users, first, counts = np.unique(users, return_index=True, return_counts=True)
   index_in_user = np.arange(positions.size) - np.repeat(first, counts)
   count = np.repeat(counts, counts)
-  keep = index_in_user >= count - length            # the last L targets of every user
+  keep = index_in_user >= count - length  # the last L targets of every user
   row = np.repeat(np.arange(row_users.size), counts)[keep]
   col = (index_in_user - np.maximum(count - length, 0))[keep]
   pos, pos_users = positions[keep], users[keep]
   rng = np.random.default_rng([meta["seed"], _STREAM_POSITIONS, int(epoch)])
-  negs = sample_negatives(rng, pos_users, k, meta["seen_offsets"], meta["seen_items"],
-                          ds.num_items)
+  negs = sample_negatives(rng, pos_users, k, meta["seen_offsets"], meta["seen_items"], ds.num_items)
   n = row_users.size
   items = np.zeros((n, length), np.int32)
   items[row, col] = ds.seq_items[pos - 1]
@@ -282,13 +323,19 @@ def position_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *,
   target[row, col] = np.concatenate([ds.seq_items[pos][:, None], negs], axis=1)
   label = np.zeros((n, length, 1 + k), np.float32)
   label[row, col, 0] = 1.0
-  return {"user": row_users.astype(np.int32), "items": items,
-          "semantics": ds.item_semantic[items], "target": target,
-          "target_semantic": ds.item_semantic[target], "label": label}
+  return {
+    "user": row_users.astype(np.int32),
+    "items": items,
+    "semantics": ds.item_semantic[items],
+    "target": target,
+    "target_semantic": ds.item_semantic[target],
+    "label": label,
+  }
 
 
-def cloze_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: float,
-               negatives: int | None = None) -> dict[str, np.ndarray]:
+def cloze_rows(
+  ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: float, negatives: int | None = None
+) -> dict[str, np.ndarray]:
   """Training rows of `epoch` for the cloze (masked item) objective of BERT4Rec.
 
   One row per user with a training target: the user's last ``seq_len`` training events
@@ -312,8 +359,10 @@ def cloze_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: fl
   """
   meta = splits["meta"]
   if meta["fingerprint"] != ds.fingerprint or meta["num_items"] != ds.num_items:
-    raise DataError(f"these splits were made from another data set ({meta['dataset']}, "
-                    f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}")
+    raise DataError(
+      f"these splits were made from another data set ({meta['dataset']}, "
+      f"fingerprint {meta['fingerprint'][:12]}), not {ds.name}"
+    )
   if not 0.0 < mask_rate <= 1.0:
     raise ValueError(f"cloze_rows: mask_rate={mask_rate} must be in (0, 1]")
   k = meta["train_negatives"] if negatives is None else int(negatives)
@@ -321,7 +370,7 @@ def cloze_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: fl
   positions = meta["train_positions"]
   users = np.searchsorted(ds.seq_offsets, positions, side="right") - 1
   row_users, first, counts = np.unique(users, return_index=True, return_counts=True)
-  last = positions[first + counts - 1]                 # e_{n-3}, the newest training event
+  last = positions[first + counts - 1]  # e_{n-3}, the newest training event
   start = np.maximum(ds.seq_offsets[row_users], last - length + 1)
   lengths = last - start + 1
   n = row_users.size
@@ -335,8 +384,9 @@ def cloze_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: fl
   pick = (np.cumsum(lengths) - lengths)[none] + rng.integers(0, lengths[none])
   masked[pick] = True
   token_users = row_users[row]
-  negs = sample_negatives(rng, token_users[masked], k, meta["seen_offsets"], meta["seen_items"],
-                          ds.num_items)
+  negs = sample_negatives(
+    rng, token_users[masked], k, meta["seen_offsets"], meta["seen_items"], ds.num_items
+  )
   items = np.zeros((n, length), np.int32)
   items[row, col] = np.where(masked, ds.num_items, original)
   semantics = np.zeros((n, length), np.int32)
@@ -345,8 +395,14 @@ def cloze_rows(ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: fl
   target[row[masked], col[masked]] = np.concatenate([original[masked][:, None], negs], axis=1)
   label = np.zeros((n, length, 1 + k), np.float32)
   label[row[masked], col[masked], 0] = 1.0
-  return {"user": row_users.astype(np.int32), "items": items, "semantics": semantics,
-          "target": target, "target_semantic": ds.item_semantic[target], "label": label}
+  return {
+    "user": row_users.astype(np.int32),
+    "items": items,
+    "semantics": semantics,
+    "target": target,
+    "target_semantic": ds.item_semantic[target],
+    "label": label,
+  }
 
 
 def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[str, np.ndarray]:
@@ -370,13 +426,16 @@ def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[
   group = 1 + splits["meta"]["eval_negatives"]
   users = np.asarray(rows["user"])[::group]
   start, n = ds.seq_offsets[users], ds.seq_lengths[users]
-  before = n - (2 if split == "valid" else 1)       # events before the target
+  before = n - (2 if split == "valid" else 1)  # events before the target
   width = max(1, int(before.max())) if users.size else 1
   cols = np.arange(width)[None, :]
   valid = cols < before[:, None]
   seen = np.where(valid, ds.seq_items[np.where(valid, start[:, None] + cols, 0)], 0)
-  return {"user": users.astype(np.int32), "items": np.asarray(rows["items"])[::group],
-          "semantics": np.asarray(rows["semantics"])[::group],
-          "target": np.asarray(rows["target"])[::group],
-          "target_semantic": np.asarray(rows["target_semantic"])[::group],
-          "seen": seen.astype(np.int32)}
+  return {
+    "user": users.astype(np.int32),
+    "items": np.asarray(rows["items"])[::group],
+    "semantics": np.asarray(rows["semantics"])[::group],
+    "target": np.asarray(rows["target"])[::group],
+    "target_semantic": np.asarray(rows["target_semantic"])[::group],
+    "seen": seen.astype(np.int32),
+  }

@@ -78,6 +78,7 @@ Equations:
 
 from solid_jax.models.registry import BACKBONES, HEADS, METHODS
 from solid_jax.models.base import Backbone, EmbeddingBackbone, Head
+
 # The built-in backbones and heads register themselves on import.
 from solid_jax.models.sasrec import SASRec, TransformerBackbone
 from solid_jax.models.bert4rec import BERT4Rec
@@ -90,7 +91,24 @@ from solid_jax.models.recommender import Recommender
 from solid_jax.models.model import Model, item_table, make_model
 
 __all__ = [
-    "ApgHead", "BACKBONES", "BERT4Rec", "Backbone", "DIN", "DuetHead", "EmbeddingBackbone",
-    "GRU4Rec", "Generator", "HEADS", "Head", "METHODS", "Model", "Recommender", "SASRec",
-    "SolidHead", "StaticHead", "TransformerBackbone", "item_table", "make_model",
+  "ApgHead",
+  "BACKBONES",
+  "BERT4Rec",
+  "Backbone",
+  "DIN",
+  "DuetHead",
+  "EmbeddingBackbone",
+  "GRU4Rec",
+  "Generator",
+  "HEADS",
+  "Head",
+  "METHODS",
+  "Model",
+  "Recommender",
+  "SASRec",
+  "SolidHead",
+  "StaticHead",
+  "TransformerBackbone",
+  "item_table",
+  "make_model",
 ]

@@ -43,8 +43,7 @@ def last_index(lengths: Array) -> Array:
   return jnp.maximum(lengths - 1, 0).astype(jnp.int32)
 
 
-def positions(items: Array, cfg: ModelConfig, layout: Mapping[str, Array] | None = None
-              ) -> Array:
+def positions(items: Array, cfg: ModelConfig, layout: Mapping[str, Array] | None = None) -> Array:
   """int32[B, L] index into the position table of every history slot.
 
   ``position_alignment="start"``: slot t is position t. ``"end"``: the newest real item is
@@ -123,8 +122,9 @@ class Backbone(nn.Module):
   def validate(cls, cfg: ModelConfig) -> None:
     """Raises ``ValueError`` for settings this backbone does not support."""
 
-  def embed(self, items: Array, *, layout: Mapping[str, Array] | None = None,
-            train: bool = False) -> Array:
+  def embed(
+    self, items: Array, *, layout: Mapping[str, Array] | None = None, train: bool = False
+  ) -> Array:
     """The sequence embeddings every generator and ``encode`` consume: int[B, L] ->
     float[B, L, d]. ``layout``: the ``slot``/``span`` of packed rows."""
     raise NotImplementedError
@@ -133,9 +133,16 @@ class Backbone(nn.Module):
     """The target tower: int[...] -> float[..., d]."""
     raise NotImplementedError
 
-  def encode(self, seq_emb: Array, items: Array, target_vec: Array | None = None, *,
-             all_positions: bool = False, segments: Array | None = None,
-             train: bool = False) -> Array:
+  def encode(
+    self,
+    seq_emb: Array,
+    items: Array,
+    target_vec: Array | None = None,
+    *,
+    all_positions: bool = False,
+    segments: Array | None = None,
+    train: bool = False,
+  ) -> Array:
     """The head input.
 
     Args:
@@ -170,7 +177,7 @@ class EmbeddingBackbone(Backbone):
   def setup(self):
     cfg = self.cfg
     init = layers.kernel_init(cfg.init_std)
-    rows = cfg.num_items + (1 if cfg.cloze else 0)   # + the [MASK] row of a cloze model
+    rows = cfg.num_items + (1 if cfg.cloze else 0)  # + the [MASK] row of a cloze model
     self.item_embedding = nn.Embed(rows, cfg.dim, embedding_init=layers.padded(init))
     if self.uses_positions:
       self.position_embedding = nn.Embed(cfg.seq_len, cfg.dim, embedding_init=init)
@@ -238,10 +245,18 @@ class Head(nn.Module):
     if self.specs is not None:
       return tuple(self.specs)
     from solid_jax.models.registry import BACKBONES  # pylint: disable=import-outside-toplevel
+
     return tuple(BACKBONES[self.cfg.backbone].head_specs(self.cfg))
 
-  def generate(self, seq_emb: Array, batch: Batch, *, all_positions: bool = False,
-               key: Array | None = None, train: bool = False) -> tuple[Params, dict]:
+  def generate(
+    self,
+    seq_emb: Array,
+    batch: Batch,
+    *,
+    all_positions: bool = False,
+    key: Array | None = None,
+    train: bool = False,
+  ) -> tuple[Params, dict]:
     """The per-user weights and the auxiliary losses.
 
     Args:

@@ -37,15 +37,17 @@ class DIN(EmbeddingBackbone):
     super().setup()
     self.attention = _Projections(self.cfg.dim, layers.kernel_init(self.cfg.init_std))
 
-  def encode(self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None,
-             train=False):
+  def encode(
+    self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None, train=False
+  ):
     del train
     if all_positions or segments is not None:
       raise ValueError("DIN's state depends on the target: it cannot be trained on every position")
     valid = items != 0
     q, k, v = self.attention(target_vec, seq_emb)
-    pooled = nn.dot_product_attention(q[:, None, None, :], k[:, :, None, :], v[:, :, None, :],
-                                      mask=valid[:, None, None, :])[:, 0, 0]
+    pooled = nn.dot_product_attention(
+      q[:, None, None, :], k[:, :, None, :], v[:, :, None, :], mask=valid[:, None, None, :]
+    )[:, 0, 0]
     # A row without history pools to zero (the attention would average its padding).
     pooled = pooled * jnp.any(valid, axis=-1, keepdims=True)
     return jnp.concatenate([target_vec, pooled], axis=-1)
@@ -59,6 +61,10 @@ class _Projections(nn.Module):
 
   @nn.compact
   def __call__(self, target_vec, seq_emb):
-    dense = lambda name: nn.Dense(self.dim, use_bias=False, kernel_init=self.kernel_init,  # noqa: E731
-                                  name=name)
+    dense = lambda name: nn.Dense(
+      self.dim,
+      use_bias=False,
+      kernel_init=self.kernel_init,  # noqa: E731
+      name=name,
+    )
     return dense("query")(target_vec), dense("key")(seq_emb), dense("value")(seq_emb)

@@ -22,13 +22,13 @@ class GRU4Rec(EmbeddingBackbone):
     super().setup()
     self.gru = gru.GRUWeights(self.cfg.dim)
 
-  def encode(self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None,
-             train=False):
+  def encode(
+    self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None, train=False
+  ):
     del target_vec, train
     weights = self.gru(seq_emb.shape[-1])
     if all_positions:
       # In packed rows a user's segment starts where the previous one's slots end.
-      resets = None if segments is None else segments != jnp.pad(
-          segments[:, :-1], ((0, 0), (1, 0)))
+      resets = None if segments is None else segments != jnp.pad(segments[:, :-1], ((0, 0), (1, 0)))
       return gru.gru_all_states([weights], [seq_emb], unroll=self.scan_unroll, resets=resets)[0]
     return gru.gru_last_state(weights, seq_emb, lengths_of(items), unroll=self.scan_unroll)

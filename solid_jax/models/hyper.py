@@ -50,11 +50,14 @@ class _LayerProjection(nn.Module):
   @nn.compact
   def __call__(self, z):
     dense = lambda width, name: nn.Dense(  # noqa: E731
-        width, kernel_init=layers.fmod_normal(), bias_init=layers.fmod_normal(), name=name)
+      width, kernel_init=layers.fmod_normal(), bias_init=layers.fmod_normal(), name=name
+    )
     b = z.shape[0]
     if self.kind == "duet":
-      return {"w": dense(self.n_in * self.n_out, "w")(z).reshape(b, self.n_in, self.n_out),
-              "b": dense(self.n_out, "b")(z)}
+      return {
+        "w": dense(self.n_in * self.n_out, "w")(z).reshape(b, self.n_in, self.n_out),
+        "b": dense(self.n_out, "b")(z),
+      }
     return {"core": dense(self.rank * self.rank, "core")(z).reshape(b, self.rank, self.rank)}
 
 
@@ -65,9 +68,10 @@ class _Projections(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    return {f"layer_{j}": _LayerProjection(n_in, n_out, self.kind, self.rank,
-                                           name=f"layer_{j}")(z)
-            for j, (n_in, n_out, _) in enumerate(self.specs)}
+    return {
+      f"layer_{j}": _LayerProjection(n_in, n_out, self.kind, self.rank, name=f"layer_{j}")(z)
+      for j, (n_in, n_out, _) in enumerate(self.specs)
+    }
 
 
 class Generator(nn.Module):
@@ -107,8 +111,14 @@ class Generator(nn.Module):
     return generate_weights([self], [seq], lengths, unroll=unroll)[0]
 
 
-def generate_weights(generators: Sequence[Generator], seqs: Sequence[Array], lengths: Array, *,
-                     unroll: int | bool = 1, all_positions: bool = False) -> list[Params]:
+def generate_weights(
+  generators: Sequence[Generator],
+  seqs: Sequence[Array],
+  lengths: Array,
+  *,
+  unroll: int | bool = 1,
+  all_positions: bool = False,
+) -> list[Params]:
   """Runs several generators, their GRUs fused in one scan.
 
   Args:
@@ -143,7 +153,8 @@ class _LowRankLayer(nn.Module):
   def __call__(self, core, x):
     x = nn.Dense(self.rank, kernel_init=layers.xavier_uniform(), name="V")(x)
     return nn.Dense(self.n_out, kernel_init=layers.xavier_uniform(), name="U")(
-        dynamic.apg_cores(core, x))
+      dynamic.apg_cores(core, x)
+    )
 
 
 class DynamicLayers(nn.Module):
@@ -172,8 +183,7 @@ class DynamicLayers(nn.Module):
 def generator_frozen(cfg: ModelConfig, path: tuple[str, ...]) -> bool:
   """With ``paper_compat``, the generators' projections stay at their init (the authors'
   behaviour)."""
-  return (cfg.paper_compat and len(path) > 1 and path[0] in GENERATOR_NAMES
-          and path[1] == "proj")
+  return cfg.paper_compat and len(path) > 1 and path[0] in GENERATOR_NAMES and path[1] == "proj"
 
 
 @HEADS.register("duet")
@@ -194,8 +204,9 @@ class DuetHead(Head):
   def generate(self, seq_emb, batch, *, all_positions=False, key=None, train=False):
     del key, train
     lengths = lengths_of(jnp.asarray(batch["items"]))
-    (weights,) = generate_weights([self.generator], [seq_emb], lengths, unroll=self.scan_unroll,
-                                  all_positions=all_positions)
+    (weights,) = generate_weights(
+      [self.generator], [seq_emb], lengths, unroll=self.scan_unroll, all_positions=all_positions
+    )
     return weights, {"aux_loss": jnp.zeros((), jnp.float32)}
 
   def __call__(self, weights, x):

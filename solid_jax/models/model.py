@@ -110,8 +110,7 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       params["head"] = {**params["head"], "codebook": table}
     return params
 
-  def _call(params: Params, method, *args, train: bool = False, key: Array | None = None,
-            **kwargs):
+  def _call(params: Params, method, *args, train: bool = False, key: Array | None = None, **kwargs):
     """``module.apply`` with dropout drawn from ``fold_in(key, 1)`` when training."""
     train = bool(train and cfg.dropout)
     rngs = None
@@ -119,15 +118,18 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       if key is None:
         raise ValueError("this model has dropout: apply(..., train=True) needs a PRNG key")
       rngs = {"dropout": jax.random.fold_in(key, 1)}
-    return module.apply({"params": params}, *args, method=method, rngs=rngs, train=train,
-                        key=key, **kwargs)
+    return module.apply(
+      {"params": params}, *args, method=method, rngs=rngs, train=train, key=key, **kwargs
+    )
 
-  def apply(params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
-            ) -> tuple[Array, dict]:
+  def apply(
+    params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
+  ) -> tuple[Array, dict]:
     return _call(params, Recommender.__call__, batch, train=train, key=key)
 
-  def apply_positions(params: Params, batch: Batch, *, train: bool = False,
-                      key: Array | None = None) -> tuple[Array, dict]:
+  def apply_positions(
+    params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
+  ) -> tuple[Array, dict]:
     return _call(params, Recommender.positions, batch, train=train, key=key)
 
   def generate(params: Params, batch: Batch) -> Params:
@@ -156,7 +158,15 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
     return params if head is params["head"] else {**params, "head": head}
 
   factorised = BACKBONES[cfg.backbone].factorised(cfg)
-  return Model(init, apply, generate, score, trainable, update_state, cfg,
-               apply_positions if cfg.positionwise else None,
-               encode_users if factorised else None,
-               encode_items if factorised else None)
+  return Model(
+    init,
+    apply,
+    generate,
+    score,
+    trainable,
+    update_state,
+    cfg,
+    apply_positions if cfg.positionwise else None,
+    encode_users if factorised else None,
+    encode_items if factorised else None,
+  )

@@ -47,35 +47,54 @@ class Recommender(nn.Module):
     cfg = self.cfg
     backbone = BACKBONES[cfg.backbone]
     self.backbone = backbone(cfg, scan_unroll=self.scan_unroll)
-    self.head = HEADS[cfg.head](cfg, specs=tuple(backbone.head_specs(cfg)),
-                                scan_unroll=self.scan_unroll)
+    self.head = HEADS[cfg.head](
+      cfg, specs=tuple(backbone.head_specs(cfg)), scan_unroll=self.scan_unroll
+    )
 
   @property
   def factorised(self) -> bool:
     return BACKBONES[self.cfg.backbone].factorised(self.cfg)
 
-  def generate(self, batch: Batch, *, train: bool = False, key: Array | None = None,
-               all_positions: bool = False) -> tuple[Params, dict]:
+  def generate(
+    self,
+    batch: Batch,
+    *,
+    train: bool = False,
+    key: Array | None = None,
+    all_positions: bool = False,
+  ) -> tuple[Params, dict]:
     if not HEADS[self.cfg.head].dynamic:
       return self.head.generate(None, batch)
     with jax.named_scope("backbone"):
       seq_emb = self.backbone.embed(jnp.asarray(batch["items"]), train=train)
     return self.head.generate(seq_emb, batch, all_positions=all_positions, key=key, train=train)
 
-  def head_input(self, batch: Batch, target_vec: Array | None, *, train: bool = False,
-                 all_positions: bool = False) -> Array:
+  def head_input(
+    self,
+    batch: Batch,
+    target_vec: Array | None,
+    *,
+    train: bool = False,
+    all_positions: bool = False,
+  ) -> Array:
     items = jnp.asarray(batch["items"])
-    if self.cfg.cloze and not all_positions:   # the state is read at an appended [MASK]
+    if self.cfg.cloze and not all_positions:  # the state is read at an appended [MASK]
       items = append_mask(items, self.cfg)
     layout = {k: batch[k] for k in PACKING_KEYS} if "segment" in batch else None
     with jax.named_scope("backbone"):
       seq_emb = self.backbone.embed(items, layout=layout, train=train)
-      return self.backbone.encode(seq_emb, items, target_vec, all_positions=all_positions,
-                                  segments=None if layout is None else layout["segment"],
-                                  train=train)
+      return self.backbone.encode(
+        seq_emb,
+        items,
+        target_vec,
+        all_positions=all_positions,
+        segments=None if layout is None else layout["segment"],
+        train=train,
+      )
 
-  def user_vectors(self, weights: Params, batch: Batch, *, train: bool = False,
-                   all_positions: bool = False) -> Array:
+  def user_vectors(
+    self, weights: Params, batch: Batch, *, train: bool = False, all_positions: bool = False
+  ) -> Array:
     x = self.head_input(batch, None, train=train, all_positions=all_positions)
     with jax.named_scope("head"):
       if not all_positions:
@@ -92,19 +111,23 @@ class Recommender(nn.Module):
         return self.head(weights, x)[:, 0]
     return jnp.sum(self.user_vectors(weights, batch, train=train) * target_vec, axis=-1)
 
-  def __call__(self, batch: Batch, *, train: bool = False, key: Array | None = None
-               ) -> tuple[Array, dict]:
+  def __call__(
+    self, batch: Batch, *, train: bool = False, key: Array | None = None
+  ) -> tuple[Array, dict]:
     weights, aux = self.generate(batch, train=train, key=key)
     return self.score(weights, batch, train=train), aux
 
-  def positions(self, batch: Batch, *, train: bool = False, key: Array | None = None
-                ) -> tuple[Array, dict]:
+  def positions(
+    self, batch: Batch, *, train: bool = False, key: Array | None = None
+  ) -> tuple[Array, dict]:
     if "segment" in batch and not self.cfg.packable:
-      raise ValueError(f"packed rows need a positionwise backbone with a head whose weights do "
-                       f"not pool over the row (the static head), not backbone="
-                       f"{self.cfg.backbone!r} head={self.cfg.head!r}")
+      raise ValueError(
+        f"packed rows need a positionwise backbone with a head whose weights do "
+        f"not pool over the row (the static head), not backbone="
+        f"{self.cfg.backbone!r} head={self.cfg.head!r}"
+      )
     weights, aux = self.generate(batch, train=train, key=key, all_positions=True)
-    users = self.user_vectors(weights, batch, train=train, all_positions=True)   # [B, L, d]
+    users = self.user_vectors(weights, batch, train=train, all_positions=True)  # [B, L, d]
     with jax.named_scope("backbone"):
       target_vec = self.backbone.tower(jnp.asarray(batch["target"]))
     return jnp.einsum("bld,blcd->blc", users, target_vec), aux
@@ -119,5 +142,9 @@ class Recommender(nn.Module):
 def example_batch(cfg: ModelConfig) -> dict[str, Any]:
   """A one-row batch of the shapes a model of ``cfg`` reads (what ``init`` traces)."""
   items = jnp.ones((1, cfg.seq_len), jnp.int32)
-  return {"items": items, "semantics": items, "target": jnp.ones((1,), jnp.int32),
-          "target_semantic": jnp.ones((1,), jnp.int32)}
+  return {
+    "items": items,
+    "semantics": items,
+    "target": jnp.ones((1,), jnp.int32),
+    "target_semantic": jnp.ones((1,), jnp.int32),
+  }

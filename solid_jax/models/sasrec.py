@@ -29,16 +29,28 @@ class TransformerStack(nn.Module):
   kernel_init: layers.Initializer = layers.xavier_uniform()
 
   @nn.compact
-  def __call__(self, x, key_mask, *, query_index=None, causal=False, segments=None,
-               train=False):
+  def __call__(self, x, key_mask, *, query_index=None, causal=False, segments=None, train=False):
     """float[B, L, d] -> float[B, L, d] (float[B, d] with ``query_index`` int[B])."""
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       x = layers.TransformerLayer(
-          self.dim, self.ff_dim, self.num_heads, self.ff_activation, self.eps,
-          self.dropout_hidden, self.dropout_attention, self.kernel_init, name=f"layer_{i}",
-      )(x, key_mask, query_index=query_index if last else None, causal=causal,
-        segments=segments, train=train)
+        self.dim,
+        self.ff_dim,
+        self.num_heads,
+        self.ff_activation,
+        self.eps,
+        self.dropout_hidden,
+        self.dropout_attention,
+        self.kernel_init,
+        name=f"layer_{i}",
+      )(
+        x,
+        key_mask,
+        query_index=query_index if last else None,
+        causal=causal,
+        segments=segments,
+        train=train,
+      )
     return x
 
 
@@ -61,16 +73,30 @@ class TransformerBackbone(EmbeddingBackbone):
     super().setup()
     cfg = self.cfg
     self.transformer = TransformerStack(
-        self.num_layers(cfg), cfg.dim, cfg.ff_dim, cfg.num_heads,
-        cfg.ff_activation or self.default_activation, cfg.layer_norm_eps, cfg.dropout_hidden,
-        cfg.dropout_attention, layers.kernel_init(cfg.init_std))
+      self.num_layers(cfg),
+      cfg.dim,
+      cfg.ff_dim,
+      cfg.num_heads,
+      cfg.ff_activation or self.default_activation,
+      cfg.layer_norm_eps,
+      cfg.dropout_hidden,
+      cfg.dropout_attention,
+      layers.kernel_init(cfg.init_std),
+    )
 
-  def encode(self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None,
-             train=False):
+  def encode(
+    self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None, train=False
+  ):
     del target_vec
     query = None if all_positions else last_index(lengths_of(items))
-    return self.transformer(seq_emb, items != 0, query_index=query,
-                            causal=self.causal(self.cfg), segments=segments, train=train)
+    return self.transformer(
+      seq_emb,
+      items != 0,
+      query_index=query,
+      causal=self.causal(self.cfg),
+      segments=segments,
+      train=train,
+    )
 
 
 @BACKBONES.register("sasrec")

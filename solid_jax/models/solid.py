@@ -55,12 +55,14 @@ class SolidHead(Head):
   def validate(cls, cfg):
     if cfg.num_semantics < 2:
       raise ValueError(
-          f"ModelConfig.num_semantics={cfg.num_semantics}: head='solid' needs >= 1 semantic id")
+        f"ModelConfig.num_semantics={cfg.num_semantics}: head='solid' needs >= 1 semantic id"
+      )
 
   @classmethod
   def frozen(cls, cfg, path):
-    return (path[0] == "codebook" and cfg.codebook in ("frozen", "ema")) or \
-        generator_frozen(cfg, path)
+    return (path[0] == "codebook" and cfg.codebook in ("frozen", "ema")) or generator_frozen(
+      cfg, path
+    )
 
   @classmethod
   def update_state(cls, cfg, params, aux):
@@ -73,13 +75,16 @@ class SolidHead(Head):
     d, kind, specs = cfg.dim, cfg.generator, self.layer_specs()
     self.item_generator = Generator(d, specs, kind, cfg.apg_rank)
     self.semantic_generator = Generator(d, specs, kind, cfg.apg_rank)
-    self.semantic_embedding = nn.Embed(cfg.num_semantics, d,
-                                       embedding_init=layers.padded(layers.xavier_uniform()))
-    self.semantic_position_embedding = nn.Embed(cfg.seq_len, d,
-                                                embedding_init=layers.xavier_uniform())
+    self.semantic_embedding = nn.Embed(
+      cfg.num_semantics, d, embedding_init=layers.padded(layers.xavier_uniform())
+    )
+    self.semantic_position_embedding = nn.Embed(
+      cfg.seq_len, d, embedding_init=layers.xavier_uniform()
+    )
     self.semantic_seq_trans = nn.Dense(d, kernel_init=layers.xavier_uniform())
-    self.codebook = codebook_lib.Codebook(cfg.codebook_size, d, cfg.codebook, cfg.ema_decay,
-                                          cfg.ema_dead_steps)
+    self.codebook = codebook_lib.Codebook(
+      cfg.codebook_size, d, cfg.codebook, cfg.ema_decay, cfg.ema_dead_steps
+    )
     self.decoder = layers.MLP((cfg.codebook_hidden, d), ("leaky_relu", None))
     self.shared = DynamicLayers(specs, kind, cfg.apg_rank)
 
@@ -100,19 +105,24 @@ class SolidHead(Head):
       sem = sem + self.semantic_position_embedding(jnp.arange(semantics.shape[-1]))
       sem = jnp.tanh(self.semantic_seq_trans(sem))
     w_item, w_sem = generate_weights(
-        [self.item_generator, self.semantic_generator], [decoded, sem], lengths_of(items),
-        unroll=self.scan_unroll, all_positions=all_positions)
+      [self.item_generator, self.semantic_generator],
+      [decoded, sem],
+      lengths_of(items),
+      unroll=self.scan_unroll,
+      all_positions=all_positions,
+    )
     with jax.named_scope("combine"):
       weights = combine(w_item, w_sem, cfg.clip_t)
     consistency = masked_mse(sem, info["selected"], mask)
     aux = {
-        "aux_loss": cfg.consistency_weight * consistency + info["codebook_loss"]
-        + cfg.commitment_weight * info["commitment_loss"],
-        "consistency_loss": consistency,
-        "codebook_loss": info["codebook_loss"],
-        "commitment_loss": info["commitment_loss"],
-        "codebook/perplexity": info["perplexity"],
-        "codebook/usage": info["usage"],
+      "aux_loss": cfg.consistency_weight * consistency
+      + info["codebook_loss"]
+      + cfg.commitment_weight * info["commitment_loss"],
+      "consistency_loss": consistency,
+      "codebook_loss": info["codebook_loss"],
+      "commitment_loss": info["commitment_loss"],
+      "codebook/perplexity": info["perplexity"],
+      "codebook/usage": info["usage"],
     }
     if cfg.codebook == "ema":
       aux["codebook_state"] = info["state"]

@@ -47,12 +47,12 @@ EMA_EPS = 1e-5
 
 
 def init(
-    key: Array,
-    num_codes: int,
-    dim: int,
-    *,
-    mode: str = "straight_through",
-    table: Array | None = None,
+  key: Array,
+  num_codes: int,
+  dim: int,
+  *,
+  mode: str = "straight_through",
+  table: Array | None = None,
 ) -> Params:
   """Codebook parameters.
 
@@ -87,11 +87,11 @@ def ema_init(key: Array, codes: Array) -> Params:
   """The EMA statistics of a fresh codebook ``codes: [C, D]``: count 1, sum = codes, a seed."""
   num_codes = codes.shape[0]
   return {
-      "count": jnp.ones((num_codes,), jnp.float32),
-      "sum": codes,
-      "unused": jnp.zeros((num_codes,), jnp.float32),
-      "step": jnp.zeros((), jnp.float32),
-      "seed": jax.random.randint(key, (), 0, 2**24).astype(jnp.float32),
+    "count": jnp.ones((num_codes,), jnp.float32),
+    "sum": codes,
+    "unused": jnp.zeros((num_codes,), jnp.float32),
+    "step": jnp.zeros((), jnp.float32),
+    "seed": jax.random.randint(key, (), 0, 2**24).astype(jnp.float32),
   }
 
 
@@ -157,14 +157,14 @@ def _masked_mean(sq: Array, mask: Array) -> Array:
 
 
 def quantize(
-    params: Params,
-    q: Array,
-    mask: Array,
-    *,
-    mode: str,
-    decay: float = 0.99,
-    dead_steps: int = 100,
-    key: Array | None = None,
+  params: Params,
+  q: Array,
+  mask: Array,
+  *,
+  mode: str,
+  decay: float = 0.99,
+  dead_steps: int = 100,
+  key: Array | None = None,
 ) -> tuple[Array, dict]:
   """Quantises queries to their nearest codes.
 
@@ -206,30 +206,30 @@ def quantize(
   out = jnp.where(valid[..., None], out, 0.0)
   counts, perplexity, usage = usage_stats(index, mask, num_codes)
   info = {
-      "index": index,
-      "selected": selected,
-      "codebook_loss": codebook_loss,
-      "commitment_loss": commitment_loss,
-      "perplexity": perplexity,
-      "usage": usage,
-      "counts": counts,
+    "index": index,
+    "selected": selected,
+    "codebook_loss": codebook_loss,
+    "commitment_loss": commitment_loss,
+    "perplexity": perplexity,
+    "usage": usage,
+    "counts": counts,
   }
   if mode == "ema":
     info["state"] = ema_update(
-        params, jax.lax.stop_gradient(q), index, mask, decay=decay, dead_steps=dead_steps, key=key
+      params, jax.lax.stop_gradient(q), index, mask, decay=decay, dead_steps=dead_steps, key=key
     )
   return out, info
 
 
 def ema_update(
-    params: Params,
-    q: Array,
-    index: Array,
-    mask: Array,
-    *,
-    decay: float,
-    dead_steps: int,
-    key: Array | None = None,
+  params: Params,
+  q: Array,
+  index: Array,
+  mask: Array,
+  *,
+  decay: float,
+  dead_steps: int,
+  key: Array | None = None,
 ) -> Params:
   """One EMA step of the codebook with dead-code revival (row 0 untouched).
 
@@ -266,7 +266,7 @@ def ema_update(
 
   if key is None:
     key = jax.random.fold_in(
-        jax.random.key(ema["seed"].astype(jnp.uint32)), ema["step"].astype(jnp.uint32)
+      jax.random.key(ema["seed"].astype(jnp.uint32)), ema["step"].astype(jnp.uint32)
     )
   any_valid = jnp.sum(flat_m) > 0
   dead = (unused >= dead_steps) & any_valid & (jnp.arange(num_codes) > 0)
@@ -281,11 +281,11 @@ def ema_update(
   old = params["codes"]
   first = jnp.arange(num_codes)[:, None] == 0
   new_ema = {
-      "count": jnp.where(first[:, 0], ema["count"], count),
-      "sum": jnp.where(first, ema["sum"], summed),
-      "unused": jnp.where(first[:, 0], ema["unused"], unused),
-      "step": ema["step"] + 1.0,
-      "seed": ema["seed"],
+    "count": jnp.where(first[:, 0], ema["count"], count),
+    "sum": jnp.where(first, ema["sum"], summed),
+    "unused": jnp.where(first[:, 0], ema["unused"], unused),
+    "step": ema["step"] + 1.0,
+    "seed": ema["seed"],
   }
   return {"codes": jnp.where(first, old, codes), "ema": new_ema}
 
@@ -310,7 +310,8 @@ class Codebook(nn.Module):
 
   def setup(self):
     self.codes = self.param(
-        "codes", lambda key: init(key, self.num_codes, self.dim, mode="frozen")["codes"])
+      "codes", lambda key: init(key, self.num_codes, self.dim, mode="frozen")["codes"]
+    )
     self.ema = self.param("ema", ema_init, self.codes) if self.mode == "ema" else None
 
   def tables(self) -> Params:
@@ -319,8 +320,9 @@ class Codebook(nn.Module):
 
   def __call__(self, q: Array, mask: Array, *, key: Array | None = None) -> tuple[Array, dict]:
     """``quantize(tables, q float[B, L, D], mask float[B, L])``: see ``quantize``."""
-    return quantize(self.tables(), q, mask, mode=self.mode, decay=self.decay,
-                    dead_steps=self.dead_steps, key=key)
+    return quantize(
+      self.tables(), q, mask, mode=self.mode, decay=self.decay, dead_steps=self.dead_steps, key=key
+    )
 
 
 # ------------------------------------------------------------------------------------------ k-means
@@ -369,7 +371,7 @@ def kmeans_plusplus(key: Array, x: Array, k: int) -> Array:
 
 @functools.partial(jax.jit, static_argnames=("k", "iters", "chunk"))
 def kmeans(
-    key: Array, x: Array, k: int, iters: int = 25, *, chunk: int = 4096
+  key: Array, x: Array, k: int, iters: int = 25, *, chunk: int = 4096
 ) -> tuple[Array, Array]:
   """k-means (Lloyd) with k-means++ seeding, jit-compiled.
 

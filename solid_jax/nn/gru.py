@@ -32,12 +32,12 @@ class GRUWeights(nn.Module):
   @nn.compact
   def __call__(self, n_in: int) -> Params:
     h = self.hidden
-    init = _uniform(h ** -0.5)
+    init = _uniform(h**-0.5)
     return {
-        "w_ih": self.param("w_ih", init, (n_in, 3 * h)),
-        "w_hh": self.param("w_hh", init, (h, 3 * h)),
-        "b_ih": self.param("b_ih", init, (3 * h,)),
-        "b_hh": self.param("b_hh", init, (3 * h,)),
+      "w_ih": self.param("w_ih", init, (n_in, 3 * h)),
+      "w_hh": self.param("w_hh", init, (h, 3 * h)),
+      "b_ih": self.param("b_ih", init, (3 * h,)),
+      "b_hh": self.param("b_hh", init, (3 * h,)),
     }
 
 
@@ -46,6 +46,7 @@ def _uniform(bound: float):
 
   def apply(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return apply
 
 
@@ -66,7 +67,7 @@ def gru_cell(params: Params, gi: Array, h: Array) -> Array:
     float[..., h], the new state ``(1 - z) * n + z * h`` (computed as ``n + z * (h - n)``).
   """
   rz, n, _ = _gru_gates(params, gi, h)
-  z = rz[..., h.shape[-1]:]
+  z = rz[..., h.shape[-1] :]
   return n + z * (h - n)
 
 
@@ -76,13 +77,13 @@ def _gru_gates(params: Params, gi: Array, h: Array) -> tuple[Array, Array, Array
   hidden = h.shape[-1]
   gh = h @ params["w_hh"] + params["b_hh"]
   rz = jax.nn.sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
-  gh_n = gh[..., 2 * hidden:]
-  n = jnp.tanh(gi[..., 2 * hidden:] + rz[..., :hidden] * gh_n)
+  gh_n = gh[..., 2 * hidden :]
+  n = jnp.tanh(gi[..., 2 * hidden :] + rz[..., :hidden] * gh_n)
   return rz, n, gh_n
 
 
 def gru_last_states(
-    params_list: Sequence[Params], xs_list: Sequence[Array], lengths: Array, *, unroll: int = 1
+  params_list: Sequence[Params], xs_list: Sequence[Array], lengths: Array, *, unroll: int = 1
 ) -> list[Array]:
   """Runs several GRUs over their sequences in ONE ``lax.scan`` and returns each state at ``n-1``.
 
@@ -119,15 +120,17 @@ def _gru_forward(unroll, params_list, xs_list, lengths):
   live = _gru_live(xs_list[0], lengths)
   xs_tm = [jnp.swapaxes(xs, 0, 1) for xs in xs_list]  # [L, B, n_in], time-major
   gis = [x @ p["w_ih"] + p["b_ih"] for p, x in zip(params_list, xs_tm)]
-  h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), gi.dtype)
-        for p, xs, gi in zip(params_list, xs_list, gis)]
+  h0 = [
+    jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), gi.dtype)
+    for p, xs, gi in zip(params_list, xs_list, gis)
+  ]
 
   def step(hs, inputs):
     gi_t, live_t = inputs
     new_hs, saved = [], []
     for p, g, h in zip(params_list, gi_t, hs):
       rz, n, gh_n = _gru_gates(p, g, h)
-      z = rz[:, h.shape[-1]:]
+      z = rz[:, h.shape[-1] :]
       new_hs.append(jnp.where(live_t, n + z * (h - n), h))
       saved.append((h, rz, n, gh_n))
     return new_hs, saved
@@ -167,12 +170,14 @@ def _gru_backward(unroll, residuals, d_final):
   d_params, d_xs = [], []
   for p, x_tm, (h, _, _, _), (dgi, dgh) in zip(params_list, xs_tm, saved, grads):
     flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  [L*B, k]
-    d_params.append({
+    d_params.append(
+      {
         "w_ih": (flat(x_tm).T @ flat(dgi)).astype(p["w_ih"].dtype),
         "w_hh": (flat(h).T @ flat(dgh)).astype(p["w_hh"].dtype),
         "b_ih": jnp.sum(dgi, axis=(0, 1)).astype(p["b_ih"].dtype),
         "b_hh": jnp.sum(dgh, axis=(0, 1)).astype(p["b_hh"].dtype),
-    })
+      }
+    )
     d_xs.append(jnp.swapaxes(dgi @ p["w_ih"].T, 0, 1).astype(x_tm.dtype))
   return d_params, d_xs, None
 
@@ -186,14 +191,13 @@ _gru_last_states.defvjp(_gru_forward, _gru_backward)
 
 
 def gru_last_states_autodiff(
-    params_list: Sequence[Params], xs_list: Sequence[Array], lengths: Array, *, unroll: int = 1
+  params_list: Sequence[Params], xs_list: Sequence[Array], lengths: Array, *, unroll: int = 1
 ) -> list[Array]:
   """``gru_last_states`` differentiated by JAX through the scan (the reference for its VJP)."""
   gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
   steps = jnp.arange(gis[0].shape[0])
   h0 = [
-      jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype)
-      for p, xs in zip(params_list, xs_list)
+    jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype) for p, xs in zip(params_list, xs_list)
   ]
 
   def step(hs, inputs):
@@ -205,8 +209,13 @@ def gru_last_states_autodiff(
   return final
 
 
-def gru_all_states(params_list: Sequence[Params], xs_list: Sequence[Array], *,
-                   unroll: int = 1, resets: Array | None = None) -> list[Array]:
+def gru_all_states(
+  params_list: Sequence[Params],
+  xs_list: Sequence[Array],
+  *,
+  unroll: int = 1,
+  resets: Array | None = None,
+) -> list[Array]:
   """Several GRUs in one scan, returning the state after EVERY step: float[B, L, h] each.
 
   Row b's state at step t summarises items ``0..t``; steps past the row's length are computed
@@ -215,11 +224,15 @@ def gru_all_states(params_list: Sequence[Params], xs_list: Sequence[Array], *,
   state is set back to zero before every step marked True, where a new sequence starts.
   """
   gis = [jnp.swapaxes(xs @ p["w_ih"] + p["b_ih"], 0, 1) for p, xs in zip(params_list, xs_list)]
-  h0 = [jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype)
-        for p, xs in zip(params_list, xs_list)]
+  h0 = [
+    jnp.zeros((xs.shape[0], p["w_hh"].shape[0]), xs.dtype) for p, xs in zip(params_list, xs_list)
+  ]
   b, length = xs_list[0].shape[:2]
-  keep = jnp.ones((length, b, 1), xs_list[0].dtype) if resets is None else \
-      jnp.swapaxes(~resets, 0, 1)[..., None].astype(xs_list[0].dtype)
+  keep = (
+    jnp.ones((length, b, 1), xs_list[0].dtype)
+    if resets is None
+    else jnp.swapaxes(~resets, 0, 1)[..., None].astype(xs_list[0].dtype)
+  )
 
   def step(hs, inputs):
     gi_t, keep_t = inputs
@@ -233,5 +246,3 @@ def gru_all_states(params_list: Sequence[Params], xs_list: Sequence[Array], *,
 def gru_last_state(params: Params, xs: Array, lengths: Array, *, unroll: int = 1) -> Array:
   """A single GRU's state at ``n-1``: float[B, L, n_in] -> float[B, h] (see ``gru_last_states``)."""
   return gru_last_states([params], [xs], lengths, unroll=unroll)[0]
-
-

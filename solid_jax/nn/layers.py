@@ -24,11 +24,11 @@ LAYER_NORM_EPS = 1e-5
 LEAKY_SLOPE = 0.1
 
 ACTIVATIONS: dict[str | None, Callable[[Array], Array]] = {
-    None: lambda x: x,
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "leaky_relu": lambda x: jax.nn.leaky_relu(x, LEAKY_SLOPE),
+  None: lambda x: x,
+  "tanh": jnp.tanh,
+  "relu": jax.nn.relu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "leaky_relu": lambda x: jax.nn.leaky_relu(x, LEAKY_SLOPE),
 }
 
 
@@ -130,14 +130,14 @@ class TransformerLayer(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      key_mask: Array,
-      *,
-      query_index: Array | None = None,
-      causal: bool = False,
-      segments: Array | None = None,
-      train: bool = False,
+    self,
+    x: Array,
+    key_mask: Array,
+    *,
+    query_index: Array | None = None,
+    causal: bool = False,
+    segments: Array | None = None,
+    train: bool = False,
   ) -> Array:
     """One layer.
 
@@ -170,12 +170,12 @@ class TransformerLayer(nn.Module):
     if segments is not None:
       mask = mask & (segments[:, None, None, :] == segments[:, None, :, None])
     attention = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        kernel_init=as_matrix(self.kernel_init, 1),
-        out_kernel_init=as_matrix(self.kernel_init, 2),
-        dropout_rate=self.dropout_attention,
-        broadcast_dropout=False,
-        name="attention",
+      num_heads=self.num_heads,
+      kernel_init=as_matrix(self.kernel_init, 1),
+      out_kernel_init=as_matrix(self.kernel_init, 2),
+      dropout_rate=self.dropout_attention,
+      broadcast_dropout=False,
+      name="attention",
     )
     att = attention(x_q, x, mask=mask, deterministic=not train)
     drop = nn.Dropout(self.dropout_hidden, deterministic=not train)
@@ -183,7 +183,8 @@ class TransformerLayer(nn.Module):
     y = norm("norm_1")(x_q + drop(att))
     ff = nn.Dense(self.ff_dim, kernel_init=self.kernel_init, name="ff_1")(y)
     ff = nn.Dense(self.dim, kernel_init=self.kernel_init, name="ff_2")(
-        activation(self.ff_activation)(ff))
+      activation(self.ff_activation)(ff)
+    )
     out = norm("norm_2")(y + drop(ff))
     return out if query_index is None else out[:, 0]
 

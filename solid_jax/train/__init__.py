@@ -12,14 +12,37 @@ from solid_jax.train.config import METHODS, SEMANTIC_SOURCES, TrainConfig, confi
 from solid_jax.train.loop import NonFiniteLossError, StageData, StageSpec, train_stage
 from solid_jax.train.reliability import Preempted, PREEMPTED_EXIT_CODE, WorkdirLock
 from solid_jax.train.reliability import WorkdirLockedError
-from solid_jax.train.stages import (Stage1MismatchError, WorkdirError, run_experiment,
-                                    summary_table, with_semantics)
+from solid_jax.train.stages import (
+  Stage1MismatchError,
+  WorkdirError,
+  run_experiment,
+  summary_table,
+  with_semantics,
+)
 from solid_jax.train.step import make_train_step, weighted_bce
 from solid_jax.train.optim import make_optimizer
 from solid_jax.train.rows import semantic_view
 
-__all__ = ["METHODS", "NonFiniteLossError", "PREEMPTED_EXIT_CODE", "Preempted", "SEMANTIC_SOURCES",
-           "Stage1MismatchError", "StageData", "StageSpec", "TrainConfig", "WorkdirError",
-           "WorkdirLock", "WorkdirLockedError", "config_differences", "make_optimizer",
-           "make_train_step", "run_experiment", "semantic_view", "summary_table", "train_stage",
-           "weighted_bce", "with_semantics"]
+__all__ = [
+  "METHODS",
+  "NonFiniteLossError",
+  "PREEMPTED_EXIT_CODE",
+  "Preempted",
+  "SEMANTIC_SOURCES",
+  "Stage1MismatchError",
+  "StageData",
+  "StageSpec",
+  "TrainConfig",
+  "WorkdirError",
+  "WorkdirLock",
+  "WorkdirLockedError",
+  "config_differences",
+  "make_optimizer",
+  "make_train_step",
+  "run_experiment",
+  "semantic_view",
+  "summary_table",
+  "train_stage",
+  "weighted_bce",
+  "with_semantics",
+]

@@ -106,19 +106,29 @@ class StageCheckpoints:
     self.directory = os.path.abspath(os.fspath(directory))
     if not read_only:
       _remove_uncommitted(self.directory)
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
         ocp.checkpoint_managers.LatestN(n=1),
-        ocp.checkpoint_managers.BestN(get_metric_fn=_rank, n=1,
-                                      keep_checkpoints_without_metrics=False),
-    ])
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=_rank, n=1, keep_checkpoints_without_metrics=False
+        ),
+      ]
+    )
     options = ocp.CheckpointManagerOptions(
-        best_fn=_rank, best_mode="max", preservation_policy=policy,
-        create=not read_only, read_only=read_only,
-        save_interval_steps=0 if read_only else 1, enable_async_checkpointing=True,
-        save_root_metadata=False)
-    handlers = {"params": ocp.StandardCheckpointHandler(),
-                "opt_state": ocp.StandardCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler()}
+      best_fn=_rank,
+      best_mode="max",
+      preservation_policy=policy,
+      create=not read_only,
+      read_only=read_only,
+      save_interval_steps=0 if read_only else 1,
+      enable_async_checkpointing=True,
+      save_root_metadata=False,
+    )
+    handlers = {
+      "params": ocp.StandardCheckpointHandler(),
+      "opt_state": ocp.StandardCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+    }
     self._manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   # -- queries ------------------------------------------------------------------------------------
@@ -131,21 +141,24 @@ class StageCheckpoints:
 
   def best_step(self) -> int | None:
     """The kept step with the best selection metric (None when no epoch has ended)."""
-    ranked = [(_rank(m), s) for s in self.all_steps()
-              if (m := self._manager.metrics(s)) is not None and m["selection"] is not None]
+    ranked = [
+      (_rank(m), s)
+      for s in self.all_steps()
+      if (m := self._manager.metrics(s)) is not None and m["selection"] is not None
+    ]
     return max(ranked)[1] if ranked else None
 
   def param_shapes(self, step: int) -> dict[str, Any]:
     """Shapes of the saved parameters, a nested dict of tuples, read without loading arrays."""
     meta = self._manager.item_metadata(step)["params"]
     tree = meta.tree if hasattr(meta, "tree") else meta
-    return jax.tree.map(lambda m: tuple(m.shape), dict(tree),
-                        is_leaf=lambda m: hasattr(m, "shape"))
+    return jax.tree.map(lambda m: tuple(m.shape), dict(tree), is_leaf=lambda m: hasattr(m, "shape"))
 
   # -- save / restore -----------------------------------------------------------------------------
 
-  def save(self, step: int, params, opt_state, meta: dict[str, Any],
-           selection: float | None = None) -> None:
+  def save(
+    self, step: int, params, opt_state, meta: dict[str, Any], selection: float | None = None
+  ) -> None:
     """Saves a checkpoint asynchronously (``wait`` blocks until it is on disk).
 
     Args:
@@ -160,20 +173,26 @@ class StageCheckpoints:
     # The save completes in the background: it must not see later changes of the caller's objects.
     meta = copy.deepcopy(meta)
     meta[CHECKSUM_KEY] = {"params": tree_checksum(params), "opt_state": tree_checksum(opt_state)}
-    self._manager.save(step, args=ocp.args.Composite(
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), metrics=metrics)
+        meta=ocp.args.JsonSave(meta),
+      ),
+      metrics=metrics,
+    )
 
   def _verify(self, step: int, meta: dict[str, Any], **trees) -> None:
     sums = meta.get(CHECKSUM_KEY)
-    if sums is None:   # saved before checksums were recorded
+    if sums is None:  # saved before checksums were recorded
       return
     for name, tree in trees.items():
       if tree_checksum(tree) != sums.get(name):
         raise CorruptCheckpointError(
-            f"checkpoint step {step} in {self.directory}: the restored {name} do not match the "
-            "checksum recorded at save time (files changed on disk)")
+          f"checkpoint step {step} in {self.directory}: the restored {name} do not match the "
+          "checksum recorded at save time (files changed on disk)"
+        )
 
   def _restore(self, step: int, args) -> dict[str, Any]:
     try:
@@ -182,8 +201,9 @@ class StageCheckpoints:
       raise
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(
-          f"checkpoint step {step} in {self.directory} cannot be read: "
-          f"{type(e).__name__}: {str(e)[:300]}") from e
+        f"checkpoint step {step} in {self.directory} cannot be read: "
+        f"{type(e).__name__}: {str(e)[:300]}"
+      ) from e
 
   def restore(self, step: int, params_like, opt_state_like) -> tuple[Any, Any, dict[str, Any]]:
     """Restores (params, opt_state, meta) of ``step`` into the structure of the given templates.
@@ -192,17 +212,22 @@ class StageCheckpoints:
       CorruptCheckpointError: the step's files cannot be read or do not match their checksum.
     """
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-    out = self._restore(step, dict(
+    out = self._restore(
+      step,
+      dict(
         params=ocp.args.StandardRestore(abstract(params_like)),
         opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
     meta = dict(out["meta"])
     self._verify(step, meta, params=out["params"], opt_state=out["opt_state"])
     meta.pop(CHECKSUM_KEY, None)
     return out["params"], out["opt_state"], meta
 
-  def restore_latest_good(self, params_like, opt_state_like
-                          ) -> tuple[int, Any, Any, dict[str, Any]] | None:
+  def restore_latest_good(
+    self, params_like, opt_state_like
+  ) -> tuple[int, Any, Any, dict[str, Any]] | None:
     """The newest kept step that restores intact, as ``(step, params, opt_state, meta)``.
 
     Corrupted steps are moved aside to ``DIR/corrupted.<step>`` with a warning naming them (the
@@ -225,8 +250,9 @@ class StageCheckpoints:
         self._manager.reload()
     if bad:
       raise CorruptCheckpointError(
-          f"{self.directory}: no intact checkpoint is left (corrupted steps {bad}, moved to "
-          "corrupted.<step>); delete the stage directory to train it again")
+        f"{self.directory}: no intact checkpoint is left (corrupted steps {bad}, moved to "
+        "corrupted.<step>); delete the stage directory to train it again"
+      )
     return None
 
   def restore_params(self, step: int, params_like=None):
@@ -236,8 +262,8 @@ class StageCheckpoints:
       CorruptCheckpointError: the step's files cannot be read or do not match their checksum.
     """
     args = ocp.args.StandardRestore(
-        None if params_like is None
-        else jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
+      None if params_like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
+    )
     out = self._restore(step, dict(params=args, meta=ocp.args.JsonRestore()))
     self._verify(step, dict(out["meta"]), params=out["params"])
     return out["params"]
@@ -259,9 +285,10 @@ class StageCheckpoints:
       self._manager.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(
-          f"saving a checkpoint in {self.directory} failed (disk full or not writable?): "
-          f"{type(e).__name__}: {str(e)[:400]}; the checkpoints committed before it "
-          f"(steps {self.all_steps()}) are intact") from e
+        f"saving a checkpoint in {self.directory} failed (disk full or not writable?): "
+        f"{type(e).__name__}: {str(e)[:400]}; the checkpoints committed before it "
+        f"(steps {self.all_steps()}) are intact"
+      ) from e
 
   def close(self) -> None:
     self._manager.close()

@@ -31,15 +31,23 @@ def single_threaded_cpu_kernels() -> None:
     os.environ["XLA_FLAGS"] = f"{current} --xla_cpu_multi_thread_eigen=false".strip()
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS, *, with_workdir: bool = True
-                 ) -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, *, with_workdir: bool = True) -> None:
   """Defines ``--config``, ``--workdir`` and one flag per TrainConfig field in ``flag_values``."""
-  flags.DEFINE_string("config", "default", "config file: a name in experiments/configs/ or a "
-                      "path to a .py file whose get_config() returns a TrainConfig; the other "
-                      "flags override its fields", flag_values=flag_values)
+  flags.DEFINE_string(
+    "config",
+    "default",
+    "config file: a name in experiments/configs/ or a "
+    "path to a .py file whose get_config() returns a TrainConfig; the other "
+    "flags override its fields",
+    flag_values=flag_values,
+  )
   if with_workdir:
-    flags.DEFINE_string("workdir", None, "directory of the run (checkpoints, metrics, results)",
-                        flag_values=flag_values)
+    flags.DEFINE_string(
+      "workdir",
+      None,
+      "directory of the run (checkpoints, metrics, results)",
+      flag_values=flag_values,
+    )
   for field in dataclasses.fields(TrainConfig):
     define_field_flag(field, flag_values)
 
@@ -78,9 +86,11 @@ def load_config_file(name_or_path: str, configs_dir: str | None = None) -> Train
       raise ValueError(f"config {name_or_path!r} is a bare name but no configs directory is set")
     path = os.path.join(configs_dir, f"{name_or_path}.py")
   if not os.path.exists(path):
-    available = sorted(f[:-3] for f in os.listdir(configs_dir) if f.endswith(".py")
-                       and not f.startswith("_")) if configs_dir and os.path.isdir(configs_dir) \
-        else []
+    available = (
+      sorted(f[:-3] for f in os.listdir(configs_dir) if f.endswith(".py") and not f.startswith("_"))
+      if configs_dir and os.path.isdir(configs_dir)
+      else []
+    )
     raise FileNotFoundError(f"config file {path} not found (configs: {available})")
   spec = importlib.util.spec_from_file_location(f"_solid_jax_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
@@ -93,12 +103,16 @@ def load_config_file(name_or_path: str, configs_dir: str | None = None) -> Train
 
 def overrides_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
   """The TrainConfig fields set explicitly on the command line or in a flagfile."""
-  return {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)
-          if flag_values[f.name].present}
+  return {
+    f.name: flag_values[f.name].value
+    for f in dataclasses.fields(TrainConfig)
+    if flag_values[f.name].present
+  }
 
 
-def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                      configs_dir: str | None = None) -> TrainConfig:
+def config_from_flags(
+  flag_values: flags.FlagValues = flags.FLAGS, configs_dir: str | None = None
+) -> TrainConfig:
   """The config file's TrainConfig with the explicitly given flags applied."""
   base = load_config_file(flag_values["config"].value, configs_dir)
   return dataclasses.replace(base, **overrides_from_flags(flag_values))

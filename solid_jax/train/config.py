@@ -25,8 +25,15 @@ STOP_RULES = ("select", "any")
 # same workdir. ``data_parallel`` is one of them: a data-parallel step computes what one device
 # computes on the same global batch (up to the order of floating-point sums), so a run may be
 # resumed on another number of devices.
-RUNTIME_FIELDS = ("progress", "tensorboard", "prefetch", "check_every_steps",
-                  "checkpoint_every_steps", "data_parallel", "save_scores")
+RUNTIME_FIELDS = (
+  "progress",
+  "tensorboard",
+  "prefetch",
+  "check_every_steps",
+  "checkpoint_every_steps",
+  "data_parallel",
+  "save_scores",
+)
 
 
 def parse_select_metric(value: str) -> tuple[str, str]:
@@ -36,26 +43,61 @@ def parse_select_metric(value: str) -> tuple[str, str]:
     ValueError: not ``protocol:metric`` with a protocol and metric that exist.
   """
   from solid_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+
   protocol, _, metric = value.partition(":")
   names = {"sampled": metrics_lib.metric_names(), "full": metrics_lib.full_metric_names()}
   if protocol not in names or metric not in names[protocol]:
-    raise ValueError(f"select_metric={value!r}: expected 'sampled:<m>' with m in "
-                     f"{list(names['sampled'])} or 'full:<m>' with m in {list(names['full'])}")
+    raise ValueError(
+      f"select_metric={value!r}: expected 'sampled:<m>' with m in "
+      f"{list(names['sampled'])} or 'full:<m>' with m in {list(names['full'])}"
+    )
   return protocol, metric
 
 
 # TrainConfig fields passed unchanged to the ModelConfig of every stage.
-SHARED_MODEL_FIELDS = ("backbone", "seq_len", "dim", "apg_rank", "paper_compat", "num_heads",
-                       "ff_dim", "sasrec_layers", "causal", "ff_activation", "embedding",
-                       "position_alignment", "target_tower", "head_layers", "init_std",
-                       "layer_norm_eps", "dropout_embedding", "dropout_hidden",
-                       "dropout_attention")
+SHARED_MODEL_FIELDS = (
+  "backbone",
+  "seq_len",
+  "dim",
+  "apg_rank",
+  "paper_compat",
+  "num_heads",
+  "ff_dim",
+  "sasrec_layers",
+  "causal",
+  "ff_activation",
+  "embedding",
+  "position_alignment",
+  "target_tower",
+  "head_layers",
+  "init_std",
+  "layer_norm_eps",
+  "dropout_embedding",
+  "dropout_hidden",
+  "dropout_attention",
+)
 # TrainConfig fields that are keyword arguments of `loop.train_stage` under the same name.
-LOOP_FIELDS = ("seed", "batch_size", "lr", "eval_batch_size", "select_on",
-               "checkpoint_every_steps", "check_every_steps", "prefetch", "progress",
-               "tensorboard", "group_candidates", "data_parallel", "select_metric",
-               "eval_protocol", "patience", "weight_decay", "grad_clip_norm", "save_scores",
-               "stop_rule")
+LOOP_FIELDS = (
+  "seed",
+  "batch_size",
+  "lr",
+  "eval_batch_size",
+  "select_on",
+  "checkpoint_every_steps",
+  "check_every_steps",
+  "prefetch",
+  "progress",
+  "tensorboard",
+  "group_candidates",
+  "data_parallel",
+  "select_metric",
+  "eval_protocol",
+  "patience",
+  "weight_decay",
+  "grad_clip_norm",
+  "save_scores",
+  "stop_rule",
+)
 
 
 def _field(default, help_text: str, **kwargs):
@@ -74,113 +116,193 @@ class TrainConfig:
   seed: int = _field(0, "seed of the splits, the negatives, the batch order and the init")
 
   # Method and model.
-  method: str = _field("solid", "static | duet | apg | solid (DUET generator) | solid_apg, or "
-                       "one registered in solid_jax.models.METHODS by a plugin")
-  plugins: str = _field("", "comma-separated modules (dotted names or .py paths) imported before "
-                        "anything else; they register backbones, heads or methods "
-                        "(solid_jax.plugins)")
-  backbone: str = _field("sasrec", "sequence encoder: sasrec | gru4rec | din | bert4rec, or one "
-                         "registered by a plugin (--plugins)")
+  method: str = _field(
+    "solid",
+    "static | duet | apg | solid (DUET generator) | solid_apg, or "
+    "one registered in solid_jax.models.METHODS by a plugin",
+  )
+  plugins: str = _field(
+    "",
+    "comma-separated modules (dotted names or .py paths) imported before "
+    "anything else; they register backbones, heads or methods "
+    "(solid_jax.plugins)",
+  )
+  backbone: str = _field(
+    "sasrec",
+    "sequence encoder: sasrec | gru4rec | din | bert4rec, or one "
+    "registered by a plugin (--plugins)",
+  )
   dim: int = _field(32, "embedding width d")
-  codebook: str = _field("straight_through", "SOLID codebook mode",
-                         choices=model_configs.CODEBOOK_MODES)
+  codebook: str = _field(
+    "straight_through", "SOLID codebook mode", choices=model_configs.CODEBOOK_MODES
+  )
   codebook_hidden: int = _field(64, "width of the decoder after the codebook")
   consistency_weight: float = _field(0.1, "lambda, weight of the stage-2 consistency loss")
   commitment_weight: float = _field(0.25, "beta, straight-through commitment loss weight")
   clip_t: float = _field(0.01, "t, the item-branch weights are clipped to [-t, t]")
   ema_decay: float = _field(0.99, "decay of the EMA codebook statistics (codebook=ema)")
   apg_rank: int = _field(16, "K of the APG low-rank cores")
-  paper_compat: bool = _field(False, "freeze the generators' final projections at their init, as "
-                              "the authors' code does")
+  paper_compat: bool = _field(
+    False, "freeze the generators' final projections at their init, as the authors' code does"
+  )
   num_heads: int = _field(4, "attention heads of SASRec / BERT4Rec")
   ff_dim: int = _field(128, "feed-forward width of the transformer")
   sasrec_layers: int = _field(1, "transformer blocks of SASRec")
   causal: bool = _field(False, "causal self-attention in SASRec (needed by --objective=positions)")
-  ff_activation: str = _field("", "transformer feed-forward activation ('' = relu for SASRec, gelu "
-                              "for BERT4Rec)", choices=model_configs.ACTIVATIONS)
-  embedding: str = _field("tanh_dense", "sequence embedding: tanh_dense (the SOLID authors') or "
-                          "layer_norm (LN(E + P), SASRec's)", choices=model_configs.EMBEDDINGS)
-  position_alignment: str = _field("start", "position 0 is the oldest history item (start) or the "
-                                   "newest is always position L-1 (end, a left-padded SASRec)",
-                                   choices=("start", "end"))
-  target_tower: str = _field("mlp", "target tower: mlp (the authors') or embedding (the shared "
-                             "item embedding, SASRec's)", choices=model_configs.TARGET_TOWERS)
-  head_layers: int = _field(2, "layers of the dynamic heads (and of the static head unless "
-                            "--static_head_layers is set)")
-  static_head_layers: int = _field(-1, "layers of the static head; 0 = none (the backbone's state "
-                                   "scores the items, as SASRec); -1 = --head_layers")
-  init_std: float = _field(0.0, "> 0: backbone kernels and embeddings ~ N(0, init_std), biases 0 "
-                           "(BERT / S3-Rec init); 0: the default per-layer inits")
+  ff_activation: str = _field(
+    "",
+    "transformer feed-forward activation ('' = relu for SASRec, gelu for BERT4Rec)",
+    choices=model_configs.ACTIVATIONS,
+  )
+  embedding: str = _field(
+    "tanh_dense",
+    "sequence embedding: tanh_dense (the SOLID authors') or layer_norm (LN(E + P), SASRec's)",
+    choices=model_configs.EMBEDDINGS,
+  )
+  position_alignment: str = _field(
+    "start",
+    "position 0 is the oldest history item (start) or the "
+    "newest is always position L-1 (end, a left-padded SASRec)",
+    choices=("start", "end"),
+  )
+  target_tower: str = _field(
+    "mlp",
+    "target tower: mlp (the authors') or embedding (the shared item embedding, SASRec's)",
+    choices=model_configs.TARGET_TOWERS,
+  )
+  head_layers: int = _field(
+    2, "layers of the dynamic heads (and of the static head unless --static_head_layers is set)"
+  )
+  static_head_layers: int = _field(
+    -1,
+    "layers of the static head; 0 = none (the backbone's state "
+    "scores the items, as SASRec); -1 = --head_layers",
+  )
+  init_std: float = _field(
+    0.0,
+    "> 0: backbone kernels and embeddings ~ N(0, init_std), biases 0 "
+    "(BERT / S3-Rec init); 0: the default per-layer inits",
+  )
   layer_norm_eps: float = _field(1e-5, "epsilon of the backbone's layer norms")
 
   # Semantics (SOLID methods only).
-  semantics: str = _field("labels", "where semantic ids come from: the dataset's category labels, "
-                          "or k-means over id embeddings (stage 0), CLIP text/image features or "
-                          "concatenations", choices=SEMANTIC_SOURCES)
-  num_clusters: int = _field(0, "k of the k-means semantics; 0 = the dataset's number of label "
-                             "classes")
-  category_depth: int = _field(0, "levels of a category path that form a label class (data with "
-                               "category paths, --semantics=labels); 0 = the loader's default")
+  semantics: str = _field(
+    "labels",
+    "where semantic ids come from: the dataset's category labels, "
+    "or k-means over id embeddings (stage 0), CLIP text/image features or "
+    "concatenations",
+    choices=SEMANTIC_SOURCES,
+  )
+  num_clusters: int = _field(
+    0, "k of the k-means semantics; 0 = the dataset's number of label classes"
+  )
+  category_depth: int = _field(
+    0,
+    "levels of a category path that form a label class (data with "
+    "category paths, --semantics=labels); 0 = the loader's default",
+  )
   kmeans_iters: int = _field(50, "Lloyd iterations of the k-means semantics")
-  stage1_dir: str = _field("", "reuse the finished stage 1 of another workdir (its DIR/stage1) "
-                           "instead of training one; the vocabulary must match")
+  stage1_dir: str = _field(
+    "",
+    "reuse the finished stage 1 of another workdir (its DIR/stage1) "
+    "instead of training one; the vocabulary must match",
+  )
 
   # Optimisation.
   epochs: int = _field(10, "epochs of the main stage (stage 2, or the single stage)")
   stage0_epochs: int = _field(0, "epochs of stage 0 (id-embedding DUET); 0 = epochs")
   stage1_epochs: int = _field(0, "epochs of stage 1 (semantic metacode); 0 = epochs")
-  batch_size: int = _field(1024, "training batch size: rows (sequences with --objective="
-                           "positions); the last batch is padded with weight 0")
+  batch_size: int = _field(
+    1024,
+    "training batch size: rows (sequences with --objective="
+    "positions); the last batch is padded with weight 0",
+  )
   eval_batch_size: int = _field(8192, "rows per evaluation batch")
   lr: float = _field(1e-3, "Adam learning rate")
-  group_candidates: bool = _field(True, "train on whole candidate groups (a positive and its "
-                                  "negatives share one history, encoded once per group); a batch "
-                                  "then holds round(batch_size / (1 + train_negatives)) groups")
-  select_on: str = _field("valid", "split whose --select_metric selects the epoch; 'test' only to "
-                          "compare with the authors' protocol (optimistic)", choices=SELECT_ON)
-  select_metric: str = _field("full:ndcg@10", "metric that selects the epoch (higher is better): "
-                              "'full:<m>' (full-catalogue ranking, e.g. full:ndcg@10) or "
-                              "'sampled:<m>' (e.g. sampled:uauc, the SOLID paper's choice)")
-  eval_protocol: str = _field("both", "what each epoch evaluates: the sampled candidates (1 + "
-                              "eval_negatives), the full catalogue, or both",
-                              choices=EVAL_PROTOCOLS)
-  patience: int = _field(0, "stop a stage after this many epochs without improvement of the "
-                         "selection metric (0: always train --epochs epochs)")
-  stop_rule: str = _field("select", "what resets --patience: 'select' (an improvement of the "
-                          "selection metric) or 'any' (of any metric of its protocol over the last "
-                          "improving epoch)", choices=STOP_RULES)
-  objective: str = _field("rows", "training rows: 'rows' (one row per target with its <= L "
-                          "previous items, the SOLID paper's) or 'positions' (one row per user, "
-                          "every position of its last L training events predicts the next item, "
-                          "as SASRec; causal SASRec and GRU4Rec only) or 'cloze' (BERT4Rec's "
-                          "masked items: one row per user, a share --mask_rate of its items "
-                          "replaced by [MASK] and predicted; the state is read at a [MASK] "
-                          "after the history; static BERT4Rec only)", choices=OBJECTIVES)
+  group_candidates: bool = _field(
+    True,
+    "train on whole candidate groups (a positive and its "
+    "negatives share one history, encoded once per group); a batch "
+    "then holds round(batch_size / (1 + train_negatives)) groups",
+  )
+  select_on: str = _field(
+    "valid",
+    "split whose --select_metric selects the epoch; 'test' only to "
+    "compare with the authors' protocol (optimistic)",
+    choices=SELECT_ON,
+  )
+  select_metric: str = _field(
+    "full:ndcg@10",
+    "metric that selects the epoch (higher is better): "
+    "'full:<m>' (full-catalogue ranking, e.g. full:ndcg@10) or "
+    "'sampled:<m>' (e.g. sampled:uauc, the SOLID paper's choice)",
+  )
+  eval_protocol: str = _field(
+    "both",
+    "what each epoch evaluates: the sampled candidates (1 + "
+    "eval_negatives), the full catalogue, or both",
+    choices=EVAL_PROTOCOLS,
+  )
+  patience: int = _field(
+    0,
+    "stop a stage after this many epochs without improvement of the "
+    "selection metric (0: always train --epochs epochs)",
+  )
+  stop_rule: str = _field(
+    "select",
+    "what resets --patience: 'select' (an improvement of the "
+    "selection metric) or 'any' (of any metric of its protocol over the last "
+    "improving epoch)",
+    choices=STOP_RULES,
+  )
+  objective: str = _field(
+    "rows",
+    "training rows: 'rows' (one row per target with its <= L "
+    "previous items, the SOLID paper's) or 'positions' (one row per user, "
+    "every position of its last L training events predicts the next item, "
+    "as SASRec; causal SASRec and GRU4Rec only) or 'cloze' (BERT4Rec's "
+    "masked items: one row per user, a share --mask_rate of its items "
+    "replaced by [MASK] and predicted; the state is read at a [MASK] "
+    "after the history; static BERT4Rec only)",
+    choices=OBJECTIVES,
+  )
   mask_rate: float = _field(0.2, "share of the items masked per row with --objective=cloze")
-  pack_sequences: bool = _field(False, "with --objective=positions, lay the users of a batch end "
-                                "to end in rows of seq_len slots, attention kept within a user "
-                                "(the same users and loss; far fewer padding slots on short "
-                                "histories). Stages whose model cannot take packed rows (GRU4Rec, "
-                                "the dynamic heads) train unpacked")
-  weight_decay: float = _field(0.0, "decoupled weight decay (AdamW) on the trainable parameters; "
-                               "0 = Adam")
+  pack_sequences: bool = _field(
+    False,
+    "with --objective=positions, lay the users of a batch end "
+    "to end in rows of seq_len slots, attention kept within a user "
+    "(the same users and loss; far fewer padding slots on short "
+    "histories). Stages whose model cannot take packed rows (GRU4Rec, "
+    "the dynamic heads) train unpacked",
+  )
+  weight_decay: float = _field(
+    0.0, "decoupled weight decay (AdamW) on the trainable parameters; 0 = Adam"
+  )
   grad_clip_norm: float = _field(0.0, "clip the gradient to this global L2 norm (0 = off)")
   dropout_embedding: float = _field(0.0, "dropout after the sequence embedding (training only)")
-  dropout_hidden: float = _field(0.0, "dropout of the transformer's attention and feed-forward "
-                                 "outputs (training only)")
+  dropout_hidden: float = _field(
+    0.0, "dropout of the transformer's attention and feed-forward outputs (training only)"
+  )
   dropout_attention: float = _field(0.0, "dropout of the attention probabilities (training only)")
 
   # Bookkeeping.
-  checkpoint_every_steps: int = _field(0, "also checkpoint every N optimizer steps within an "
-                                       "epoch (0 = only at the end of each epoch)")
-  check_every_steps: int = _field(50, "check the loss for NaN/inf every N steps (and before "
-                                  "every checkpoint)")
+  checkpoint_every_steps: int = _field(
+    0, "also checkpoint every N optimizer steps within an epoch (0 = only at the end of each epoch)"
+  )
+  check_every_steps: int = _field(
+    50, "check the loss for NaN/inf every N steps (and before every checkpoint)"
+  )
   prefetch: int = _field(2, "batches transferred to the device ahead of the step")
-  data_parallel: bool = _field(True, "split every batch over all devices when there are several "
-                               "(all local devices, and those of every process of a multi-host "
-                               "run); the batches, steps and losses stay those of one device")
-  save_scores: bool = _field(False, "also save the raw sampled candidate scores of the selected "
-                             "epoch next to its per-user metrics")
+  data_parallel: bool = _field(
+    True,
+    "split every batch over all devices when there are several "
+    "(all local devices, and those of every process of a multi-host "
+    "run); the batches, steps and losses stay those of one device",
+  )
+  save_scores: bool = _field(
+    False,
+    "also save the raw sampled candidate scores of the selected epoch next to its per-user metrics",
+  )
   progress: bool = _field(True, "progress bar (only when stderr is a terminal)")
   tensorboard: bool = _field(True, "write TensorBoard event files when tensorboardX is installed")
 
@@ -192,6 +314,7 @@ class TrainConfig:
 
     import solid_jax.models  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from solid_jax import plugins  # pylint: disable=import-outside-toplevel
+
     plugins.load(self.plugins)
     check("method", METHODS.names())
     check("backbone", BACKBONES.names())
@@ -203,24 +326,34 @@ class TrainConfig:
     check("stop_rule", STOP_RULES)
     protocol, _ = parse_select_metric(self.select_metric)
     if self.eval_protocol not in (protocol, "both"):
-      raise ValueError(f"TrainConfig.select_metric={self.select_metric!r} needs the {protocol} "
-                       f"protocol, but eval_protocol={self.eval_protocol!r}")
-    probe = model_configs.ModelConfig(backbone=self.backbone, head="static", num_items=2,
-                                      causal=self.causal, num_heads=1)
+      raise ValueError(
+        f"TrainConfig.select_metric={self.select_metric!r} needs the {protocol} "
+        f"protocol, but eval_protocol={self.eval_protocol!r}"
+      )
+    probe = model_configs.ModelConfig(
+      backbone=self.backbone, head="static", num_items=2, causal=self.causal, num_heads=1
+    )
     if self.objective == "positions" and not probe.positionwise:
-      raise ValueError(f"TrainConfig.objective='positions' needs a causal backbone (gru4rec, or "
-                       f"sasrec with causal=True), not backbone={self.backbone!r} "
-                       f"causal={self.causal}")
-    if self.objective == "cloze" and (not BACKBONES[self.backbone].supports_cloze
-                                      or METHODS[self.method]["head"] != "static"):
-      raise ValueError(f"TrainConfig.objective='cloze' trains BERT4Rec with the static head, not "
-                       f"backbone={self.backbone!r} method={self.method!r}")
+      raise ValueError(
+        f"TrainConfig.objective='positions' needs a causal backbone (gru4rec, or "
+        f"sasrec with causal=True), not backbone={self.backbone!r} "
+        f"causal={self.causal}"
+      )
+    if self.objective == "cloze" and (
+      not BACKBONES[self.backbone].supports_cloze or METHODS[self.method]["head"] != "static"
+    ):
+      raise ValueError(
+        f"TrainConfig.objective='cloze' trains BERT4Rec with the static head, not "
+        f"backbone={self.backbone!r} method={self.method!r}"
+      )
     if not 0.0 < self.mask_rate <= 1.0:
       raise ValueError(f"TrainConfig.mask_rate={self.mask_rate} must be in (0, 1]")
     if self.pack_sequences and self.objective not in ("positions", "cloze"):
-      raise ValueError("TrainConfig.pack_sequences=True packs the rows of --objective=positions "
-                       "or cloze, "
-                       f"not objective={self.objective!r}")
+      raise ValueError(
+        "TrainConfig.pack_sequences=True packs the rows of --objective=positions "
+        "or cloze, "
+        f"not objective={self.objective!r}"
+      )
     for name in ("patience", "sasrec_layers", "num_heads", "ff_dim"):
       if getattr(self, name) < (0 if name == "patience" else 1):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")
@@ -230,8 +363,16 @@ class TrainConfig:
     for name in ("seq_len", "dim", "batch_size", "eval_batch_size", "kmeans_iters"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
-    for name in ("epochs", "stage0_epochs", "stage1_epochs", "num_clusters", "category_depth",
-                 "train_negatives", "checkpoint_every_steps", "prefetch"):
+    for name in (
+      "epochs",
+      "stage0_epochs",
+      "stage1_epochs",
+      "num_clusters",
+      "category_depth",
+      "train_negatives",
+      "checkpoint_every_steps",
+      "prefetch",
+    ):
       if getattr(self, name) < 0:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
     if self.eval_negatives < 1:
@@ -271,8 +412,9 @@ class TrainConfig:
       return self.stage1_epochs or self.epochs
     return self.epochs
 
-  def model_config(self, stage: str, *, num_items: int, num_semantics: int
-                   ) -> model_configs.ModelConfig:
+  def model_config(
+    self, stage: str, *, num_items: int, num_semantics: int
+  ) -> model_configs.ModelConfig:
     """The ModelConfig of one stage.
 
     Args:
@@ -287,24 +429,34 @@ class TrainConfig:
     """
     common = {name: getattr(self, name) for name in SHARED_MODEL_FIELDS}
     if stage == "stage0":
-      return model_configs.ModelConfig(head="duet", num_items=num_items,
-                                       num_semantics=num_semantics, **common)
+      return model_configs.ModelConfig(
+        head="duet", num_items=num_items, num_semantics=num_semantics, **common
+      )
     if stage == "stage1":
-      return model_configs.ModelConfig(head=self.generator, num_items=num_semantics,
-                                       num_semantics=num_semantics, **common)
+      return model_configs.ModelConfig(
+        head=self.generator, num_items=num_semantics, num_semantics=num_semantics, **common
+      )
     if stage == "stage2":
       return model_configs.ModelConfig(
-          head="solid", generator=self.generator, num_items=num_items,
-          num_semantics=num_semantics, codebook=self.codebook,
-          codebook_hidden=self.codebook_hidden,
-          clip_t=self.clip_t, consistency_weight=self.consistency_weight,
-          commitment_weight=self.commitment_weight, ema_decay=self.ema_decay, **common)
+        head="solid",
+        generator=self.generator,
+        num_items=num_items,
+        num_semantics=num_semantics,
+        codebook=self.codebook,
+        codebook_hidden=self.codebook_hidden,
+        clip_t=self.clip_t,
+        consistency_weight=self.consistency_weight,
+        commitment_weight=self.commitment_weight,
+        ema_decay=self.ema_decay,
+        **common,
+      )
     if stage == "main":
       if self.method == "static" and self.static_head_layers >= 0:
         common["head_layers"] = self.static_head_layers
       common["cloze"] = self.objective == "cloze"
-      return model_configs.ModelConfig(**METHODS[self.method], num_items=num_items,
-                                       num_semantics=num_semantics, **common)
+      return model_configs.ModelConfig(
+        **METHODS[self.method], num_items=num_items, num_semantics=num_semantics, **common
+      )
     raise ValueError(f"unknown stage {stage!r}")
 
   # -- (de)serialisation --------------------------------------------------------------------------
@@ -321,8 +473,9 @@ class TrainConfig:
     return cls(**values)
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any],
-                       ignore: tuple[str, ...] = RUNTIME_FIELDS) -> list[str]:
+def config_differences(
+  saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = RUNTIME_FIELDS
+) -> list[str]:
   """Human-readable differences between two configuration dicts (``name: saved -> current``)."""
   defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
   out = []

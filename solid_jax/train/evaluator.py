@@ -26,8 +26,9 @@ def _jit_scorer(fn, mesh: Mesh | None, num_arrays: int):
   replicated = parallel.replicated_sharding(mesh)
   # Parameters replicated (copied there if they live elsewhere), batches split along B, logits
   # gathered on every device.
-  return jax.jit(fn, in_shardings=(replicated,) + (eval_sharding(mesh),) * num_arrays,
-                 out_shardings=replicated)
+  return jax.jit(
+    fn, in_shardings=(replicated,) + (eval_sharding(mesh),) * num_arrays, out_shardings=replicated
+  )
 
 
 def make_scorer(model, *, transform: BatchTransform | None = None, mesh: Mesh | None = None):
@@ -38,17 +39,18 @@ def make_scorer(model, *, transform: BatchTransform | None = None, mesh: Mesh | 
   `eval_sharding` (B a multiple of the mesh size), the parameters are replicated and the logits come
   back replicated.
   """
+
   def score_all(params, split_batches):
     def one(batch):
       logits, _ = model.apply(params, rows_lib.model_batch(batch, transform))
       return logits.astype(jnp.float32)
+
     return jax.lax.map(one, split_batches).reshape(-1)
 
   return _jit_scorer(score_all, mesh, 1)
 
 
-def make_group_scorer(model, *, transform: BatchTransform | None = None,
-                      mesh: Mesh | None = None):
+def make_group_scorer(model, *, transform: BatchTransform | None = None, mesh: Mesh | None = None):
   """Builds ``score_groups(params, histories, candidates) -> logits float32[num_batches * U * G]``.
 
   For grouped splits (``candidate_groups``): the per-user weights are generated once per history
@@ -60,6 +62,7 @@ def make_group_scorer(model, *, transform: BatchTransform | None = None,
   (history-major, candidates in their order). With a ``mesh``: as `make_scorer` (U split over the
   mesh, parameters and logits replicated).
   """
+
   def score_groups(params, histories, candidates):
     def one(args):
       hist, cand = args
@@ -86,7 +89,8 @@ def _place(tree, mesh: Mesh | None):
     return jax.device_put(tree)
   sharding = eval_sharding(mesh)
   return jax.tree.map(
-      lambda v: jax.make_array_from_callback(v.shape, sharding, lambda index: v[index]), tree)
+    lambda v: jax.make_array_from_callback(v.shape, sharding, lambda index: v[index]), tree
+  )
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -121,10 +125,20 @@ class Evaluator:
       its width (`solid_jax.data.packing.length_buckets`; the scores are the same).
   """
 
-  def __init__(self, model, split: dict[str, np.ndarray], batch_size: int, *,
-               transform: BatchTransform | None = None, grouped: bool = True,
-               scorers: dict | None = None, mesh: Mesh | None = None, by_length: bool = True):
+  def __init__(
+    self,
+    model,
+    split: dict[str, np.ndarray],
+    batch_size: int,
+    *,
+    transform: BatchTransform | None = None,
+    grouped: bool = True,
+    scorers: dict | None = None,
+    mesh: Mesh | None = None,
+    by_length: bool = True,
+  ):
     from solid_jax.data import packing  # pylint: disable=import-outside-toplevel
+
     scorers = {} if scorers is None else scorers
     self.mesh = mesh
     devices = 1 if mesh is None else mesh.size
@@ -137,10 +151,16 @@ class Evaluator:
       g = self.group
       num_users = self.num_rows // g
       hist_all = {k: np.asarray(split[k])[::g] for k in ("items", "semantics") if k in split}
-      cand_all = {k: np.asarray(split[k]).reshape(num_users, g)
-                  for k in ("target", "target_semantic") if k in split}
-      parts = (packing.length_buckets(hist_all["items"]) if by_length
-               else [(np.arange(num_users), hist_all["items"].shape[1])])
+      cand_all = {
+        k: np.asarray(split[k]).reshape(num_users, g)
+        for k in ("target", "target_semantic")
+        if k in split
+      }
+      parts = (
+        packing.length_buckets(hist_all["items"])
+        if by_length
+        else [(np.arange(num_users), hist_all["items"].shape[1])]
+      )
       # Per length group: (histories [batches, U_b, width], candidates [batches, U_b, G], users).
       self._parts = []
       for rows, width in parts:
@@ -148,8 +168,14 @@ class Evaluator:
         hist, _ = rows_lib.pad_rows({k: v[rows, :width] for k, v in hist_all.items()}, per_batch)
         cand, _ = rows_lib.pad_rows({k: v[rows] for k, v in cand_all.items()}, per_batch)
         shape = lambda v, b=per_batch: v.reshape((-1, b) + v.shape[1:])
-        self._parts.append((*_place(({k: shape(v) for k, v in hist.items()},
-                                     {k: shape(v) for k, v in cand.items()}), mesh), rows.size))
+        self._parts.append(
+          (
+            *_place(
+              ({k: shape(v) for k, v in hist.items()}, {k: shape(v) for k, v in cand.items()}), mesh
+            ),
+            rows.size,
+          )
+        )
       # Row order of the split from the concatenated groups' scores.
       order = np.concatenate([rows for rows, _ in parts])
       self._unsort = jnp.asarray(np.argsort(order, kind="stable").astype(np.int32))
@@ -159,9 +185,12 @@ class Evaluator:
       self._score = scorers[key]
     else:
       batch_size = _round_up(int(max(1, min(batch_size, self.num_rows))), devices)
-      padded, _ = rows_lib.pad_rows({k: split[k] for k in rows_lib.MODEL_KEYS if k in split}, batch_size)
-      self._args = (_place({k: v.reshape((-1, batch_size) + v.shape[1:])
-                            for k, v in padded.items()}, mesh),)
+      padded, _ = rows_lib.pad_rows(
+        {k: split[k] for k in rows_lib.MODEL_KEYS if k in split}, batch_size
+      )
+      self._args = (
+        _place({k: v.reshape((-1, batch_size) + v.shape[1:]) for k, v in padded.items()}, mesh),
+      )
       key = "rows" if mesh is None else ("rows", mesh)
       if key not in scorers:
         scorers[key] = make_scorer(model, transform=transform, mesh=mesh)
@@ -172,8 +201,9 @@ class Evaluator:
     if self.group is None:
       return self._score(params, *self._args)[: self.num_rows]
     g = self.group
-    parts = [self._score(params, hist, cand)[: n * g].reshape(n, g)
-             for hist, cand, n in self._parts]
+    parts = [
+      self._score(params, hist, cand)[: n * g].reshape(n, g) for hist, cand, n in self._parts
+    ]
     return jnp.concatenate(parts)[self._unsort].reshape(-1)
 
   def host_scores(self, params) -> np.ndarray:
@@ -186,6 +216,7 @@ class Evaluator:
   def metrics_of(self, scores) -> dict[str, float]:
     """``solid_jax.metrics.evaluate`` of this split's rows with the given scores [N]."""
     from solid_jax import metrics as sj_metrics  # pylint: disable=import-outside-toplevel
+
     out = sj_metrics.evaluate(scores, self.labels, self.users)
     return {k: float(v) for k, v in out.items()}
 

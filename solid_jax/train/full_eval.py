@@ -53,8 +53,16 @@ class FullEvaluator:
       (False: every history over all L slots; the metrics are the same).
   """
 
-  def __init__(self, model, users: dict[str, np.ndarray], *, user_batch: int | None = None,
-               item_tile: int | None = None, mesh: Mesh | None = None, by_length: bool = True):
+  def __init__(
+    self,
+    model,
+    users: dict[str, np.ndarray],
+    *,
+    user_batch: int | None = None,
+    item_tile: int | None = None,
+    mesh: Mesh | None = None,
+    by_length: bool = True,
+  ):
     self.model = model
     self.num_items = int(model.config.num_items)
     self.factorised = model.encode_users is not None
@@ -66,20 +74,24 @@ class FullEvaluator:
     self.num_tiles = -(-self.num_items // self.tile)
     self.mesh = mesh
     items = np.asarray(users["items"])
-    groups = (packing.length_buckets(items) if by_length
-              else [(np.arange(self.num_users), items.shape[1])])
+    groups = (
+      packing.length_buckets(items) if by_length else [(np.arange(self.num_users), items.shape[1])]
+    )
     # (rows of the split, device arrays [batches, batch, ...]) per length group.
     self._parts = []
     for rows, width in groups:
       batch = _round_up(max(1, min(user_batch or default_batch, rows.size)), devices)
-      cols = {k: np.asarray(users[k])[rows] for k in ("items", "semantics", "target", "seen")
-              if k in users}
+      cols = {
+        k: np.asarray(users[k])[rows]
+        for k in ("items", "semantics", "target", "seen")
+        if k in users
+      }
       for k in ("items", "semantics"):
         if k in cols:
           cols[k] = cols[k][:, :width]
       cols["mask"] = np.ones(rows.size, bool)
       padded, _ = rows_lib.pad_rows(cols, batch)
-      padded["mask"][rows.size:] = False
+      padded["mask"][rows.size :] = False
       shaped = {k: v.reshape((-1, batch) + v.shape[1:]) for k, v in padded.items()}
       self._parts.append((rows, evaluator_lib._place(shaped, mesh)))  # pylint: disable=protected-access
     self._fn = self._build()
@@ -112,8 +124,9 @@ class FullEvaluator:
 
             return jax.vmap(one, out_axes=1)(tile_ids)
 
-        counts = ranking.rank_counts(tile_scores, num_tiles, tile, b["target"], b["seen"],
-                                     num_items, b["mask"])
+        counts = ranking.rank_counts(
+          tile_scores, num_tiles, tile, b["target"], b["seen"], num_items, b["mask"]
+        )
         return lognot + counts["not_covered_log"], (counts["above"], counts["ties"])
 
       lognot = jnp.zeros((num_tiles * tile,), ranking._float_dtype())  # pylint: disable=protected-access
@@ -123,12 +136,15 @@ class FullEvaluator:
     if self.mesh is None:
       return jax.jit(run)
     replicated = parallel.replicated_sharding(self.mesh)
-    return jax.jit(run, in_shardings=(replicated, evaluator_lib.eval_sharding(self.mesh)),
-                   out_shardings=replicated)
+    return jax.jit(
+      run,
+      in_shardings=(replicated, evaluator_lib.eval_sharding(self.mesh)),
+      out_shardings=replicated,
+    )
 
   def counts(self, params) -> dict[str, np.ndarray]:
     """``above`` / ``ties`` int32[U] per user and the coverage accumulator, on the host."""
-    outputs = [self._fn(params, arrays) for _, arrays in self._parts]   # dispatched together
+    outputs = [self._fn(params, arrays) for _, arrays in self._parts]  # dispatched together
     above = np.zeros(self.num_users, np.int32)
     ties = np.zeros(self.num_users, np.int32)
     lognot = None
@@ -151,8 +167,10 @@ class FullEvaluator:
     metrics = ranking.summarize(c["above"], c["ties"], c["not_covered_log"], self.num_items)
     if not per_user:
       return metrics
-    rows = {k: np.asarray(v) for k, v in
-            jax.device_get(ranking.per_user_metrics(c["above"], c["ties"])).items()}
+    rows = {
+      k: np.asarray(v)
+      for k, v in jax.device_get(ranking.per_user_metrics(c["above"], c["ties"])).items()
+    }
     rows.update(user=self.users, above=c["above"], ties=c["ties"])
     return metrics, rows
 

@@ -99,9 +99,9 @@ RESULT_FILE = "result.json"
 PER_USER_FILE = "per_user_{split}.npz"
 
 
-
-def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric: str,
-                  rule: str = "select") -> bool:
+def stopped_early(
+  history: list[dict[str, Any]], patience: int, key: str, metric: str, rule: str = "select"
+) -> bool:
   """Whether training stops after ``history`` (a pure function of the epoch records).
 
   Args:
@@ -138,6 +138,7 @@ def stopped_early(history: list[dict[str, Any]], patience: int, key: str, metric
 
 def signal_name(watch: reliability.PreemptionWatch) -> str:
   import signal  # pylint: disable=import-outside-toplevel
+
   return signal.Signals(watch.received).name if watch.received else "a signal of another process"
 
 
@@ -147,6 +148,7 @@ def stage_result(directory: str) -> dict[str, Any] | None:
   if not os.path.exists(path):
     return None
   import json  # pylint: disable=import-outside-toplevel
+
   with open(path) as f:
     return json.load(f)
 
@@ -158,10 +160,12 @@ def _host_copy(tree):
   writing, so the save gets its own buffers. Every leaf is fully replicated (one device, or the
   data-parallel mesh), so one addressable shard holds all of it, in every process.
   """
+
   def copy(x):
     if isinstance(x, jax.Array) and x.is_fully_replicated:
       x = x.addressable_data(0)
     return np.array(x, copy=True)
+
   return jax.tree.map(copy, tree)
 
 
@@ -169,8 +173,9 @@ def _mesh(data_parallel: bool) -> jax.sharding.Mesh | None:
   """The data-parallel mesh over every device of every process, or None for one device."""
   if jax.process_count() > 1 and not data_parallel:
     raise ValueError(
-        f"data_parallel=False in a run of {jax.process_count()} processes: every process would "
-        "train the same model alone; launch a single process or turn data parallelism on")
+      f"data_parallel=False in a run of {jax.process_count()} processes: every process would "
+      "train the same model alone; launch a single process or turn data parallelism on"
+    )
   if not data_parallel or jax.device_count() == 1:
     return None
   return parallel.make_mesh()
@@ -179,8 +184,15 @@ def _mesh(data_parallel: bool) -> jax.sharding.Mesh | None:
 def _progress_bar(total_rows, initial_rows, desc, enabled):
   if not enabled or tqdm is None or not sys.stderr.isatty():
     return None
-  return tqdm.tqdm(total=total_rows, initial=initial_rows, desc=desc, unit="sample",
-                   unit_scale=True, dynamic_ncols=True, leave=False)
+  return tqdm.tqdm(
+    total=total_rows,
+    initial=initial_rows,
+    desc=desc,
+    unit="sample",
+    unit_scale=True,
+    dynamic_ncols=True,
+    leave=False,
+  )
 
 
 class _Running:
@@ -218,15 +230,30 @@ class _Running:
     return {"sums": dict(self.sums), "count": self.count, "weight": self.weight}
 
 
-def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int, lr: float,
-                eval_batch_size: int = 8192, select_on: str = "valid",
-                checkpoint_every_steps: int = 0, check_every_steps: int = 50,
-                prefetch: int = 2, progress: bool = True, tensorboard: bool = True,
-                group_candidates: bool = True, data_parallel: bool = True,
-                select_metric: str = "full:ndcg@10", eval_protocol: str = "both",
-                patience: int = 0, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                save_scores: bool = False, stop_rule: str = "select"
-                ) -> tuple[dict[str, Any], Any]:
+def train_stage(
+  spec: StageSpec,
+  data: StageData,
+  *,
+  seed: int,
+  batch_size: int,
+  lr: float,
+  eval_batch_size: int = 8192,
+  select_on: str = "valid",
+  checkpoint_every_steps: int = 0,
+  check_every_steps: int = 50,
+  prefetch: int = 2,
+  progress: bool = True,
+  tensorboard: bool = True,
+  group_candidates: bool = True,
+  data_parallel: bool = True,
+  select_metric: str = "full:ndcg@10",
+  eval_protocol: str = "both",
+  patience: int = 0,
+  weight_decay: float = 0.0,
+  grad_clip_norm: float = 0.0,
+  save_scores: bool = False,
+  stop_rule: str = "select",
+) -> tuple[dict[str, Any], Any]:
   """Trains one stage, resuming from its latest checkpoint, and returns its result.
 
   Args:
@@ -277,16 +304,28 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   """
   done = stage_result(spec.directory)
   if done is not None and (done.get("epochs", spec.epochs), done.get("patience", patience)) != (
-      spec.epochs, patience):
+    spec.epochs,
+    patience,
+  ):
     # Continued with a larger --epochs / --patience: train on from the latest checkpoint.
-    logging.info("%s: finished with epochs=%s patience=%s; continuing to epochs=%d patience=%d",
-                 spec.name, done.get("epochs"), done.get("patience"), spec.epochs, patience)
+    logging.info(
+      "%s: finished with epochs=%s patience=%s; continuing to epochs=%d patience=%d",
+      spec.name,
+      done.get("epochs"),
+      done.get("patience"),
+      spec.epochs,
+      patience,
+    )
     done = None
   if done is not None:  # finished before: read back, do not retrain
     with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
       params = ckpts.restore_params(done["selected_step"])
-    logging.info("%s: finished before (selected epoch %d); read back from %s", spec.name,
-                 done["selected_epoch"], spec.directory)
+    logging.info(
+      "%s: finished before (selected epoch %d); read back from %s",
+      spec.name,
+      done["selected_epoch"],
+      spec.directory,
+    )
     return done, params
   mesh = _mesh(data_parallel)
   primary = jax.process_index() == 0  # the process that writes the records and the result
@@ -295,12 +334,18 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   root = jax.random.key(seed)
   # One compiled init instead of many small eager dispatches.
   params = jax.jit(spec.init)(jax.random.fold_in(root, 0))
-  tx = optim_lib.make_optimizer(model, params, lr, weight_decay=weight_decay,
-                               clip_norm=grad_clip_norm)
+  tx = optim_lib.make_optimizer(
+    model, params, lr, weight_decay=weight_decay, clip_norm=grad_clip_norm
+  )
   opt_state = tx.init(params)
   if mesh is not None:
-    logging.info("%s: data parallel over %d devices (%d process(es)), mesh %s", spec.name,
-                 mesh.size, jax.process_count(), dict(mesh.shape))
+    logging.info(
+      "%s: data parallel over %d devices (%d process(es)), mesh %s",
+      spec.name,
+      mesh.size,
+      jax.process_count(),
+      dict(mesh.shape),
+    )
     # Replicated before a restore, so that Orbax restores straight into the replicated layout.
     params, opt_state = parallel.replicate((params, opt_state), mesh)
   sharding = None if mesh is None else parallel.batch_sharding(mesh)
@@ -308,11 +353,11 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
 
   def get_step_fn(grouped):
     if grouped not in step_fns:
-      fn = step_lib.make_train_step(model, tx, seed=seed, transform=spec.transform,
-                                    grouped=grouped)
+      fn = step_lib.make_train_step(model, tx, seed=seed, transform=spec.transform, grouped=grouped)
       # The sharded step jits the loop's pure step with the batch split and the rest replicated.
-      step_fns[grouped] = fn if mesh is None else parallel.make_sharded_train_step(
-          fn.__wrapped__, mesh)
+      step_fns[grouped] = (
+        fn if mesh is None else parallel.make_sharded_train_step(fn.__wrapped__, mesh)
+      )
     return step_fns[grouped]
 
   def feed(batches):
@@ -328,20 +373,34 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     return np.int32(step) if mesh is None else parallel.replicate(np.int32(step), mesh)
 
   from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel
+
   protocol, metric = config_lib.parse_select_metric(select_metric)
-  with_full = (eval_protocol in ("full", "both") and data.valid_full is not None
-               and spec.transform is None)
+  with_full = (
+    eval_protocol in ("full", "both") and data.valid_full is not None and spec.transform is None
+  )
   with_sampled = eval_protocol in ("sampled", "both")
   if protocol == "full" and not with_full:
-    logging.info("%s: no full-catalogue ranking in this stage; the epoch is selected on sampled "
-                 "UAUC", spec.name)
+    logging.info(
+      "%s: no full-catalogue ranking in this stage; the epoch is selected on sampled UAUC",
+      spec.name,
+    )
     protocol, metric, with_sampled = "sampled", "uauc", True
   select_key = select_on + ("_full" if protocol == "full" else "")
   scorers = {}
-  valid_eval = evaluator_lib.Evaluator(model, data.valid, eval_batch_size, transform=spec.transform,
-                                  scorers=scorers, mesh=mesh) if with_sampled else None
-  test_eval = evaluator_lib.Evaluator(model, data.test, eval_batch_size, transform=spec.transform,
-                                 scorers=scorers, mesh=mesh) if with_sampled else None
+  valid_eval = (
+    evaluator_lib.Evaluator(
+      model, data.valid, eval_batch_size, transform=spec.transform, scorers=scorers, mesh=mesh
+    )
+    if with_sampled
+    else None
+  )
+  test_eval = (
+    evaluator_lib.Evaluator(
+      model, data.test, eval_batch_size, transform=spec.transform, scorers=scorers, mesh=mesh
+    )
+    if with_sampled
+    else None
+  )
   valid_full = full_eval.FullEvaluator(model, data.valid_full, mesh=mesh) if with_full else None
   test_full = full_eval.FullEvaluator(model, data.test_full, mesh=mesh) if with_full else None
 
@@ -358,15 +417,29 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   good = ckpts.restore_latest_good(params, opt_state)
   if good is not None:
     latest, params, opt_state, meta = good
-    logging.info("%s: resuming from the checkpoint at step %d (epoch %d, step %d of the epoch)",
-                 spec.name, latest, meta["epoch"], meta["step_in_epoch"])
+    logging.info(
+      "%s: resuming from the checkpoint at step %d (epoch %d, step %d of the epoch)",
+      spec.name,
+      latest,
+      meta["epoch"],
+      meta["step_in_epoch"],
+    )
   else:
-    meta = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_done": False,
-            "running": None, "history": [], "train_seconds": 0.0, "train_samples": 0,
-            "eval_seconds": 0.0}
+    meta = {
+      "epoch": 0,
+      "step_in_epoch": 0,
+      "global_step": 0,
+      "epoch_done": False,
+      "running": None,
+      "history": [],
+      "train_seconds": 0.0,
+      "train_samples": 0,
+      "eval_seconds": 0.0,
+    }
   history = list(meta["history"])
-  writer = writers.StageWriter(spec.directory, spec.name, history, tensorboard=tensorboard,
-                               files=primary)
+  writer = writers.StageWriter(
+    spec.directory, spec.name, history, tensorboard=tensorboard, files=primary
+  )
 
   epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
   if meta["epoch_done"]:
@@ -378,20 +451,27 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
 
   def snapshot(epoch_done):
     partial = 0.0 if epoch_done else time.perf_counter() - epoch_start
-    return {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "epoch_done": epoch_done, "running": running.state(), "history": list(history),
-            "train_seconds": train_seconds + partial,
-            "train_samples": train_samples + (0 if epoch_done else epoch_samples),
-            "eval_seconds": eval_seconds}
+    return {
+      "epoch": epoch,
+      "step_in_epoch": step_in_epoch,
+      "global_step": global_step,
+      "epoch_done": epoch_done,
+      "running": running.state(),
+      "history": list(history),
+      "train_seconds": train_seconds + partial,
+      "train_samples": train_samples + (0 if epoch_done else epoch_samples),
+      "eval_seconds": eval_seconds,
+    }
 
   watch = reliability.PreemptionWatch(sync_every=check_every_steps)
 
   def preempted(reason: str):
     ckpts.wait()
     return reliability.Preempted(
-        f"{spec.name}: stopped on {reason} after global step {global_step} (epoch {epoch + 1}, "
-        f"step {step_in_epoch} of the epoch), checkpoint saved in {spec.directory}; relaunch "
-        "the same command to resume")
+      f"{spec.name}: stopped on {reason} after global step {global_step} (epoch {epoch + 1}, "
+      f"step {step_in_epoch} of the epoch), checkpoint saved in {spec.directory}; relaunch "
+      "the same command to resume"
+    )
 
   try:
     watch.__enter__()
@@ -408,10 +488,15 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       step_fn = get_step_fn(group > 1)
       num_units = len(units["label"])
       steps_per_epoch = max(1, -(-num_units // unit_batch))
-      batches = data.batches(units, unit_batch, seed=seed, epoch=epoch, shuffle=True,
-                             start_step=start_step)
-      bar = _progress_bar(num_rows, min(start_step * unit_batch * group, num_rows),
-                          f"{spec.name} epoch {epoch + 1}/{spec.epochs}", progress)
+      batches = data.batches(
+        units, unit_batch, seed=seed, epoch=epoch, shuffle=True, start_step=start_step
+      )
+      bar = _progress_bar(
+        num_rows,
+        min(start_step * unit_batch * group, num_rows),
+        f"{spec.name} epoch {epoch + 1}/{spec.epochs}",
+        progress,
+      )
       pending, pending_base = [], global_step
       epoch_start, epoch_samples = time.perf_counter(), 0
       step_in_epoch = start_step
@@ -429,10 +514,11 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
           bad_in_epoch = step_in_epoch - len(pending) + first + 1
           ckpts.wait()
           raise NonFiniteLossError(
-              f"{spec.name}: non-finite training loss {scalars['loss'][first]} at optimizer step "
-              f"{bad_global} (epoch {epoch + 1}, step {bad_in_epoch} of {steps_per_epoch} in the "
-              f"epoch); training stopped; the last good checkpoint (step {ckpts.latest_step()}) "
-              f"is kept in {spec.directory}")
+            f"{spec.name}: non-finite training loss {scalars['loss'][first]} at optimizer step "
+            f"{bad_global} (epoch {epoch + 1}, step {bad_in_epoch} of {steps_per_epoch} in the "
+            f"epoch); training stopped; the last good checkpoint (step {ckpts.latest_step()}) "
+            f"is kept in {spec.directory}"
+          )
         running.add(scalars)
         pending, pending_base = [], global_step
 
@@ -448,8 +534,11 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
         if len(pending) >= check_every_steps:
           flush()
         saved = False
-        if (checkpoint_every_steps and global_step % checkpoint_every_steps == 0
-            and step_in_epoch < steps_per_epoch):
+        if (
+          checkpoint_every_steps
+          and global_step % checkpoint_every_steps == 0
+          and step_in_epoch < steps_per_epoch
+        ):
           flush()
           ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(False))
           saved = True
@@ -462,8 +551,10 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
           raise preempted(signal_name(watch))
       flush()
       if step_in_epoch != steps_per_epoch:
-        raise RuntimeError(f"{spec.name}: the batch iterator of epoch {epoch} stopped at step "
-                           f"{step_in_epoch}, expected {steps_per_epoch}")
+        raise RuntimeError(
+          f"{spec.name}: the batch iterator of epoch {epoch} stopped at step "
+          f"{step_in_epoch}, expected {steps_per_epoch}"
+        )
       jax.block_until_ready(params)
       seconds = time.perf_counter() - epoch_start
       rate = epoch_samples / seconds if seconds > 0 else float("nan")
@@ -486,8 +577,13 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
       record["seconds"] = seconds + time.perf_counter() - eval_start
       history.append(record)
       selection = record[select_key][metric]
-      ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(True),
-                 selection=selection if math.isfinite(selection) else -math.inf)
+      ckpts.save(
+        global_step,
+        _host_copy(params),
+        _host_copy(opt_state),
+        snapshot(True),
+        selection=selection if math.isfinite(selection) else -math.inf,
+      )
       writer.write_epoch(record)
       running = _Running()
       start_step = 0
@@ -508,8 +604,9 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
   if not history:
     raise ValueError(f"{spec.name}: no epoch was trained (epochs={spec.epochs})")
   best = max(history, key=lambda r: (_finite(r[select_key][metric]), -r["step"]))
-  stop_reason = ("patience" if stopped_early(history, patience, select_key, metric, stop_rule)
-                 else "max_epochs")
+  stop_reason = (
+    "patience" if stopped_early(history, patience, select_key, metric, stop_rule) else "max_epochs"
+  )
   params = ckpts.restore_params(best["step"], params)
   ckpts.close()
   final = {k: best[k] for k in ("valid", "valid_full") if k in best}
@@ -523,23 +620,31 @@ def train_stage(spec: StageSpec, data: StageData, *, seed: int, batch_size: int,
     if primary:
       write_per_user(os.path.join(spec.directory, PER_USER_FILE.format(split=split)), rows)
   result = {
-      "stage": spec.name, "selected_epoch": best["epoch"], "selected_step": best["step"],
-      **final, "epochs": spec.epochs, "stopped_epoch": len(history),
-      "stop_reason": stop_reason, "patience": patience, "stop_rule": stop_rule,
-      "selection": {"split": select_on, "protocol": protocol, "metric": metric},
-      "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-      "train_samples": train_samples,
-      "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
-      "devices": 1 if mesh is None else mesh.size,
-      "history": history,
+    "stage": spec.name,
+    "selected_epoch": best["epoch"],
+    "selected_step": best["step"],
+    **final,
+    "epochs": spec.epochs,
+    "stopped_epoch": len(history),
+    "stop_reason": stop_reason,
+    "patience": patience,
+    "stop_rule": stop_rule,
+    "selection": {"split": select_on, "protocol": protocol, "metric": metric},
+    "train_seconds": train_seconds,
+    "eval_seconds": eval_seconds,
+    "train_samples": train_samples,
+    "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
+    "devices": 1 if mesh is None else mesh.size,
+    "history": history,
   }
   if primary:
     writers.write_json_atomic(os.path.join(spec.directory, RESULT_FILE), result)
   return result, params
 
 
-def evaluate_selected(params, split: str, sampled, full, *, save_scores: bool = False
-                      ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+def evaluate_selected(
+  params, split: str, sampled, full, *, save_scores: bool = False
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
   """One split under both protocols, with its per-user metrics, from one scoring pass each.
 
   Args:
@@ -555,13 +660,14 @@ def evaluate_selected(params, split: str, sampled, full, *, save_scores: bool = 
     this (the scorers run over the whole mesh).
   """
   from solid_jax import ranking  # pylint: disable=import-outside-toplevel
+
   metrics, out = {}, {}
   if sampled is not None:
     scores = sampled.host_scores(params)
     metrics[split] = sampled.metrics_of(scores)
     if sampled.group is not None:
       rows = ranking.sampled_per_user(scores, sampled.labels, sampled.group)
-      out["sampled/user"] = sampled.users[::sampled.group]
+      out["sampled/user"] = sampled.users[:: sampled.group]
       out.update({f"sampled/{k}": v for k, v in rows.items()})
       if save_scores:
         out["sampled/scores"] = scores.reshape(-1, sampled.group)

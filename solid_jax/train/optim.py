@@ -15,8 +15,9 @@ def trainable_labels(model, params) -> Any:
   return jax.tree.map(lambda m: "train" if bool(m) else "frozen", mask)
 
 
-def make_optimizer(model, params, lr: float, *, weight_decay: float = 0.0,
-                   clip_norm: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(
+  model, params, lr: float, *, weight_decay: float = 0.0, clip_norm: float = 0.0
+) -> optax.GradientTransformation:
   """Adam (AdamW when ``weight_decay > 0``) on the trainable leaves, zero updates elsewhere.
 
   Args:
@@ -33,5 +34,6 @@ def make_optimizer(model, params, lr: float, *, weight_decay: float = 0.0,
   inner = optax.adamw(lr, weight_decay=weight_decay) if weight_decay > 0 else optax.adam(lr)
   if clip_norm > 0:
     inner = optax.chain(optax.clip_by_global_norm(clip_norm), inner)
-  return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()},
-                               trainable_labels(model, params))
+  return optax.multi_transform(
+    {"train": inner, "frozen": optax.set_to_zero()}, trainable_labels(model, params)
+  )

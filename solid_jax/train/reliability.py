@@ -49,8 +49,10 @@ class Preempted(Exception):
 
 
 def _holder_text(info: dict[str, Any]) -> str:
-  return (f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, started "
-          f"{info.get('started', '?')}, command: {info.get('command', '?')}")
+  return (
+    f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, started "
+    f"{info.get('started', '?')}, command: {info.get('command', '?')}"
+  )
 
 
 class WorkdirLock:
@@ -78,8 +80,9 @@ class WorkdirLock:
       if e.errno not in (errno.EAGAIN, errno.EACCES):
         raise
       raise WorkdirLockedError(
-          f"workdir {os.path.dirname(self.path)} is in use by another launch ("
-          f"{_holder_text(self._read())}); wait for it to end or use another workdir") from None
+        f"workdir {os.path.dirname(self.path)} is in use by another launch ("
+        f"{_holder_text(self._read())}); wait for it to end or use another workdir"
+      ) from None
     old = self._read_fd(fd)
     host = socket.gethostname()
     if old and old.get("host") not in (None, host):
@@ -88,16 +91,24 @@ class WorkdirLock:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
         raise WorkdirLockedError(
-            f"workdir {os.path.dirname(self.path)} is locked by another host ({_holder_text(old)}"
-            f"; last heartbeat {time.time() - beat:.0f} s ago); if that launch is gone, delete "
-            f"{self.path}")
+          f"workdir {os.path.dirname(self.path)} is locked by another host ({_holder_text(old)}"
+          f"; last heartbeat {time.time() - beat:.0f} s ago); if that launch is gone, delete "
+          f"{self.path}"
+        )
     if old:
-      logging.warning("workdir %s: taking over the stale lock of a launch that is gone (%s)",
-                      os.path.dirname(self.path), _holder_text(old))
+      logging.warning(
+        "workdir %s: taking over the stale lock of a launch that is gone (%s)",
+        os.path.dirname(self.path),
+        _holder_text(old),
+      )
     self._fd = fd
-    self._info = {"host": host, "pid": os.getpid(),
-                  "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                  "command": self.command, "heartbeat": time.time()}
+    self._info = {
+      "host": host,
+      "pid": os.getpid(),
+      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+      "command": self.command,
+      "heartbeat": time.time(),
+    }
     self._write(self._info)
     self._stop.clear()
     self._beat = threading.Thread(target=self._heartbeat, name="workdir-lock", daemon=True)
@@ -119,7 +130,7 @@ class WorkdirLock:
       self._beat.join()
       self._beat = None
     try:
-      os.ftruncate(self._fd, 0)   # an empty lock file: released cleanly, nothing to take over
+      os.ftruncate(self._fd, 0)  # an empty lock file: released cleanly, nothing to take over
       fcntl.flock(self._fd, fcntl.LOCK_UN)
     finally:
       os.close(self._fd)
@@ -176,10 +187,13 @@ class PreemptionWatch:
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     if self.received == signal.SIGINT and signum == signal.SIGINT:
-      raise KeyboardInterrupt   # a second Ctrl-C: stop now
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
     self.received = signum
-    logging.warning("received %s: saving a checkpoint at the next step boundary, then exiting "
-                    "(relaunch the same command to resume)", signal.Signals(signum).name)
+    logging.warning(
+      "received %s: saving a checkpoint at the next step boundary, then exiting "
+      "(relaunch the same command to resume)",
+      signal.Signals(signum).name,
+    )
 
   def __enter__(self) -> "PreemptionWatch":
     if threading.current_thread() is threading.main_thread():
@@ -199,6 +213,6 @@ class PreemptionWatch:
     if step % self.sync_every:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     flags = multihost_utils.process_allgather(np.int32(self.received is not None))
     return bool(np.any(flags))
-

@@ -15,10 +15,19 @@ def selection_label(config: TrainConfig) -> str:
   return label + (" (authors' protocol; optimistic)" if config.select_on == "test" else "")
 
 
-_TABLE_COLUMNS = (("valid", "uauc"), ("valid", "ndcg@10"), ("valid_full", "ndcg@10"),
-                  ("test", "auc"), ("test", "uauc"), ("test", "ndcg@10"), ("test", "hr@10"),
-                  ("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_full", "mrr"),
-                  ("test_full", "coverage@10"))
+_TABLE_COLUMNS = (
+  ("valid", "uauc"),
+  ("valid", "ndcg@10"),
+  ("valid_full", "ndcg@10"),
+  ("test", "auc"),
+  ("test", "uauc"),
+  ("test", "ndcg@10"),
+  ("test", "hr@10"),
+  ("test_full", "hr@10"),
+  ("test_full", "ndcg@10"),
+  ("test_full", "mrr"),
+  ("test_full", "coverage@10"),
+)
 
 
 def _column_name(split: str, metric: str) -> str:
@@ -51,11 +60,14 @@ def summary_table(results_by_method: Mapping[str, Mapping[str, Any]]) -> str:
     cells.append(_fmt(res.get("train_seconds", float("nan")) / 60, 2))
     rows.append(cells)
   widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-  line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths)))
+  line = lambda cells: "  ".join(
+    c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+  )
   out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-  out.append(f"epoch (selected/last trained) selected on: {', '.join(sorted(selections))}; "
-             "sampled = 1 positive + sampled negatives, full = every item ranked, history excluded")
+  out.append(
+    f"epoch (selected/last trained) selected on: {', '.join(sorted(selections))}; "
+    "sampled = 1 positive + sampled negatives, full = every item ranked, history excluded"
+  )
   return "\n".join(out)
 
 

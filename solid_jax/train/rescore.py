@@ -49,8 +49,9 @@ def _selected(stage_dir: str) -> tuple[int, str]:
   raise FileNotFoundError(f"{stage_dir} holds no checkpoint")
 
 
-def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
-                     save_scores: bool = False, write: bool = True) -> dict[str, Any]:
+def evaluate_workdir(
+  workdir: str, splits: Sequence[str] = ("test",), *, save_scores: bool = False, write: bool = True
+) -> dict[str, Any]:
   """Evaluates the final stage of a workdir at its selected checkpoint.
 
   Args:
@@ -69,8 +70,9 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, stages.CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} is not a workdir of experiments.train "
-                            f"({stages.CONFIG_FILE} missing)")
+    raise FileNotFoundError(
+      f"{workdir} is not a workdir of experiments.train ({stages.CONFIG_FILE} missing)"
+    )
   with open(path) as f:
     config = TrainConfig.from_dict(json.load(f))
   ds = stages.load_data(config)
@@ -81,16 +83,22 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
 
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
+
   if config.is_solid:
     table, _ = semantics_lib.load_table(os.path.join(workdir, semantic_tables.SEMANTICS_PREFIX))
   else:
     table = ds.item_semantic
   num_semantics = int(table.max()) + 1 if config.is_solid else ds.num_semantics
-  model = sj.make_model(config.model_config(final, num_items=ds.num_items,
-                                            num_semantics=num_semantics))
-  split_data = sj_data.make_splits(ds, seq_len=config.seq_len,
-                                   train_negatives=config.train_negatives,
-                                   eval_negatives=config.eval_negatives, seed=config.seed)
+  model = sj.make_model(
+    config.model_config(final, num_items=ds.num_items, num_semantics=num_semantics)
+  )
+  split_data = sj_data.make_splits(
+    ds,
+    seq_len=config.seq_len,
+    train_negatives=config.train_negatives,
+    eval_negatives=config.eval_negatives,
+    seed=config.seed,
+  )
   absl_logger = logging_std.getLogger("absl")
   quiet = _DropOrbaxReadOnly()
   absl_logger.addFilter(quiet)
@@ -105,12 +113,12 @@ def evaluate_workdir(workdir: str, splits: Sequence[str] = ("test",), *,
     users = stages.with_semantics(sj_data.full_ranking_users(ds, split_data, split), table)
     sampled = evaluator_lib.Evaluator(model, rows, config.eval_batch_size)
     full = full_eval.FullEvaluator(model, users)
-    metrics, per_user = loop.evaluate_selected(params, split, sampled, full,
-                                               save_scores=save_scores)
+    metrics, per_user = loop.evaluate_selected(
+      params, split, sampled, full, save_scores=save_scores
+    )
     out.update(metrics)
     if write:
-      loop.write_per_user(os.path.join(stage_dir, loop.PER_USER_FILE.format(split=split)),
-                          per_user)
+      loop.write_per_user(os.path.join(stage_dir, loop.PER_USER_FILE.format(split=split)), per_user)
   return out
 
 
@@ -123,8 +131,9 @@ def load_per_user(workdir: str, split: str = "test") -> dict[str, np.ndarray]:
     return {k: z[k] for k in z.files}
 
 
-def paired_permutation_test(a: np.ndarray, b: np.ndarray, *, permutations: int = 10_000,
-                            seed: int = 0) -> dict[str, float]:
+def paired_permutation_test(
+  a: np.ndarray, b: np.ndarray, *, permutations: int = 10_000, seed: int = 0
+) -> dict[str, float]:
   """Two-sided paired randomisation test of ``mean(a - b)`` over users (sign flips).
 
   Under the null hypothesis the two runs are exchangeable for every user, so each per-user
@@ -152,5 +161,10 @@ def paired_permutation_test(a: np.ndarray, b: np.ndarray, *, permutations: int =
     n = min(1000, permutations - start)
     signs = rng.choice(np.array([-1.0, 1.0]), size=(n, diff.size))
     hits += int(np.sum(np.abs(signs @ diff) / max(diff.size, 1) >= observed - 1e-12))
-  return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_diff": float(diff.mean()),
-          "p_value": (hits + 1) / (permutations + 1), "users": int(diff.size)}
+  return {
+    "mean_a": float(a.mean()),
+    "mean_b": float(b.mean()),
+    "mean_diff": float(diff.mean()),
+    "p_value": (hits + 1) / (permutations + 1),
+    "users": int(diff.size),
+  }

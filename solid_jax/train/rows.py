@@ -29,8 +29,9 @@ def semantic_view(batch: Batch) -> Batch:
   return {**batch, "items": batch["semantics"], "target": batch["target_semantic"]}
 
 
-def model_batch(batch: Batch, transform: BatchTransform | None, *,
-                 with_weight: bool = False) -> Batch:
+def model_batch(
+  batch: Batch, transform: BatchTransform | None, *, with_weight: bool = False
+) -> Batch:
   keys = MODEL_KEYS + PACKING_KEYS + (("weight",) if with_weight else ())
   out = {k: batch[k] for k in keys if k in batch}
   return transform(out) if transform is not None else out

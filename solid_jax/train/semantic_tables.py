@@ -47,16 +47,24 @@ def num_clusters(config: TrainConfig, ds) -> int:
 
 
 def semantic_provenance(config: TrainConfig, ds) -> dict[str, Any]:
-  out = {"source": config.semantics, "seed": config.seed, "dataset": ds.name,
-         "dataset_fingerprint": ds.fingerprint}
+  out = {
+    "source": config.semantics,
+    "seed": config.seed,
+    "dataset": ds.name,
+    "dataset_fingerprint": ds.fingerprint,
+  }
   if config.semantics == "labels":
     out["labels"] = ds.semantic_source
   else:
-    out.update(k=num_clusters(config, ds), kmeans_iters=config.kmeans_iters,
-               algorithm="k-means (k-means++ seeding, Lloyd) over L2-normalised parts")
+    out.update(
+      k=num_clusters(config, ds),
+      kmeans_iters=config.kmeans_iters,
+      algorithm="k-means (k-means++ seeding, Lloyd) over L2-normalised parts",
+    )
   if config.needs_stage0:
-    out.update(stage0_backbone=config.backbone, stage0_epochs=config.epochs_of("stage0"),
-               dim=config.dim)
+    out.update(
+      stage0_backbone=config.backbone, stage0_epochs=config.epochs_of("stage0"), dim=config.dim
+    )
   return out
 
 
@@ -65,8 +73,9 @@ def kmeans_table(config: TrainConfig, ds, id_embedding: np.ndarray | None) -> np
   if id_embedding is not None:
     parts["id"] = np.asarray(id_embedding, np.float32)
   vectors = semantics_lib.item_vectors(parts, config.semantics)
-  return semantics_lib.cluster_items(vectors, num_clusters(config, ds), seed=config.seed,
-                                     iters=config.kmeans_iters)
+  return semantics_lib.cluster_items(
+    vectors, num_clusters(config, ds), seed=config.seed, iters=config.kmeans_iters
+  )
 
 
 def check_semantic_source(config: TrainConfig, ds) -> None:
@@ -81,8 +90,10 @@ def check_semantic_source(config: TrainConfig, ds) -> None:
   have = semantics_lib.dataset_vectors(ds)
   missing = [semantics_lib.FEATURE_KEYS[p] for p in need if p not in have]
   if missing:
-    raise ValueError(f"--semantics={config.semantics} needs item features {missing}, which "
-                     f"dataset {ds.name!r} does not have (side information: {sorted(ds.side)})")
+    raise ValueError(
+      f"--semantics={config.semantics} needs item features {missing}, which "
+      f"dataset {ds.name!r} does not have (side information: {sorted(ds.side)})"
+    )
   k = num_clusters(config, ds)
   if not 1 <= k <= ds.num_items - 1:
     raise ValueError(f"--num_clusters={k}: expected 1..{ds.num_items - 1} (the number of items)")
@@ -91,8 +102,9 @@ def check_semantic_source(config: TrainConfig, ds) -> None:
 def stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, Any]]:
   result = loop.stage_result(stage1_dir)
   if result is None:
-    raise Stage1MismatchError(f"--stage1_dir={stage1_dir} holds no finished stage 1 "
-                              f"({loop.RESULT_FILE} missing)")
+    raise Stage1MismatchError(
+      f"--stage1_dir={stage1_dir} holds no finished stage 1 ({loop.RESULT_FILE} missing)"
+    )
   ckpts = checkpoint_lib.StageCheckpoints(stage1_dir, read_only=True)
   try:
     shapes = ckpts.param_shapes(result["selected_step"])
@@ -101,13 +113,16 @@ def stage1_metacode_shape(stage1_dir: str) -> tuple[tuple[int, ...], dict[str, A
   try:
     shape = models_lib.item_table(shapes)
   except (KeyError, TypeError):
-    raise Stage1MismatchError(f"the stage-1 checkpoint in {stage1_dir} has no item embedding "
-                              f"table (parameters: {sorted(shapes)})") from None
+    raise Stage1MismatchError(
+      f"the stage-1 checkpoint in {stage1_dir} has no item embedding "
+      f"table (parameters: {sorted(shapes)})"
+    ) from None
   return tuple(shape), result
 
 
-def check_stage1(stage1_dir: str, *, num_semantics: int, dim: int,
-                 table: np.ndarray | None = None) -> None:
+def check_stage1(
+  stage1_dir: str, *, num_semantics: int, dim: int, table: np.ndarray | None = None
+) -> None:
   """Checks that a finished stage 1 fits the stage-2 data before anything is trained.
 
   Args:
@@ -123,16 +138,18 @@ def check_stage1(stage1_dir: str, *, num_semantics: int, dim: int,
   shape, _ = stage1_metacode_shape(stage1_dir)
   if shape != (num_semantics, dim):
     raise Stage1MismatchError(
-        f"the stage-1 checkpoint in {stage1_dir} has a metacode of {shape[0]} semantic ids x "
-        f"{shape[1]} (incl. padding), but this run's data has {num_semantics} semantic ids and "
-        f"dim {dim}: it was trained on another vocabulary")
+      f"the stage-1 checkpoint in {stage1_dir} has a metacode of {shape[0]} semantic ids x "
+      f"{shape[1]} (incl. padding), but this run's data has {num_semantics} semantic ids and "
+      f"dim {dim}: it was trained on another vocabulary"
+    )
   prefix = os.path.join(os.path.dirname(os.path.abspath(stage1_dir)), SEMANTICS_PREFIX)
   if table is not None and os.path.exists(prefix + ".json"):
     theirs, _ = semantics_lib.load_table(prefix)
     if theirs.shape != table.shape or not np.array_equal(theirs, table):
       raise Stage1MismatchError(
-          f"the semantic table next to {stage1_dir} ({prefix}.npz) differs from this run's: the "
-          "metacode rows would mean other semantic ids")
+        f"the semantic table next to {stage1_dir} ({prefix}.npz) differs from this run's: the "
+        "metacode rows would mean other semantic ids"
+      )
 
 
 def load_metacode(stage1_dir: str) -> np.ndarray:

@@ -60,8 +60,8 @@ from solid_jax.train import workdir as workdir_lib
 # Re-exported: the names launchers and users reach for with ``run_experiment``.
 from solid_jax.train.report import selection_label, summary_table  # noqa: E402,F401
 from solid_jax.train.semantic_tables import Stage1MismatchError, with_semantics  # noqa: E402,F401
-from solid_jax.train.workdir import (CONFIG_FILE, DATASET_FILE, RESULTS_FILE, DatasetError,  # noqa: E402,F401
-                                     WorkdirError, continues, load_data)
+from solid_jax.train.workdir import CONFIG_FILE, DATASET_FILE, RESULTS_FILE  # noqa: E402,F401
+from solid_jax.train.workdir import DatasetError, WorkdirError, continues, load_data  # noqa: E402,F401
 
 
 def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> loop.StageData:
@@ -78,10 +78,17 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
 
   full = {}
   if config.eval_protocol in ("full", "both"):
-    full = {f"{split}_full": with_semantics(sj_data.full_ranking_users(ds, splits, split), table)
-            for split in ("valid", "test")}
-  return loop.StageData(train_rows=train_rows, valid=with_semantics(splits["valid"], table),
-                        test=with_semantics(splits["test"], table), batches=batches, **full)
+    full = {
+      f"{split}_full": with_semantics(sj_data.full_ranking_users(ds, splits, split), table)
+      for split in ("valid", "test")
+    }
+  return loop.StageData(
+    train_rows=train_rows,
+    valid=with_semantics(splits["valid"], table),
+    test=with_semantics(splits["test"], table),
+    batches=batches,
+    **full,
+  )
 
 
 def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -110,7 +117,7 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   existed = os.path.isdir(workdir)
   workdir = workdir_lib.prepare_workdir(workdir)
   # One writer per workdir (process 0 of a multi-host run writes; the others only read).
-  lock = (reliability.WorkdirLock(workdir) if jax.process_index() == 0 else None)
+  lock = reliability.WorkdirLock(workdir) if jax.process_index() == 0 else None
   try:
     if lock is not None:
       lock.acquire()
@@ -121,8 +128,9 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
         lock.release()
   except BaseException:
     # A launch that failed before writing anything leaves no empty workdir behind.
-    if not existed and os.path.isdir(workdir) and set(os.listdir(workdir)) <= {
-        reliability.LOCK_FILE}:
+    if (
+      not existed and os.path.isdir(workdir) and set(os.listdir(workdir)) <= {reliability.LOCK_FILE}
+    ):
       shutil.rmtree(workdir, ignore_errors=True)
     raise
 
@@ -143,8 +151,9 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     with open(results_path) as f:
       return json.load(f)
   if continued:
-    logging.info("continuing the run in %s with epochs=%d patience=%d", workdir, config.epochs,
-                 config.patience)
+    logging.info(
+      "continuing the run in %s with epochs=%d patience=%d", workdir, config.epochs, config.patience
+    )
   semantic_tables.check_semantic_source(config, ds)
 
   # Semantic table: known now unless it comes from stage-0 id embeddings.
@@ -155,7 +164,9 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     if os.path.exists(sem_prefix + ".json"):
       table, _ = semantics_lib.load_table(sem_prefix, provenance)
     elif config.stage1_dir and config.needs_stage0:
-      other = os.path.join(os.path.dirname(os.path.abspath(config.stage1_dir)), semantic_tables.SEMANTICS_PREFIX)
+      other = os.path.join(
+        os.path.dirname(os.path.abspath(config.stage1_dir)), semantic_tables.SEMANTICS_PREFIX
+      )
       table, _ = semantics_lib.load_table(other, provenance)
       new_table = True
     elif config.semantics == "labels":
@@ -167,22 +178,29 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   if config.stage1_dir:
     if not config.is_solid:
       raise ValueError(f"--stage1_dir applies to SOLID methods only, not --method={config.method}")
-    semantic_tables.check_stage1(config.stage1_dir, num_semantics=int(table.max()) + 1, dim=config.dim,
-                 table=table)
+    semantic_tables.check_stage1(
+      config.stage1_dir, num_semantics=int(table.max()) + 1, dim=config.dim, table=table
+    )
   elif table is not None and loop.stage_result(os.path.join(workdir, "stage1")) is not None:
-    semantic_tables.check_stage1(os.path.join(workdir, "stage1"), num_semantics=int(table.max()) + 1,
-                 dim=config.dim)
+    semantic_tables.check_stage1(
+      os.path.join(workdir, "stage1"), num_semantics=int(table.max()) + 1, dim=config.dim
+    )
 
   # Every check passed: the workdir now belongs to this config and data.
   primary = jax.process_index() == 0  # the one writer of a multi-host run
   workdir_lib.check_config(workdir, config, write=primary)
   workdir_lib.check_dataset(workdir, ds, write=primary)
   if continued and primary and os.path.exists(results_path):
-    os.remove(results_path)   # the run is no longer finished (config.json has the new limits)
+    os.remove(results_path)  # the run is no longer finished (config.json has the new limits)
   if new_table and primary:
     semantics_lib.save_table(sem_prefix, table, provenance)
-  splits = sj_data.make_splits(ds, seq_len=config.seq_len, train_negatives=config.train_negatives,
-                               eval_negatives=config.eval_negatives, seed=config.seed)
+  splits = sj_data.make_splits(
+    ds,
+    seq_len=config.seq_len,
+    train_negatives=config.train_negatives,
+    eval_negatives=config.eval_negatives,
+    seed=config.seed,
+  )
   batches = sj_data.batches
   kwargs = _train_kwargs(config)
   stage_results: dict[str, Any] = {}
@@ -193,12 +211,25 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       if model_cfg.packable and transform is None:
         data = dataclasses.replace(data, batches=sj_data.packed_batches)
       else:
-        logging.info("%s: trained on unpacked rows (%s with the %s head cannot take packed rows)",
-                     name, model_cfg.backbone, model_cfg.head)
-    init = model.init if codebook_init is None else functools.partial(
-        model.init, codebook_init=codebook_init)
-    spec = loop.StageSpec(name=name, directory=os.path.join(workdir, name), model=model,
-                          init=init, epochs=config.epochs_of(name), transform=transform)
+        logging.info(
+          "%s: trained on unpacked rows (%s with the %s head cannot take packed rows)",
+          name,
+          model_cfg.backbone,
+          model_cfg.head,
+        )
+    init = (
+      model.init
+      if codebook_init is None
+      else functools.partial(model.init, codebook_init=codebook_init)
+    )
+    spec = loop.StageSpec(
+      name=name,
+      directory=os.path.join(workdir, name),
+      model=model,
+      init=init,
+      epochs=config.epochs_of(name),
+      transform=transform,
+    )
     logging.info("%s: %s", name, model_cfg)
     result, params = loop.train_stage(spec, data, **kwargs)
     stage_results[name] = {k: v for k, v in result.items() if k != "history"}
@@ -206,15 +237,19 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
 
   if not config.is_solid:
     label_table = ds.item_semantic
-    run_stage("main", config.model_config("main", num_items=ds.num_items,
-                                          num_semantics=ds.num_semantics),
-              _stage_data(splits, ds, label_table, batches, config))
+    run_stage(
+      "main",
+      config.model_config("main", num_items=ds.num_items, num_semantics=ds.num_semantics),
+      _stage_data(splits, ds, label_table, batches, config),
+    )
     final = "main"
   else:
     if table is None:  # id semantics: stage 0, then k-means over its item embeddings
-      params0 = run_stage("stage0", config.model_config(
-          "stage0", num_items=ds.num_items, num_semantics=ds.num_semantics),
-                          _stage_data(splits, ds, ds.item_semantic, batches, config))
+      params0 = run_stage(
+        "stage0",
+        config.model_config("stage0", num_items=ds.num_items, num_semantics=ds.num_semantics),
+        _stage_data(splits, ds, ds.item_semantic, batches, config),
+      )
       t0 = time.perf_counter()
       table = semantic_tables.kmeans_table(config, ds, np.asarray(models_lib.item_table(params0)))
       sem_seconds = time.perf_counter() - t0
@@ -227,30 +262,41 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     data = _stage_data(splits, ds, table, batches, config)
     if config.stage1_dir:
       metacode = semantic_tables.load_metacode(config.stage1_dir)
-      stage_results["stage1"] = {k: v for k, v in loop.stage_result(config.stage1_dir).items()
-                                 if k != "history"}
+      stage_results["stage1"] = {
+        k: v for k, v in loop.stage_result(config.stage1_dir).items() if k != "history"
+      }
       stage_results["stage1"]["reused_from"] = os.path.abspath(config.stage1_dir)
     else:
-      params1 = run_stage("stage1", config.model_config(
-          "stage1", num_items=ds.num_items, num_semantics=num_semantics), data,
-                          transform=rows_lib.semantic_view)
+      params1 = run_stage(
+        "stage1",
+        config.model_config("stage1", num_items=ds.num_items, num_semantics=num_semantics),
+        data,
+        transform=rows_lib.semantic_view,
+      )
       metacode = np.asarray(models_lib.item_table(params1))
-    run_stage("stage2", config.model_config("stage2", num_items=ds.num_items,
-                                            num_semantics=num_semantics),
-              data, codebook_init=metacode)
+    run_stage(
+      "stage2",
+      config.model_config("stage2", num_items=ds.num_items, num_semantics=num_semantics),
+      data,
+      codebook_init=metacode,
+    )
     final = "stage2"
 
   main = stage_results[final]
   results = {
-      "method": config.method, "final_stage": final,
-      "selection": selection_label(config),
-      "selected_epoch": main["selected_epoch"],
-      **{k: main[k] for k in ("valid", "test", "valid_full", "test_full") if k in main},
-      "stopped_epoch": main["stopped_epoch"], "stop_reason": main["stop_reason"],
-      "stages": stage_results, "dataset": dataset_record, "config": config.to_dict(),
-      "seconds_this_launch": time.perf_counter() - start,
-      "train_seconds": sum(r["train_seconds"] for r in stage_results.values()),
-      "train_samples_per_s": main["train_samples_per_s"],
+    "method": config.method,
+    "final_stage": final,
+    "selection": selection_label(config),
+    "selected_epoch": main["selected_epoch"],
+    **{k: main[k] for k in ("valid", "test", "valid_full", "test_full") if k in main},
+    "stopped_epoch": main["stopped_epoch"],
+    "stop_reason": main["stop_reason"],
+    "stages": stage_results,
+    "dataset": dataset_record,
+    "config": config.to_dict(),
+    "seconds_this_launch": time.perf_counter() - start,
+    "train_seconds": sum(r["train_seconds"] for r in stage_results.values()),
+    "train_samples_per_s": main["train_samples_per_s"],
   }
   if config.is_solid:
     _, info = semantics_lib.load_table(sem_prefix)

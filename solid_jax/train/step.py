@@ -46,8 +46,11 @@ def scalar_aux(aux: dict[str, Any]) -> dict[str, jax.Array]:
   """The scalar floating-point entries of a model's ``aux`` dict (losses, codebook statistics)."""
   out = {}
   for key, value in aux.items():
-    if isinstance(value, (jax.Array, np.ndarray, float)) and jnp.ndim(value) == 0 and \
-        jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating):
+    if (
+      isinstance(value, (jax.Array, np.ndarray, float))
+      and jnp.ndim(value) == 0
+      and jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating)
+    ):
       out[key] = jnp.asarray(value, jnp.float32)
   return out
 
@@ -61,8 +64,14 @@ def _position_weights(batch: Batch) -> jax.Array:
   return live * (weight if weight.ndim == 2 else weight[:, None])
 
 
-def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
-                    transform: BatchTransform | None = None, grouped: bool = False):
+def make_train_step(
+  model,
+  tx: optax.GradientTransformation,
+  *,
+  seed: int = 0,
+  transform: BatchTransform | None = None,
+  grouped: bool = False,
+):
   """Builds the jit-compiled training step.
 
   Args:
@@ -100,8 +109,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
       candidates = {k: batch[k] for k in ("target", "target_semantic") if k in batch}
 
       def per_candidate(c):
-        return model.apply(params, rows_lib.model_batch({**history, **c}, transform, with_weight=True),
-                           **kwargs)
+        return model.apply(
+          params, rows_lib.model_batch({**history, **c}, transform, with_weight=True), **kwargs
+        )
 
       # The aux entries depend on the history only, so they stay unbatched (out_axes None).
       logits, aux = jax.vmap(per_candidate, in_axes=1, out_axes=(1, None))(candidates)
@@ -111,12 +121,14 @@ def make_train_step(model, tx: optax.GradientTransformation, *, seed: int = 0,
       # Every position of a sequence (``solid_jax.data.position_rows``): C candidates per
       # position, padding positions weigh 0.
       logits, aux = model.apply_positions(
-          params, rows_lib.model_batch(batch, transform, with_weight=True), **kwargs)
+        params, rows_lib.model_batch(batch, transform, with_weight=True), **kwargs
+      )
       weights = jnp.broadcast_to(_position_weights(batch)[:, :, None], logits.shape)
       bce = weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
     else:
-      logits, aux = model.apply(params, rows_lib.model_batch(batch, transform, with_weight=True),
-                                **kwargs)
+      logits, aux = model.apply(
+        params, rows_lib.model_batch(batch, transform, with_weight=True), **kwargs
+      )
       bce = weighted_bce(logits, batch["label"], batch["weight"])
     aux_loss = jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
     return bce + aux_loss, (bce, aux)

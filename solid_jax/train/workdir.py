@@ -74,10 +74,14 @@ def continues(saved: dict[str, Any], config: TrainConfig) -> bool:
   if config_differences(saved, current, ignore=config_lib.RUNTIME_FIELDS + CONTINUE_FIELDS):
     return False
   defaults = TrainConfig()
-  old = dataclasses.replace(config, epochs=int(saved.get("epochs", defaults.epochs)),
-                            patience=int(saved.get("patience", defaults.patience)))
-  if not (_raised(old.epochs, config.epochs, False)
-          and _raised(old.patience, config.patience, True)):
+  old = dataclasses.replace(
+    config,
+    epochs=int(saved.get("epochs", defaults.epochs)),
+    patience=int(saved.get("patience", defaults.patience)),
+  )
+  if not (
+    _raised(old.epochs, config.epochs, False) and _raised(old.patience, config.patience, True)
+  ):
     return False
   earlier = config.stages()[:-1]
   if any(old.epochs_of(s) != config.epochs_of(s) for s in earlier):
@@ -107,27 +111,35 @@ def check_config(workdir: str, config: TrainConfig, *, write: bool = True) -> bo
       continued = True
     elif diffs:
       raise WorkdirError(
-          f"workdir {workdir} holds a run with a different configuration ({CONFIG_FILE}); use "
-          f"another workdir or the same flags (only a larger --epochs / --patience continues a "
-          f"run). Differences (saved -> now): " + "; ".join(diffs))
+        f"workdir {workdir} holds a run with a different configuration ({CONFIG_FILE}); use "
+        f"another workdir or the same flags (only a larger --epochs / --patience continues a "
+        f"run). Differences (saved -> now): " + "; ".join(diffs)
+      )
   if write:
     writers.write_json_atomic(path, current)
   return continued
 
 
 def check_dataset(workdir: str, ds, *, write: bool) -> dict[str, Any]:
-  record = {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
-            "num_users": ds.num_users, "num_items": ds.num_items,
-            "num_semantics": ds.num_semantics, "interactions": ds.num_interactions}
+  record = {
+    "name": ds.name,
+    "source": ds.source,
+    "fingerprint": ds.fingerprint,
+    "num_users": ds.num_users,
+    "num_items": ds.num_items,
+    "num_semantics": ds.num_semantics,
+    "interactions": ds.num_interactions,
+  }
   path = os.path.join(workdir, DATASET_FILE)
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     if saved.get("fingerprint") != ds.fingerprint:
       raise WorkdirError(
-          f"workdir {workdir} was trained on data with fingerprint {saved.get('fingerprint')} "
-          f"({saved.get('source')}), but {ds.source} now has fingerprint {ds.fingerprint}; the "
-          "data changed: use another workdir")
+        f"workdir {workdir} was trained on data with fingerprint {saved.get('fingerprint')} "
+        f"({saved.get('source')}), but {ds.source} now has fingerprint {ds.fingerprint}; the "
+        "data changed: use another workdir"
+      )
   if write:
     writers.write_json_atomic(path, record)
   return record
@@ -136,6 +148,7 @@ def check_dataset(workdir: str, ds, *, write: bool) -> dict[str, Any]:
 def load_data(config: TrainConfig):
   """Loads the dataset of a run, with a clear error when it cannot be found."""
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
+
   kwargs = {"category_depth": config.category_depth} if config.category_depth else {}
   try:
     return sj_data.load_dataset(config.dataset, **kwargs)

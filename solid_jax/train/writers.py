@@ -16,7 +16,6 @@ from typing import Any, Iterable
 from absl import logging
 
 
-
 def json_safe(value):
   """Converts numpy scalars and non-finite floats to plain JSON values (NaN/inf -> strings)."""
   if isinstance(value, dict):
@@ -61,8 +60,14 @@ class StageWriter:
       other than process 0 of a multi-host run).
   """
 
-  def __init__(self, directory: str, stage: str, history: Iterable[dict[str, Any]] = (),
-               tensorboard: bool = True, files: bool = True):
+  def __init__(
+    self,
+    directory: str,
+    stage: str,
+    history: Iterable[dict[str, Any]] = (),
+    tensorboard: bool = True,
+    files: bool = True,
+  ):
     self.stage = stage
     self.path = os.path.join(directory, "metrics.jsonl")
     self.files = files
@@ -96,8 +101,10 @@ class StageWriter:
     for split in ("valid", "valid_full", "test", "test_full"):
       if isinstance(record.get(split), dict):
         m = record[split]
-        parts.append(f"{split} " + " ".join(f"{k}={m[k]:.4f}" for k in ("auc", "uauc", "ndcg@10",
-                                                                      "hr@10") if k in m))
+        parts.append(
+          f"{split} "
+          + " ".join(f"{k}={m[k]:.4f}" for k in ("auc", "uauc", "ndcg@10", "hr@10") if k in m)
+        )
     logging.info(" | ".join(parts))
     if self._tb is not None:
       step = int(record.get("step", 0))

@@ -18,4 +18,5 @@ def test_component_timings():
   assert set(out["gru_autodiff"]) == {"gru", "step"}
   assert out["gru_autodiff"]["gru"]["wall_ms"] > 0 and out["gru_autodiff"]["step"]["wall_ms"] > 0
   from solid_jax.nn import gru as layers  # noqa: PLC0415
+
   assert layers.gru_last_states.__name__ == "gru_last_states"  # the swap was undone

@@ -10,8 +10,18 @@ import pytest
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 REPO = pathlib.Path(__file__).resolve().parents[2]
-RECORD_KEYS = {"impl", "backbone", "method", "phase", "batch", "samples_per_s", "median_ms",
-               "p10_ms", "p90_ms", "compile_s"}
+RECORD_KEYS = {
+  "impl",
+  "backbone",
+  "method",
+  "phase",
+  "batch",
+  "samples_per_s",
+  "median_ms",
+  "p10_ms",
+  "p90_ms",
+  "compile_s",
+}
 
 
 pytestmark = pytest.mark.slow  # one benchmark process, about 30 s on 2 cores
@@ -20,11 +30,24 @@ pytestmark = pytest.mark.slow  # one benchmark process, about 30 s on 2 cores
 @pytest.fixture(scope="module")
 def doc(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "bench.json"
-  cmd = [sys.executable, "-m", "experiments.benchmark", "--backbone=sasrec", "--method=static",
-         "--batch_size=64", "--repeats=2", "--steps_per_repeat=1", "--warmup=1", "--num_batches=2",
-         "--compare=torch_eager", "--pipeline_epochs=1", "--eval_batch_size=16384",
-         "--min_pipeline_ratio=0",
-         "--device=cpu", f"--output={out}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.benchmark",
+    "--backbone=sasrec",
+    "--method=static",
+    "--batch_size=64",
+    "--repeats=2",
+    "--steps_per_repeat=1",
+    "--warmup=1",
+    "--num_batches=2",
+    "--compare=torch_eager",
+    "--pipeline_epochs=1",
+    "--eval_batch_size=16384",
+    "--min_pipeline_ratio=0",
+    "--device=cpu",
+    f"--output={out}",
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "ratio" in proc.stdout
@@ -40,7 +63,10 @@ def test_document_has_the_documented_keys(doc):
 def test_solid_jax_records(doc):
   ours = [r for r in doc["records"] if r["impl"].startswith("solid_jax")]
   assert {(r["impl"], r["phase"]) for r in ours} == {
-      ("solid_jax", "train"), ("solid_jax_per_row", "train"), ("solid_jax", "infer")}
+    ("solid_jax", "train"),
+    ("solid_jax_per_row", "train"),
+    ("solid_jax", "infer"),
+  }
   for r in ours:
     assert RECORD_KEYS <= set(r)
     assert r["backbone"] == "sasrec" and r["method"] == "static" and r["batch_flag"] == 64
@@ -62,15 +88,18 @@ def test_torch_reference_records_when_torch_is_installed(doc):
     assert "error" not in r, r.get("error")
     assert RECORD_KEYS <= set(r) and r["compile_s"] is None and r["threads"] >= 1
   assert set(doc["ratios"]["sasrec/static/train/B64"]) == {
-      "solid_jax_over_torch_reference", "solid_jax_per_row_over_torch_reference",
-      "solid_jax_over_torch_reference_grouped"}
+    "solid_jax_over_torch_reference",
+    "solid_jax_per_row_over_torch_reference",
+    "solid_jax_over_torch_reference_grouped",
+  }
   grouped = [r for r in doc["records"] if r["impl"] == "torch_reference_grouped"]
   assert {r["phase"] for r in grouped} == {"train"}
   per_row = {r["threads"]: r for r in torch_recs if r["phase"] == "train"}
   for r in grouped:  # the same rows as the grouped solid_jax step, fewer than per row's batch
     assert "error" not in r, r.get("error")
-    assert r["batch"] == next(x["batch"] for x in doc["records"]
-                              if x["impl"] == "solid_jax" and x["phase"] == "train")
+    assert r["batch"] == next(
+      x["batch"] for x in doc["records"] if x["impl"] == "solid_jax" and x["phase"] == "train"
+    )
     assert r["threads"] in per_row
 
 

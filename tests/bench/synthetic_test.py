@@ -29,8 +29,9 @@ def test_layout_and_padding_convention(catalog):
   np.testing.assert_array_equal(b["label"], (np.arange(200) % 5 == 0).astype(np.float32))
   np.testing.assert_array_equal(b["weight"], 1.0)
   # Groups of 5 rows share user and history, as the training split lays them out.
-  np.testing.assert_array_equal(b["items"][:195].reshape(39, 5, 10), np.repeat(
-      b["items"][:195:5][:, None], 5, axis=1))
+  np.testing.assert_array_equal(
+    b["items"][:195].reshape(39, 5, 10), np.repeat(b["items"][:195:5][:, None], 5, axis=1)
+  )
   np.testing.assert_array_equal(b["user"], np.arange(200) // 5 + 1)
 
 
@@ -69,6 +70,7 @@ def test_item_popularity_is_zipf():
 def test_ml100k_counts_match_the_data(shared_data):
   del shared_data  # the registered name reads the same files
   import solid_jax as sj  # pylint: disable=import-outside-toplevel
+
   ds = sj.data.load_dataset("ml-100k")
   splits = sj.data.make_splits(ds, seq_len=10, train_negatives=4, eval_negatives=99, seed=0)
   train = splits["train"]

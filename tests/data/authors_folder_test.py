@@ -36,10 +36,13 @@ def test_authors_folder_is_detected_and_sequences_are_rebuilt(authors_folder, tm
   assert back.format == "solid_authors"
   # Raw ids of the files are the internal ids of the source: every user's whole sequence comes
   # back (train positives, then the test window; the valid target lies inside that window).
-  rebuilt = {int(back.user_vocab[u]): [int(back.item_vocab[i]) for i in back.user_sequence(u)]
-             for u in range(1, back.num_users)}
-  want = {u: ds.user_sequence(u).tolist() for u in range(1, ds.num_users)
-          if len(ds.user_sequence(u)) >= 3}
+  rebuilt = {
+    int(back.user_vocab[u]): [int(back.item_vocab[i]) for i in back.user_sequence(u)]
+    for u in range(1, back.num_users)
+  }
+  want = {
+    u: ds.user_sequence(u).tolist() for u in range(1, ds.num_users) if len(ds.user_sequence(u)) >= 3
+  }
   assert rebuilt == want
   # Semantics from the aligned copies: the same classes as the source's.
   source_semantic = {i: int(ds.item_semantic[i]) for i in range(1, ds.num_items)}
@@ -72,7 +75,7 @@ def test_positive_that_does_not_continue_the_sequence_is_an_error(authors_folder
   positive = next(k for k, line in enumerate(lines) if line.endswith(";1"))
   user, target, trigger, click, label = lines[positive].split(";")
   items = click.split(",")
-  items[0] = "9999"   # an item this user never had, at the oldest slot of a full window
+  items[0] = "9999"  # an item this user never had, at the oldest slot of a full window
   lines[positive] = ";".join([user, target, trigger, ",".join(items), label])
   path.write_text("\n".join(lines) + "\n")
   with pytest.raises(data.DataError, match="does not continue") as e:
@@ -82,10 +85,21 @@ def test_positive_that_does_not_continue_the_sequence_is_an_error(authors_folder
 
 def test_authors_folder_trains_through_the_launcher(authors_folder, tmp_path):
   from solid_jax.train import TrainConfig, stages  # pylint: disable=import-outside-toplevel
+
   _, folder = authors_folder
-  config = TrainConfig(dataset=str(folder), backbone="gru4rec", method="static", dim=8, seq_len=3,
-                       batch_size=32, eval_batch_size=64, eval_negatives=3, epochs=1,
-                       progress=False, tensorboard=False)
+  config = TrainConfig(
+    dataset=str(folder),
+    backbone="gru4rec",
+    method="static",
+    dim=8,
+    seq_len=3,
+    batch_size=32,
+    eval_batch_size=64,
+    eval_negatives=3,
+    epochs=1,
+    progress=False,
+    tensorboard=False,
+  )
   results = stages.run_experiment(config, str(tmp_path / "run"))
   assert results["dataset"]["source"] == str(folder)
   assert np.isfinite(results["test_full"]["ndcg@10"])
@@ -93,7 +107,7 @@ def test_authors_folder_trains_through_the_launcher(authors_folder, tmp_path):
 
 def test_missing_labels_get_the_last_id_everywhere():
   from solid_jax import semantics  # pylint: disable=import-outside-toplevel
-  table, vocab = data.dataset.labels_to_ids(["", "unknown", "b", "a", "unknown"],
-                                            missing="unknown")
+
+  table, vocab = data.dataset.labels_to_ids(["", "unknown", "b", "a", "unknown"], missing="unknown")
   assert table.tolist() == [0, 3, 1, 2, 3] and vocab == ["", "b", "a", "unknown"]
   assert semantics.from_labels([None, None, "b", "a", None]).tolist() == [0, 3, 1, 2, 3]

@@ -52,22 +52,31 @@ def test_non_integer_id_in_authors_file(tmp_path):
 
 def test_non_integer_id_in_json(lcrec_dir, tmp_path):
   write(lcrec_dir / "Sci.inter.json", json.dumps({"0": [0, 1], "1": [4, "zz", 3]}))
-  with pytest.raises(data.DataError, match=r'Sci\.inter\.json, field user "1", position 1: '
-                                           r"'zz' is not an integer"):
+  with pytest.raises(
+    data.DataError,
+    match=r'Sci\.inter\.json, field user "1", position 1: '
+    r"'zz' is not an integer",
+  ):
     load(lcrec_dir, tmp_path)
 
 
 def test_item_out_of_range(lcrec_dir, tmp_path):
   write(lcrec_dir / "Sci.inter.json", json.dumps({"0": [0, 1], "1": [4, 9, 3]}))
-  with pytest.raises(data.DataError, match=r'field user "1", position 1: item id 9 is out of '
-                                           r"range"):
+  with pytest.raises(
+    data.DataError,
+    match=r'field user "1", position 1: item id 9 is out of '
+    r"range",
+  ):
     load(lcrec_dir, tmp_path)
 
 
 def test_mismatched_feature_matrix_rows(unisrec_dir, tmp_path):
   np.zeros((3, 512), np.float32).tofile(unisrec_dir / "Sci.feat3CLS")
-  with pytest.raises(data.DataError, match=r"Sci\.feat3CLS: mismatched feature-matrix rows: "
-                                           r"the file has 3 rows, the data set has 4 items"):
+  with pytest.raises(
+    data.DataError,
+    match=r"Sci\.feat3CLS: mismatched feature-matrix rows: "
+    r"the file has 3 rows, the data set has 4 items",
+  ):
     load(unisrec_dir, tmp_path)
 
 
@@ -124,8 +133,11 @@ def test_malformed_json(lcrec_dir, tmp_path):
 
 def test_duplicate_user_line(s3rec_dir, tmp_path):
   write(s3rec_dir / "Toy.txt", "1 1 2 3\n2 2 1\n1 4 5\n")
-  with pytest.raises(data.DataError, match=r"line 3, field user_id: duplicate user_id '1' "
-                                           r"\(first on line 1\)"):
+  with pytest.raises(
+    data.DataError,
+    match=r"line 3, field user_id: duplicate user_id '1' "
+    r"\(first on line 1\)",
+  ):
     load(s3rec_dir, tmp_path)
 
 

@@ -16,10 +16,17 @@ def sequences(ds):
 
 
 def test_detects_every_format(recbole_dir, s3rec_dir, lcrec_dir, codes_dir, unisrec_dir):
-  found = {d.name: formats.inspect_folder(d).format
-           for d in (recbole_dir, s3rec_dir, lcrec_dir, codes_dir, unisrec_dir)}
-  assert found == {"tiny-recbole": "recbole_atomic", "tiny-s3rec": "s3rec",
-                   "tiny-lcrec": "lcrec", "tiny-codes": "lcrec", "tiny-unisrec": "unisrec"}
+  found = {
+    d.name: formats.inspect_folder(d).format
+    for d in (recbole_dir, s3rec_dir, lcrec_dir, codes_dir, unisrec_dir)
+  }
+  assert found == {
+    "tiny-recbole": "recbole_atomic",
+    "tiny-s3rec": "s3rec",
+    "tiny-lcrec": "lcrec",
+    "tiny-codes": "lcrec",
+    "tiny-unisrec": "unisrec",
+  }
   assert "train" not in formats.inspect_folder(unisrec_dir).files
 
 
@@ -53,8 +60,11 @@ def test_lcrec_shifts_zero_based_ids_and_splits_paths_without_space(lcrec_dir, t
   ds = load(lcrec_dir, tmp_path)
   assert ds.item_vocab == ["", "0", "1", "2", "3", "4"]
   assert sequences(ds) == [[1, 2, 3, 4], [5, 1, 4], [3, 2]]
-  assert ds.side["categories"][1] == ["Industrial & Scientific", "Tapes, Adhesives & Sealants",
-                                      "Glue"]
+  assert ds.side["categories"][1] == [
+    "Industrial & Scientific",
+    "Tapes, Adhesives & Sealants",
+    "Glue",
+  ]
   assert ds.side["categories"][3] == []
   assert ds.side["title"][1] == "A & B"  # HTML entities unescaped.
   np.testing.assert_array_equal(ds.item_semantic, [0, 1, 2, 3, 1, 2])
@@ -70,10 +80,15 @@ def test_lcrec_shifts_zero_based_ids_and_splits_paths_without_space(lcrec_dir, t
 def test_lcrec_office_paths_split_at_comma_space(office_dir, tmp_path):
   ds = load(office_dir, tmp_path)
   assert ds.side["categories"][1] == ["Office Electronics", "Phones", "Cordless"]
-  assert ds.semantic_vocab == ["", "Office Electronics > Phones", "Office Electronics > Printers",
-                               "Office & School Supplies > Paper"]
-  np.testing.assert_array_equal(load(office_dir, tmp_path, category_depth=1).item_semantic,
-                                [0, 1, 1, 2])
+  assert ds.semantic_vocab == [
+    "",
+    "Office Electronics > Phones",
+    "Office Electronics > Printers",
+    "Office & School Supplies > Paper",
+  ]
+  np.testing.assert_array_equal(
+    load(office_dir, tmp_path, category_depth=1).item_semantic, [0, 1, 1, 2]
+  )
 
 
 def test_lcrec_codes(codes_dir, tmp_path):
@@ -141,9 +156,14 @@ def formats_keys():
 
 
 def test_authors_file_lines(tmp_path):
-  split = {"user": np.array([3, 3]), "items": np.array([[4, 5, 0], [7, 0, 0]]),
-           "target": np.array([6, 8]), "label": np.array([1.0, 0.0]),
-           "semantics": np.array([[1, 2, 0], [3, 0, 0]]), "target_semantic": np.array([2, 1])}
+  split = {
+    "user": np.array([3, 3]),
+    "items": np.array([[4, 5, 0], [7, 0, 0]]),
+    "target": np.array([6, 8]),
+    "label": np.array([1.0, 0.0]),
+    "semantics": np.array([[1, 2, 0], [3, 0, 0]]),
+    "target_semantic": np.array([2, 1]),
+  }
   data.write_authors_file(split, tmp_path / "a.txt", tmp_path / "s.txt")
   assert (tmp_path / "a.txt").read_text().splitlines() == ["3;6;4,0,0;4,5,0;1", "3;8;0,0,0;7,0,0;0"]
   assert (tmp_path / "s.txt").read_text().splitlines() == ["3;2;1,0,0;1,2,0;1", "3;1;0,0,0;3,0,0;0"]
@@ -180,10 +200,10 @@ def test_with_semantics_validates(s3rec_dir, tmp_path):
   assert new.num_semantics == 3 and new.semantic_source == "hand-made"
   assert ds.num_semantics == 4  # The original is unchanged.
   bad = {
-      "shape": np.array([0, 1, 1]),
-      "only padding": np.array([0, 1, 0, 1, 1, 1, 1]),
-      "padding": np.array([1, 1, 1, 1, 1, 1, 1]),
-      "contiguous": np.array([0, 1, 3, 1, 3, 1, 3]),
+    "shape": np.array([0, 1, 1]),
+    "only padding": np.array([0, 1, 0, 1, 1, 1, 1]),
+    "padding": np.array([1, 1, 1, 1, 1, 1, 1]),
+    "contiguous": np.array([0, 1, 3, 1, 3, 1, 3]),
   }
   for message, table in bad.items():
     with pytest.raises(data.DataError, match=message):
@@ -199,8 +219,9 @@ def test_from_interactions_sorts_and_maps_raw_ids():
   users = ["bob", "amy", "bob", "amy", "bob"]
   items = ["B10", "B9", "B9", "B7", "B10"]
   stamps = [5, 3, 2, 1, 2]  # bob: B9 (t=2) and B10 (t=2) tie -> column order.
-  ds = data.from_interactions(users, items, stamps, name="syn",
-                              item_labels={"B10": "x", "B9": "y"}, items=["B7", "B8"])
+  ds = data.from_interactions(
+    users, items, stamps, name="syn", item_labels={"B10": "x", "B9": "y"}, items=["B7", "B8"]
+  )
   assert ds.user_vocab == ["", "amy", "bob"]
   assert ds.item_vocab == ["", "B10", "B7", "B8", "B9"]
   assert [ds.item_vocab[i] for i in ds.user_sequence(1)] == ["B7", "B9"]
@@ -236,7 +257,12 @@ def test_authors_fast_and_checked_readers_agree(tmp_path):
   assert fast is not None
   for key in checked:
     np.testing.assert_array_equal(np.asarray(fast[key]), np.asarray(checked[key]), err_msg=key)
-  for broken in ("4;9;;1;1\n", "4;9;1;1\n", "4;x;1;1;1\n", "4;9;1;1;2\n",
-                 "4;9;1;1;1\n\n5;1;1;1;0\n"):
+  for broken in (
+    "4;9;;1;1\n",
+    "4;9;1;1\n",
+    "4;x;1;1;1\n",
+    "4;9;1;1;2\n",
+    "4;9;1;1;1\n\n5;1;1;1;0\n",
+  ):
     path.write_text(broken)
     assert formats._parse_authors_fast(path) is None, broken

@@ -16,13 +16,37 @@ from hypothesis import strategies as st  # noqa: E402
 from solid_jax import data  # noqa: E402
 
 # Tokens a hostile file may hold where an id, a timestamp, a rating or a feature is expected.
-HOSTILE = ["", "-1", "-0", "nan", "NaN", "inf", "-inf", "1e400", "99999999999999999999999",
-           "2147483648", "0x10", "１２", "\x00", "a\tb", "1.5", "None", "null", '"', "[", "{", "]"]
+HOSTILE = [
+  "",
+  "-1",
+  "-0",
+  "nan",
+  "NaN",
+  "inf",
+  "-inf",
+  "1e400",
+  "99999999999999999999999",
+  "2147483648",
+  "0x10",
+  "１２",
+  "\x00",
+  "a\tb",
+  "1.5",
+  "None",
+  "null",
+  '"',
+  "[",
+  "{",
+  "]",
+]
 
 
 def _mutate(raw: bytes, draw) -> bytes:
-  kind = draw(st.sampled_from(["truncate", "drop_field", "extra_field", "token", "bytes",
-                               "dup_header", "blank", "dup_line"]))
+  kind = draw(
+    st.sampled_from(
+      ["truncate", "drop_field", "extra_field", "token", "bytes", "dup_header", "blank", "dup_line"]
+    )
+  )
   lines = raw.split(b"\n")
   i = draw(st.integers(0, max(0, len(lines) - 1)))
   if kind == "truncate":
@@ -124,9 +148,12 @@ def test_authors_files_load_or_raise_data_error(tmp_path):
   run()
 
 
-FUZZ = settings(max_examples=int(os.environ.get("SOLID_JAX_FUZZ_EXAMPLES", "40")), deadline=10_000,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow], derandomize=True)
+FUZZ = settings(
+  max_examples=int(os.environ.get("SOLID_JAX_FUZZ_EXAMPLES", "40")),
+  deadline=10_000,
+  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+  derandomize=True,
+)
 
 
 @pytest.mark.parametrize("fixture", ["recbole_dir", "s3rec_dir", "lcrec_dir", "unisrec_dir"])

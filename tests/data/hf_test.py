@@ -126,6 +126,7 @@ def test_nothing_touches_the_network(lcrec_dir, tmp_path, monkeypatch):
 
 def test_to_arrow_is_a_datasets_dataset_dict(s3rec_dir, tmp_path):
   import datasets  # pylint: disable=import-outside-toplevel
+
   ds = data.load_dataset(s3rec_dir, cache_dir=tmp_path / "c")
   tables, meta = hf.to_arrow(ds)
   assert isinstance(tables, datasets.DatasetDict)
@@ -137,14 +138,25 @@ def test_to_arrow_is_a_datasets_dataset_dict(s3rec_dir, tmp_path):
 def test_from_interactions_takes_datasets_columns():
   """The Hub path: columns of a `datasets.Dataset` (here synthetic, built offline)."""
   import datasets  # pylint: disable=import-outside-toplevel
-  rows = datasets.Dataset.from_dict({
+
+  rows = datasets.Dataset.from_dict(
+    {
       "user_id": ["AX", "BQ", "AX", "AX", "BQ", "BQ"],
       "parent_asin": ["B01", "B02", "B02", "B03", "B01", "B03"],
       "rating": [5.0, 4.0, 3.0, 5.0, 1.0, 2.0],
-      "timestamp": [1700000003000, 1700000001000, 1700000001000, 1700000002000,
-                    1700000005000, 1700000004000]})
-  ds = data.from_interactions(rows["user_id"], rows["parent_asin"], rows["timestamp"],
-                              name="amazon-like")
+      "timestamp": [
+        1700000003000,
+        1700000001000,
+        1700000001000,
+        1700000002000,
+        1700000005000,
+        1700000004000,
+      ],
+    }
+  )
+  ds = data.from_interactions(
+    rows["user_id"], rows["parent_asin"], rows["timestamp"], name="amazon-like"
+  )
   assert ds.user_vocab == ["", "AX", "BQ"] and ds.item_vocab == ["", "B01", "B02", "B03"]
   assert ds.user_sequence(1).tolist() == [2, 3, 1]  # AX: B02 (t=1), B03 (t=2), B01 (t=3).
   assert ds.user_sequence(2).tolist() == [2, 3, 1]

@@ -12,9 +12,14 @@ from solid_jax.data import pipeline
 
 def make_split(n=23, seq_len=3):
   rows = np.arange(n)
-  return {"user": rows.astype(np.int32), "items": np.stack([rows] * seq_len, 1).astype(np.int32),
-          "semantics": np.zeros((n, seq_len), np.int32), "target": (rows + 100).astype(np.int32),
-          "target_semantic": np.ones(n, np.int32), "label": (rows % 2).astype(np.float32)}
+  return {
+    "user": rows.astype(np.int32),
+    "items": np.stack([rows] * seq_len, 1).astype(np.int32),
+    "semantics": np.zeros((n, seq_len), np.int32),
+    "target": (rows + 100).astype(np.int32),
+    "target_semantic": np.ones(n, np.int32),
+    "label": (rows % 2).astype(np.float32),
+  }
 
 
 def test_shapes_weights_and_coverage():
@@ -39,8 +44,9 @@ def test_order_is_a_function_of_seed_and_epoch():
   split = make_split(50)
 
   def order(seed, epoch, shuffle=True):
-    return np.concatenate([b["user"] for b in data.batches(split, 8, seed=seed, epoch=epoch,
-                                                           shuffle=shuffle)])[:50]
+    return np.concatenate(
+      [b["user"] for b in data.batches(split, 8, seed=seed, epoch=epoch, shuffle=shuffle)]
+    )[:50]
 
   np.testing.assert_array_equal(order(0, 0), order(0, 0))
   assert not np.array_equal(order(0, 0), order(0, 1))

@@ -36,9 +36,26 @@ def test_ml100k_is_embedded(ml100k):
   assert ml100k.num_interactions == 100000
   assert ml100k.num_semantics == 20  # 19 genre classes including "unknown", plus padding.
   assert set(ml100k.semantic_vocab[1:]) == {
-      "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-      "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-      "Sci-Fi", "Thriller", "War", "Western"}
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+  }
   assert ml100k.item_vocab[1:4] == ["1", "2", "3"]  # 1-based raw ids keep their value.
 
 
@@ -57,7 +74,7 @@ def test_ml100k_sequences_match_an_independent_reading(ml100k):
     assert got == expected[ml100k.user_vocab[u]]
   stamps = ml100k.seq_timestamps
   for u in (1, 500, 943):
-    s = stamps[ml100k.seq_offsets[u]:ml100k.seq_offsets[u + 1]]
+    s = stamps[ml100k.seq_offsets[u] : ml100k.seq_offsets[u + 1]]
     assert np.all(np.diff(s) >= 0)
 
 
@@ -72,9 +89,11 @@ def test_ml100k_loads_without_importing_recbole(tmp_path, monkeypatch):
   monkeypatch.delitem(sys.modules, "recbole", raising=False)
   monkeypatch.setattr(builtins, "__import__", guarded)
   real_import_module = importlib.import_module
-  monkeypatch.setattr(importlib, "import_module",
-                      lambda name, *a: guarded(name) if name.startswith("recbole")
-                      else real_import_module(name, *a))
+  monkeypatch.setattr(
+    importlib,
+    "import_module",
+    lambda name, *a: guarded(name) if name.startswith("recbole") else real_import_module(name, *a),
+  )
   ds = data.load_dataset("ml-100k", cache_dir=tmp_path, use_cache=False)
   assert ds.num_items == 1683
   assert "recbole" not in sys.modules
@@ -82,8 +101,9 @@ def test_ml100k_loads_without_importing_recbole(tmp_path, monkeypatch):
 
 def test_missing_recbole_gives_the_install_command(monkeypatch):
   real = importlib.util.find_spec
-  monkeypatch.setattr(importlib.util, "find_spec",
-                      lambda name, *a: None if name == "recbole" else real(name, *a))
+  monkeypatch.setattr(
+    importlib.util, "find_spec", lambda name, *a: None if name == "recbole" else real(name, *a)
+  )
   with pytest.raises(data.DataError, match=r"pip install --no-deps recbole==1\.2\.1"):
     data.load_dataset("ml-100k")
 
@@ -93,8 +113,10 @@ def test_shared_names_follow_the_environment(tmp_path, monkeypatch):
   (tmp_path / "lastfm").mkdir()
   monkeypatch.setenv(registry.SHARED_ENV, str(tmp_path))
   assert registry.registered_datasets() == {
-      "ml-100k": "embedded", "beauty": str(tmp_path / "beauty"),
-      "lastfm": str(tmp_path / "lastfm")}
+    "ml-100k": "embedded",
+    "beauty": str(tmp_path / "beauty"),
+    "lastfm": str(tmp_path / "lastfm"),
+  }
   monkeypatch.setenv(registry.SHARED_ENV, str(tmp_path / "absent"))
   assert registry.registered_datasets() == {"ml-100k": "embedded"}
   with pytest.raises(data.DataError, match="neither a registered name"):
@@ -110,13 +132,13 @@ def test_registered_name_loads_its_folder(s3rec_dir, tmp_path, monkeypatch):
 
 # Counts from each folder's SOURCE.md: users, items, interactions, semantic classes (defaults).
 SHARED = {
-    "beauty": (22363, 12101, 198502, "s3rec"),
-    "sports": (35598, 18357, 296337, "s3rec"),
-    "lastfm": (1090, 3646, 52551, "s3rec"),
-    "scientific": (8317, 4344, 58492, "lcrec"),
-    "office": (4905, 2420, 53258, "lcrec"),
-    "instruments": (17112, 6250, 136226, "lcrec"),
-    "scientific_mm_subset": (2928, 1585, 19712, "unisrec"),
+  "beauty": (22363, 12101, 198502, "s3rec"),
+  "sports": (35598, 18357, 296337, "s3rec"),
+  "lastfm": (1090, 3646, 52551, "s3rec"),
+  "scientific": (8317, 4344, 58492, "lcrec"),
+  "office": (4905, 2420, 53258, "lcrec"),
+  "instruments": (17112, 6250, 136226, "lcrec"),
+  "scientific_mm_subset": (2928, 1585, 19712, "unisrec"),
 }
 
 
@@ -127,7 +149,11 @@ def test_shared_datasets_load_with_documented_counts(name, shared_data, tmp_path
   ds = data.load_dataset(name, cache_dir=tmp_path)
   users, items, interactions, fmt = SHARED[name]
   assert (ds.num_users - 1, ds.num_items - 1, ds.num_interactions, ds.format) == (
-      users, items, interactions, fmt)
+    users,
+    items,
+    interactions,
+    fmt,
+  )
   assert ds.item_semantic[0] == 0 and ds.item_semantic[1:].min() >= 1
 
 
@@ -137,15 +163,16 @@ def test_shared_semantic_defaults(shared_data, tmp_path, monkeypatch):
   # Distinct category paths at depth 2 / first-level codes, as counted in SOURCE.md.
   assert data.load_dataset("scientific", cache_dir=tmp_path).num_semantics - 1 == 26
   assert data.load_dataset("office", cache_dir=tmp_path).num_semantics - 1 == 43
-  assert data.load_dataset("office", cache_dir=tmp_path,
-                           category_depth=3).num_semantics - 1 == 136
+  assert data.load_dataset("office", cache_dir=tmp_path, category_depth=3).num_semantics - 1 == 136
   assert data.load_dataset("instruments", cache_dir=tmp_path).num_semantics - 1 == 126
-  assert data.load_dataset("instruments", cache_dir=tmp_path,
-                           codes="image").num_semantics - 1 == 172
+  assert (
+    data.load_dataset("instruments", cache_dir=tmp_path, codes="image").num_semantics - 1 == 172
+  )
   mm = data.load_dataset("scientific_mm_subset", cache_dir=tmp_path)
   assert mm.num_semantics - 1 == 24
-  feats = np.fromfile(shared_data / "scientific_mm_subset" / "Scientific.feat3CLS",
-                      dtype=np.float32).reshape(-1, 512)
+  feats = np.fromfile(
+    shared_data / "scientific_mm_subset" / "Scientific.feat3CLS", dtype=np.float32
+  ).reshape(-1, 512)
   image = mm.side["features/clip_image"]
   assert image.shape == (1586, 512)
   np.testing.assert_array_equal(image[1:], feats)  # item2index runs 0..1584: row k -> id k + 1.

@@ -24,8 +24,9 @@ def tiny():
     items += seq
   items_all = [str(i) for i in range(1, 41)]  # ...and 20..40 never.
   labels = {str(i): f"c{i % 3}" for i in range(1, 41)}
-  return data.from_interactions(users, [str(i) for i in items], name="tiny", items=items_all,
-                                item_labels=labels)
+  return data.from_interactions(
+    users, [str(i) for i in items], name="tiny", items=items_all, item_labels=labels
+  )
 
 
 def reference_positives(ds, seq_len):
@@ -37,9 +38,9 @@ def reference_positives(ds, seq_len):
     if n < 3:
       continue
     for t in range(1, n - 2):
-      rows["train"].append((u, seq[max(0, t - seq_len):t], seq[t]))
-    rows["valid"].append((u, seq[max(0, n - 2 - seq_len):n - 2], seq[n - 2]))
-    rows["test"].append((u, seq[max(0, n - 1 - seq_len):n - 1], seq[n - 1]))
+      rows["train"].append((u, seq[max(0, t - seq_len) : t], seq[t]))
+    rows["valid"].append((u, seq[max(0, n - 2 - seq_len) : n - 2], seq[n - 2]))
+    rows["test"].append((u, seq[max(0, n - 1 - seq_len) : n - 1], seq[n - 1]))
   return rows
 
 
@@ -50,12 +51,18 @@ def test_protocol_matches_the_reference(tiny):
   for name in ("train", "valid", "test"):
     split, per = out[name], 1 + negatives[name]
     n_rows = len(ref[name]) * per
-    chex.assert_shape([split["user"], split["target"], split["target_semantic"], split["label"]],
-                      (n_rows,))
+    chex.assert_shape(
+      [split["user"], split["target"], split["target_semantic"], split["label"]], (n_rows,)
+    )
     chex.assert_shape([split["items"], split["semantics"]], (n_rows, L))
-    for key, dtype in (("user", np.int32), ("items", np.int32), ("semantics", np.int32),
-                       ("target", np.int32), ("target_semantic", np.int32),
-                       ("label", np.float32)):
+    for key, dtype in (
+      ("user", np.int32),
+      ("items", np.int32),
+      ("semantics", np.int32),
+      ("target", np.int32),
+      ("target_semantic", np.int32),
+      ("label", np.float32),
+    ):
       assert split[key].dtype == dtype, (name, key)
     for p, (user, hist, target) in enumerate(ref[name]):
       block = slice(p * per, (p + 1) * per)
@@ -65,8 +72,9 @@ def test_protocol_matches_the_reference(tiny):
       np.testing.assert_array_equal(split["user"][block], user)  # Negatives share user...
       np.testing.assert_array_equal(split["items"][block], [padded] * per)  # ...and history.
     for r in range(n_rows):  # Semantics: item by item, padding stays 0.
-      assert split["semantics"][r].tolist() == [int(tiny.item_semantic[i]) for i in
-                                                split["items"][r]]
+      assert split["semantics"][r].tolist() == [
+        int(tiny.item_semantic[i]) for i in split["items"][r]
+      ]
       assert split["target_semantic"][r] == tiny.item_semantic[split["target"][r]]
   meta = out["meta"]
   assert meta["dropped_users"] == 1 and meta["num_users"] == 6
@@ -125,8 +133,7 @@ def test_resample_refuses_other_data(tiny):
 
 def test_negatives_are_uniform_over_unseen_items():
   # One user who saw items 1..5 (25 events); items 6..30 are the 25 candidates.
-  ds = data.from_interactions([1] * 25, [1 + k % 5 for k in range(25)],
-                              items=list(range(1, 31)))
+  ds = data.from_interactions([1] * 25, [1 + k % 5 for k in range(25)], items=list(range(1, 31)))
   out = data.make_splits(ds, seq_len=3, train_negatives=4, eval_negatives=0, seed=0)
   counts = np.zeros(ds.num_items)
   for epoch in range(60):
@@ -160,12 +167,15 @@ def test_ml100k_counts(tmp_path):
   # positives per user: 98,114 positives, 490,570 rows.
   assert int((ds.seq_lengths[1:] - 2).sum()) * 5 == 490570
   # No negative was ever seen by its user (vectorised check over the whole test split).
-  keys = (np.repeat(np.arange(ds.num_users), ds.seq_lengths).astype(np.int64) * ds.num_items
-          + ds.seq_items)
+  keys = (
+    np.repeat(np.arange(ds.num_users), ds.seq_lengths).astype(np.int64) * ds.num_items
+    + ds.seq_items
+  )
   for split in (out["train"], out["test"]):
     neg = split["label"] == 0
-    assert not np.isin(split["user"][neg].astype(np.int64) * ds.num_items
-                       + split["target"][neg], keys).any()
+    assert not np.isin(
+      split["user"][neg].astype(np.int64) * ds.num_items + split["target"][neg], keys
+    ).any()
   start = time.perf_counter()
   data.resample_train(ds, out, 1)
   assert time.perf_counter() - start < 5.0  # Vectorised: about 0.5 s on 2 busy cores.

@@ -39,14 +39,16 @@ def tiny_config_file(tmp_path_factory):
 def launcher_env(tmp_path_factory):
   """Environment of launcher subprocesses: CPU, fast compiles, a shared compilation cache."""
   env = dict(os.environ)
-  env.update({
+  env.update(
+    {
       "JAX_PLATFORMS": "cpu",
       "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
       "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "SOLID_JAX_CACHE": str(tmp_path_factory.mktemp("data_cache")),
       "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]),
-  })
+    }
+  )
   return env
 
 

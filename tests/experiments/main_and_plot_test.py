@@ -17,8 +17,15 @@ def _record(epoch, codebook):
   train = {"bce": 0.6 - 0.05 * epoch}
   if codebook:
     train.update({"codebook/usage": 0.4 + 0.1 * epoch, "codebook/perplexity": 3.0 + epoch})
-  return {"epoch": epoch, "step": 10 * epoch, "train_loss": 0.7 - 0.05 * epoch, "train": train,
-          "valid": metrics, "samples_per_s": 1000.0, "seconds": 1.0}
+  return {
+    "epoch": epoch,
+    "step": 10 * epoch,
+    "train_loss": 0.7 - 0.05 * epoch,
+    "train": train,
+    "valid": metrics,
+    "samples_per_s": 1000.0,
+    "seconds": 1.0,
+  }
 
 
 def test_plot_draws_every_stage_and_the_codebook(tmp_path):
@@ -40,13 +47,21 @@ def test_plot_without_records_is_an_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_prints_the_comparison_table_and_resumes(tmp_path, toy_dataset, tiny_config_file,
-                                                      launcher_env):
-  command = python_module("experiments.main", f"--workdir_root={tmp_path}",
-                          f"--dataset={toy_dataset}", f"--config={tiny_config_file}",
-                          "--methods=static,duet", "--epochs=1", "--backbone=gru4rec")
-  done = subprocess.run(command, cwd=REPO_ROOT, env=launcher_env, capture_output=True, text=True,
-                        timeout=300)
+def test_main_prints_the_comparison_table_and_resumes(
+  tmp_path, toy_dataset, tiny_config_file, launcher_env
+):
+  command = python_module(
+    "experiments.main",
+    f"--workdir_root={tmp_path}",
+    f"--dataset={toy_dataset}",
+    f"--config={tiny_config_file}",
+    "--methods=static,duet",
+    "--epochs=1",
+    "--backbone=gru4rec",
+  )
+  done = subprocess.run(
+    command, cwd=REPO_ROOT, env=launcher_env, capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.splitlines()
   assert lines[0].split()[:2] == ["method", "epoch"]
@@ -55,7 +70,8 @@ def test_main_prints_the_comparison_table_and_resumes(tmp_path, toy_dataset, tin
   assert workdirs == ["toy_gru4rec_duet_seed0", "toy_gru4rec_static_seed0"]
   results = json.loads((tmp_path / workdirs[0] / "results.json").read_text())
   assert f"{results['test']['uauc']:.4f}" in lines[3]
-  again = subprocess.run(command, cwd=REPO_ROOT, env=launcher_env, capture_output=True,
-                         text=True, timeout=300)
+  again = subprocess.run(
+    command, cwd=REPO_ROOT, env=launcher_env, capture_output=True, text=True, timeout=300
+  )
   assert again.returncode == 0 and again.stdout.splitlines()[:4] == lines[:4]
   assert again.stderr.count("already finished") == 2

@@ -28,16 +28,26 @@ def test_every_field_has_a_flag_with_its_default():
 
 
 def test_flags_override_the_config_file():
-  config = cli.config_from_flags(_parse("--method=duet", "--epochs=3", "--lr=0.01",
-                                        "--paper_compat", "--codebook=frozen", "--seed=4"),
-                                 CONFIGS_DIR)
-  assert (config.method, config.epochs, config.lr, config.paper_compat, config.codebook,
-          config.seed) == ("duet", 3, 0.01, True, "frozen", 4)
+  config = cli.config_from_flags(
+    _parse(
+      "--method=duet", "--epochs=3", "--lr=0.01", "--paper_compat", "--codebook=frozen", "--seed=4"
+    ),
+    CONFIGS_DIR,
+  )
+  assert (
+    config.method,
+    config.epochs,
+    config.lr,
+    config.paper_compat,
+    config.codebook,
+    config.seed,
+  ) == ("duet", 3, 0.01, True, "frozen", 4)
   assert config.batch_size == 1024 and config.dim == 32
 
 
 def test_data_parallel_flag_reaches_the_training_loop():
   from solid_jax.train import stages  # pylint: disable=import-outside-toplevel
+
   assert TrainConfig().data_parallel
   config = cli.config_from_flags(_parse("--data_parallel=false"), CONFIGS_DIR)
   assert config.data_parallel is False
@@ -47,11 +57,19 @@ def test_data_parallel_flag_reaches_the_training_loop():
 
 def test_flagfile(tmp_path):
   flagfile = tmp_path / "run.flags"
-  flagfile.write_text("--method=apg\n--epochs=3\n--clip_t=0.1\n--consistency_weight=0.5\n"
-                      "--select_on=test\n--noprogress\n")
+  flagfile.write_text(
+    "--method=apg\n--epochs=3\n--clip_t=0.1\n--consistency_weight=0.5\n"
+    "--select_on=test\n--noprogress\n"
+  )
   config = cli.config_from_flags(_parse(f"--flagfile={flagfile}"), CONFIGS_DIR)
-  assert (config.method, config.epochs, config.clip_t, config.consistency_weight,
-          config.select_on, config.progress) == ("apg", 3, 0.1, 0.5, "test", False)
+  assert (
+    config.method,
+    config.epochs,
+    config.clip_t,
+    config.consistency_weight,
+    config.select_on,
+    config.progress,
+  ) == ("apg", 3, 0.1, 0.5, "test", False)
   later = cli.config_from_flags(_parse(f"--flagfile={flagfile}", "--epochs=7"), CONFIGS_DIR)
   assert later.epochs == 7 and later.method == "apg"
 
@@ -62,8 +80,10 @@ def test_config_files_by_name_and_path(tmp_path):
   assert cli.config_from_flags(_parse("--config=smoke", "--epochs=4"), CONFIGS_DIR).epochs == 4
   assert cli.config_from_flags(_parse("--config=quick"), CONFIGS_DIR).epochs == 5
   path = tmp_path / "mine.py"
-  path.write_text("from solid_jax.train.config import TrainConfig\n"
-                  "def get_config():\n  return TrainConfig(method='static', dim=16)\n")
+  path.write_text(
+    "from solid_jax.train.config import TrainConfig\n"
+    "def get_config():\n  return TrainConfig(method='static', dim=16)\n"
+  )
   mine = cli.config_from_flags(_parse(f"--config={path}"), CONFIGS_DIR)
   assert (mine.method, mine.dim) == ("static", 16)
   with pytest.raises(FileNotFoundError, match="default"):

@@ -17,8 +17,17 @@ B, L, D, ITEMS = 4, 6, 8, 20
 
 
 def _cfg(backbone, **kw):
-  return sj.ModelConfig(backbone=backbone, head="static", num_items=ITEMS, num_semantics=3,
-                        seq_len=L, dim=D, num_heads=2, ff_dim=12, **kw)
+  return sj.ModelConfig(
+    backbone=backbone,
+    head="static",
+    num_items=ITEMS,
+    num_semantics=3,
+    seq_len=L,
+    dim=D,
+    num_heads=2,
+    ff_dim=12,
+    **kw,
+  )
 
 
 def _items(seed):
@@ -100,12 +109,15 @@ def test_din_pools_an_empty_history_to_zero():
 def test_capabilities_are_asked_of_the_registered_class():
   assert BACKBONES["sasrec"].head_specs(_cfg("sasrec")) == [(D, D, "tanh"), (D, D, None)]
   assert BACKBONES["din"].head_specs(_cfg("din", din_hidden=(12, 6))) == [
-      (2 * D, 12, "tanh"), (12, 6, "tanh"), (6, 1, None)]
+    (2 * D, 12, "tanh"),
+    (12, 6, "tanh"),
+    (6, 1, None),
+  ]
   assert not BACKBONES["din"].factorised(_cfg("din"))
   assert [b for b in BACKBONES if _cfg(b).positionwise] == ["gru4rec"]
   assert _cfg("sasrec", causal=True).positionwise
   with pytest.raises(KeyError, match="registered"):
-    BACKBONES["transformer-xl"]   # noqa: B018
+    BACKBONES["transformer-xl"]  # noqa: B018
   with pytest.raises(ValueError, match="backbone"):
     _cfg("transformer-xl")
 

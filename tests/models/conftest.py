@@ -28,8 +28,15 @@ ROLLED = 1
 
 
 def config(backbone="sasrec", head="solid", generator="duet", codebook="straight_through", **kw):
-  return sj.ModelConfig(backbone=backbone, head=head, generator=generator, codebook=codebook,
-                        num_items=NUM_ITEMS, num_semantics=NUM_SEMANTICS, **kw)
+  return sj.ModelConfig(
+    backbone=backbone,
+    head=head,
+    generator=generator,
+    codebook=codebook,
+    num_items=NUM_ITEMS,
+    num_semantics=NUM_SEMANTICS,
+    **kw,
+  )
 
 
 def item_semantic():
@@ -50,11 +57,11 @@ def make_batch(seed, lengths=None, batch_size=B, seq_len=10):
   target = rng.integers(1, NUM_ITEMS, size=len(lengths)).astype(np.int32)
   sem = item_semantic()
   return {
-      "items": items,
-      "semantics": sem[items],
-      "target": target,
-      "target_semantic": sem[target],
-      "label": (rng.random(len(lengths)) < 0.5).astype(np.float32),
+    "items": items,
+    "semantics": sem[items],
+    "target": target,
+    "target_semantic": sem[target],
+    "label": (rng.random(len(lengths)) < 0.5).astype(np.float32),
   }
 
 
@@ -63,6 +70,7 @@ def loss_fn(model):
     logits, aux = model.apply(params, batch, train=True)
     bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["label"]))
     return bce + aux["aux_loss"], (logits, aux)
+
   return loss
 
 

@@ -20,8 +20,16 @@ def _np(tree):
 
 
 def _cfg(backbone="sasrec", head="duet"):
-  return sj.ModelConfig(backbone=backbone, head=head, num_items=10, num_semantics=4, dim=8,
-                        num_heads=2, din_hidden=(12, 6), apg_rank=3)
+  return sj.ModelConfig(
+    backbone=backbone,
+    head=head,
+    num_items=10,
+    num_semantics=4,
+    dim=8,
+    num_heads=2,
+    din_hidden=(12, 6),
+    apg_rank=3,
+  )
 
 
 def _specs(backbone):
@@ -54,7 +62,7 @@ def test_duet_projection_and_head_match_numpy(backbone):
     chex.assert_shape(weights[f"layer_{j}"]["w"], (B, n_in, n_out))
     chex.assert_shape(weights[f"layer_{j}"]["b"], (B, n_out))
   shared, got = _apply_head(hyper.DuetHead, cfg, specs, weights, x, 1)
-  assert shared == {}   # DUET layers own no parameters
+  assert shared == {}  # DUET layers own no parameters
   proj = _np(gen["proj"])
   for u in range(B):
     y = x[u].astype(np.float64)
@@ -96,8 +104,10 @@ def test_apg_core_is_row_major_reshape():
 
 def test_dynamic_layers_are_the_one_user_function_vmapped():
   rng = np.random.default_rng(4)
-  w = {"w": jnp.asarray(rng.normal(size=(B, 4, 3)), jnp.float32),
-       "b": jnp.asarray(rng.normal(size=(B, 3)), jnp.float32)}
+  w = {
+    "w": jnp.asarray(rng.normal(size=(B, 4, 3)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=(B, 3)), jnp.float32),
+  }
   x = jnp.asarray(rng.normal(size=(B, 4)), jnp.float32)
   got = sj.nn.dynamic.duet_layers(w, x)
   for u in range(B):
@@ -117,13 +127,16 @@ def test_generators_init_with_fmod_normal_and_expected_shapes():
   z = np.zeros((1, 8), np.float32)
   gen, _, _ = _project("duet", _specs("din"), z, 4)
   p0 = gen["proj"]["layer_0"]
-  chex.assert_shape([p0["w"]["kernel"], p0["w"]["bias"], p0["b"]["kernel"], p0["b"]["bias"]],
-                    [(8, 16 * 12), (16 * 12,), (8, 12), (12,)])
+  chex.assert_shape(
+    [p0["w"]["kernel"], p0["w"]["bias"], p0["b"]["kernel"], p0["b"]["bias"]],
+    [(8, 16 * 12), (16 * 12,), (8, 12), (12,)],
+  )
   for leaf in jax.tree.leaves(gen["proj"]):
     assert float(jnp.max(jnp.abs(leaf))) < 2.0
   with pytest.raises(ValueError, match="kind"):
-    hyper.Generator(8, _specs("din"), "lora").init(jax.random.key(0), jnp.asarray(z),
-                                                   method=hyper.Generator.project)
+    hyper.Generator(8, _specs("din"), "lora").init(
+      jax.random.key(0), jnp.asarray(z), method=hyper.Generator.project
+    )
 
 
 def test_generate_fuses_grus_and_reads_state_at_n_minus_1():

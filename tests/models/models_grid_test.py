@@ -18,28 +18,40 @@ from tests.models.conftest import loss_fn
 from tests.models.conftest import make_batch
 
 FULL_GRID = [
-    (bb, head, gen, mode)
-    for bb in BACKBONES
-    for head, gen in HEADS
-    for mode in (MODES if head == "solid" else ("straight_through",))
+  (bb, head, gen, mode)
+  for bb in BACKBONES
+  for head, gen in HEADS
+  for mode in (MODES if head == "solid" else ("straight_through",))
 ]
 # Gradient grid. The head and generator wiring is the same for SASRec, GRU4Rec and BERT4Rec (same
 # head shapes, same sequence embeddings) and differs for DIN, so: every head on SASRec and DIN,
 # every codebook mode with both generators on SASRec, and GRU4Rec / BERT4Rec with the static and
 # two SOLID heads (their own backbone parameters).
 GRAD_GRID = (
-    [(bb, head, gen, "straight_through") for bb in ("sasrec", "din") for head, gen in HEADS]
-    + [("sasrec", "solid", gen, mode) for gen in ("duet", "apg") for mode in ("frozen", "ema")]
-    + [(bb, head, gen, mode) for bb in ("gru4rec", "bert4rec")
-       for head, gen, mode in (("static", "duet", "straight_through"), ("solid", "duet", "ema"),
-                               ("solid", "apg", "frozen"))]
+  [(bb, head, gen, "straight_through") for bb in ("sasrec", "din") for head, gen in HEADS]
+  + [("sasrec", "solid", gen, mode) for gen in ("duet", "apg") for mode in ("frozen", "ema")]
+  + [
+    (bb, head, gen, mode)
+    for bb in ("gru4rec", "bert4rec")
+    for head, gen, mode in (
+      ("static", "duet", "straight_through"),
+      ("solid", "duet", "ema"),
+      ("solid", "apg", "frozen"),
+    )
+  ]
 )
 # Parameters that legitimately receive no gradient, by codebook mode (paper_compat off).
 NO_GRAD = {
-    "straight_through": set(),
-    "frozen": {"head/codebook/codes"},
-    "ema": {"head/codebook/codes", "head/codebook/ema/count", "head/codebook/ema/sum",
-            "head/codebook/ema/unused", "head/codebook/ema/step", "head/codebook/ema/seed"},
+  "straight_through": set(),
+  "frozen": {"head/codebook/codes"},
+  "ema": {
+    "head/codebook/codes",
+    "head/codebook/ema/count",
+    "head/codebook/ema/sum",
+    "head/codebook/ema/unused",
+    "head/codebook/ema/step",
+    "head/codebook/ema/seed",
+  },
 }
 
 
@@ -67,13 +79,21 @@ def test_shapes_and_dtypes(backbone, head, generator, mode):
     assert leaf.shape[0] == B and leaf.dtype == jnp.float32
   assert jax.tree.structure(model.trainable(params)) == jax.tree.structure(params)
   if head == "solid":
-    expected = {"aux_loss", "consistency_loss", "codebook_loss", "commitment_loss",
-                "codebook/perplexity", "codebook/usage"}
+    expected = {
+      "aux_loss",
+      "consistency_loss",
+      "codebook_loss",
+      "commitment_loss",
+      "codebook/perplexity",
+      "codebook/usage",
+    }
     if mode == "ema":
       expected.add("codebook_state")
     assert set(aux) == expected
     if mode == "ema":
-      chex.assert_trees_all_equal_shapes_and_dtypes(aux["codebook_state"], params["head"]["codebook"])
+      chex.assert_trees_all_equal_shapes_and_dtypes(
+        aux["codebook_state"], params["head"]["codebook"]
+      )
   else:
     assert set(aux) == {"aux_loss"}
 
@@ -107,12 +127,12 @@ def test_loss_and_every_learnable_parameter_gets_a_gradient(backbone, head, gene
 
 
 JIT_CASES = [
-    ("sasrec", "solid", "duet", "straight_through"),
-    ("gru4rec", "solid", "apg", "ema"),
-    ("din", "duet", "duet", "straight_through"),
-    ("din", "solid", "apg", "frozen"),
-    ("bert4rec", "apg", "duet", "straight_through"),
-    ("gru4rec", "static", "duet", "straight_through"),
+  ("sasrec", "solid", "duet", "straight_through"),
+  ("gru4rec", "solid", "apg", "ema"),
+  ("din", "duet", "duet", "straight_through"),
+  ("din", "solid", "apg", "frozen"),
+  ("bert4rec", "apg", "duet", "straight_through"),
+  ("gru4rec", "static", "duet", "straight_through"),
 ]
 JIT_EXACT = JIT_CASES[:3]
 

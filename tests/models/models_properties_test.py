@@ -21,10 +21,10 @@ from tests.models.conftest import make_batch
 
 # One SOLID model per backbone (the semantic branch and the codebook included), both generators.
 CASES = [
-    ("sasrec", "solid", "duet", "straight_through"),
-    ("gru4rec", "solid", "apg", "ema"),
-    ("din", "solid", "duet", "frozen"),
-    ("bert4rec", "solid", "apg", "straight_through"),
+  ("sasrec", "solid", "duet", "straight_through"),
+  ("gru4rec", "solid", "apg", "ema"),
+  ("din", "solid", "duet", "frozen"),
+  ("bert4rec", "solid", "apg", "straight_through"),
 ]
 
 
@@ -52,7 +52,7 @@ def test_padding_embeddings_do_not_change_the_output(backbone, head, generator, 
   batch = make_batch(12)
   logits, aux = b.apply(b.params, batch)
   noise = jax.random.normal(jax.random.key(1), (2, b.cfg.dim)) * 50.0
-  params = jax.tree.map(lambda x: x, b.params)   # a copy of the nested dicts
+  params = jax.tree.map(lambda x: x, b.params)  # a copy of the nested dicts
   table = params["backbone"]["item_embedding"]
   table["embedding"] = table["embedding"].at[0].set(noise[0])
   if head == "solid":
@@ -71,7 +71,7 @@ def test_rows_with_zero_weight_do_not_change_the_auxiliary_losses():
   _, aux = b.apply(b.params, batch)
   other = make_batch(14)
   mixed = {
-      k: (np.concatenate([v[:3], other[k][3:]]) if k in other else v) for k, v in batch.items()
+    k: (np.concatenate([v[:3], other[k][3:]]) if k in other else v) for k, v in batch.items()
   }
   _, aux2 = b.apply(b.params, mixed)
   for key in ("aux_loss", "consistency_loss", "codebook/usage", "codebook/perplexity"):
@@ -97,7 +97,7 @@ def _grad_finite(model, params, batch):
 
 
 @pytest.mark.parametrize(
-    "backbone,generator,clip_t", [("sasrec", "duet", 1e6), ("din", "apg", 1e-8)]
+  "backbone,generator,clip_t", [("sasrec", "duet", 1e6), ("din", "apg", 1e-8)]
 )
 def test_finite_gradients_at_extreme_inputs(backbone, generator, clip_t):
   cfg = config(backbone, "solid", generator, "straight_through", clip_t=clip_t)
@@ -134,12 +134,17 @@ def test_apply_is_vmappable():
     want, want_aux = b.apply(b.params, single)
     np.testing.assert_allclose(logits[i], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux["aux_loss"][i], want_aux["aux_loss"], rtol=1e-5)
-    chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], aux["codebook_state"]),
-                                want_aux["codebook_state"], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+      jax.tree.map(lambda x, i=i: x[i], aux["codebook_state"]),
+      want_aux["codebook_state"],
+      rtol=1e-5,
+      atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("head,generator", [("duet", "duet"), ("apg", "duet"), ("solid", "duet"),
-                                            ("solid", "apg")])
+@pytest.mark.parametrize(
+  "head,generator", [("duet", "duet"), ("apg", "duet"), ("solid", "duet"), ("solid", "apg")]
+)
 def test_paper_compat_freezes_exactly_the_generator_projections(head, generator):
   for compat in (False, True):
     cfg = config("sasrec", head, generator, paper_compat=compat)
@@ -148,10 +153,14 @@ def test_paper_compat_freezes_exactly_the_generator_projections(head, generator)
     flat, _ = jax.tree_util.tree_flatten_with_path(model.trainable(params))
     frozen = {"/".join(str(k.key) for k in path) for path, t in flat if not t}
     gens = ("generator",) if head != "solid" else ("item_generator", "semantic_generator")
-    parts = ("w", "b") if (head == "duet" or generator == "duet" and head == "solid") \
-        else ("core",)
-    want = {f"head/{g}/proj/layer_{j}/{part}/{n}" for g in gens for j in range(2)
-            for part in parts for n in ("kernel", "bias")}
+    parts = ("w", "b") if (head == "duet" or generator == "duet" and head == "solid") else ("core",)
+    want = {
+      f"head/{g}/proj/layer_{j}/{part}/{n}"
+      for g in gens
+      for j in range(2)
+      for part in parts
+      for n in ("kernel", "bias")
+    }
     assert frozen == (want if compat else set())
 
 

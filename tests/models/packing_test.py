@@ -31,9 +31,16 @@ def _rows(seed, users=37, candidates=2):
   label[..., 0] = live
   sem = item_semantic()
   weight = np.ones(users, np.float32)
-  weight[-2:] = 0.0   # padding rows of a last batch
-  return {"user": np.arange(users, dtype=np.int32), "items": items, "semantics": sem[items],
-          "target": target, "target_semantic": sem[target], "label": label, "weight": weight}
+  weight[-2:] = 0.0  # padding rows of a last batch
+  return {
+    "user": np.arange(users, dtype=np.int32),
+    "items": items,
+    "semantics": sem[items],
+    "target": target,
+    "target_semantic": sem[target],
+    "label": label,
+    "weight": weight,
+  }
 
 
 def test_layout_keeps_every_real_position_once():
@@ -47,21 +54,28 @@ def test_layout_keeps_every_real_position_once():
   assert np.count_nonzero(packed["items"]) == kept.sum()
   assert packed["target"].shape == (r, length, 2)
   # Fewer rows than users, and first-fit decreasing is within one row per bin of the ideal.
-  assert r < len(rows["items"]) and np.count_nonzero(packed["items"].any(1)) <= -(-kept.sum() // length) + 3
+  assert (
+    r < len(rows["items"])
+    and np.count_nonzero(packed["items"].any(1)) <= -(-kept.sum() // length) + 3
+  )
   # Every real (item, candidate) multiset is kept, and each segment is one user's row in order.
   for row in range(r):
     seg = packed["segment"][row]
     used = seg != 0
-    assert np.all(used[:used.sum()]), "segments are contiguous from the row start"
+    assert np.all(used[: used.sum()]), "segments are contiguous from the row start"
     for s in np.unique(seg[used]):
       cols = np.flatnonzero(seg == s)
       assert np.array_equal(packed["slot"][row, cols], np.arange(cols.size))
       span = packed["span"][row, cols]
       assert np.all(span == cols.size)
-      matches = [u for u in range(len(rows["items"]))
-                 if rows["weight"][u] > 0 and real[u].sum() == cols.size
-                 and np.array_equal(rows["items"][u, :cols.size], packed["items"][row, cols])
-                 and np.array_equal(rows["target"][u, :cols.size], packed["target"][row, cols])]
+      matches = [
+        u
+        for u in range(len(rows["items"]))
+        if rows["weight"][u] > 0
+        and real[u].sum() == cols.size
+        and np.array_equal(rows["items"][u, : cols.size], packed["items"][row, cols])
+        and np.array_equal(rows["target"][u, : cols.size], packed["target"][row, cols])
+      ]
       assert matches
   assert np.all(packed["weight"][packed["items"] != 0] == 1.0)
   assert np.all(packed["weight"][packed["items"] == 0] == 0.0)
@@ -91,16 +105,23 @@ def test_packed_batches_are_the_same_users_as_batches():
 def _loss(model, params, batch):
   logits, _ = model.apply_positions(params, rows_lib.model_batch(batch, None, with_weight=True))
   weights = jnp.broadcast_to(step_lib._position_weights(batch)[:, :, None], logits.shape)
-  return step_lib.weighted_bce(logits.reshape(-1), batch["label"].reshape(-1),
-                               weights.reshape(-1)), logits
+  return step_lib.weighted_bce(
+    logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1)
+  ), logits
 
 
 GRU4REC = dict(embedding="layer_norm", target_tower="embedding")
 
 
-@pytest.mark.parametrize("backbone,options", [
-    ("sasrec", PUBLISHED), ("sasrec", {**PUBLISHED, "position_alignment": "start"}),
-    ("gru4rec", GRU4REC)], ids=["sasrec_end", "sasrec_start", "gru4rec"])
+@pytest.mark.parametrize(
+  "backbone,options",
+  [
+    ("sasrec", PUBLISHED),
+    ("sasrec", {**PUBLISHED, "position_alignment": "start"}),
+    ("gru4rec", GRU4REC),
+  ],
+  ids=["sasrec_end", "sasrec_start", "gru4rec"],
+)
 def test_packed_batch_scores_and_trains_as_unpacked(backbone, options):
   cfg = config(backbone, "static", "duet", **options, seq_len=SEQ_LEN)
   assert cfg.packable
@@ -108,10 +129,12 @@ def test_packed_batch_scores_and_trains_as_unpacked(backbone, options):
   params = model.init(jax.random.key(0))
   rows = _rows(3)
   packed = sj.data.pack_rows(rows)
-  (loss_a, logits_a), grad_a = jax.value_and_grad(
-      lambda p: _loss(model, p, rows), has_aux=True)(params)
-  (loss_b, logits_b), grad_b = jax.value_and_grad(
-      lambda p: _loss(model, p, packed), has_aux=True)(params)
+  (loss_a, logits_a), grad_a = jax.value_and_grad(lambda p: _loss(model, p, rows), has_aux=True)(
+    params
+  )
+  (loss_b, logits_b), grad_b = jax.value_and_grad(lambda p: _loss(model, p, packed), has_aux=True)(
+    params
+  )
   np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
   chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)  # noqa: E731
   jax.tree_util.tree_map(chex_close, grad_b, grad_a)
@@ -120,16 +143,20 @@ def test_packed_batch_scores_and_trains_as_unpacked(backbone, options):
   for row, col in zip(*np.nonzero(packed["items"])):
     s = packed["segment"][row, col]
     first = np.flatnonzero(packed["segment"][row] == s)[0]
-    matches = [u for u in range(len(rows["items"]))
-               if rows["weight"][u] > 0
-               and np.count_nonzero(rows["items"][u]) == packed["span"][row, col]
-               and np.array_equal(
-                   rows["items"][u, :packed["span"][row, col]],
-                   packed["items"][row, first:first + packed["span"][row, col]])]
+    matches = [
+      u
+      for u in range(len(rows["items"]))
+      if rows["weight"][u] > 0
+      and np.count_nonzero(rows["items"][u]) == packed["span"][row, col]
+      and np.array_equal(
+        rows["items"][u, : packed["span"][row, col]],
+        packed["items"][row, first : first + packed["span"][row, col]],
+      )
+    ]
     # Users with the same history score alike, so any of them will do.
-    np.testing.assert_allclose(logits_b[row, col],
-                               logits_a[matches[0], packed["slot"][row, col]], rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      logits_b[row, col], logits_a[matches[0], packed["slot"][row, col]], rtol=1e-4, atol=1e-6
+    )
 
 
 def test_train_step_on_packed_rows_matches_unpacked():
@@ -146,12 +173,16 @@ def test_train_step_on_packed_rows_matches_unpacked():
     out[name] = (p, scalars)
   assert float(out["packed"][1]["weight"]) == float(out["plain"][1]["weight"]) > 0
   np.testing.assert_allclose(out["packed"][1]["loss"], out["plain"][1]["loss"], rtol=1e-5)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                         out["packed"][0], out["plain"][0])
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    out["packed"][0],
+    out["plain"][0],
+  )
 
 
-@pytest.mark.parametrize("backbone,head,options", [
-    ("sasrec", "duet", PUBLISHED), ("gru4rec", "solid", GRU4REC)])
+@pytest.mark.parametrize(
+  "backbone,head,options", [("sasrec", "duet", PUBLISHED), ("gru4rec", "solid", GRU4REC)]
+)
 def test_models_that_cannot_take_packed_rows_say_so(backbone, head, options):
   cfg = config(backbone, head, "duet", **options, seq_len=SEQ_LEN)
   assert not cfg.packable

@@ -10,9 +10,19 @@ from tests.models.conftest import HEADS, NUM_ITEMS, ROLLED, config, item_semanti
 
 # The SASRec of S3-Rec's release (small): causal blocks, GELU, LN embedding, end-aligned
 # positions, shared item embedding as the target tower, N(0, 0.02) init.
-PUBLISHED = dict(causal=True, sasrec_layers=2, num_heads=2, ff_dim=32, ff_activation="gelu",
-                 embedding="layer_norm", position_alignment="end", target_tower="embedding",
-                 init_std=0.02, layer_norm_eps=1e-12, dim=16)
+PUBLISHED = dict(
+  causal=True,
+  sasrec_layers=2,
+  num_heads=2,
+  ff_dim=32,
+  ff_activation="gelu",
+  embedding="layer_norm",
+  position_alignment="end",
+  target_tower="embedding",
+  init_std=0.02,
+  layer_norm_eps=1e-12,
+  dim=16,
+)
 
 
 def _positions_batch(seed, batch_size=4, seq_len=10, candidates=3):
@@ -25,15 +35,16 @@ def _positions_batch(seed, batch_size=4, seq_len=10, candidates=3):
   target = rng.integers(1, NUM_ITEMS, size=(batch_size, seq_len, candidates)).astype(np.int32)
   target[~live] = 0
   sem = item_semantic()
-  return {"items": items, "semantics": sem[items], "target": target,
-          "target_semantic": sem[target]}
+  return {"items": items, "semantics": sem[items], "target": target, "target_semantic": sem[target]}
 
 
 # With end-aligned positions a prefix inside a longer sequence sees other position embeddings
 # than the same prefix on its own (as in a left-padded SASRec); start alignment makes every
 # position exactly its prefix's row.
-CASES = [("sasrec", {**PUBLISHED, "position_alignment": "start"}),
-         ("gru4rec", dict(embedding="layer_norm", target_tower="embedding"))]
+CASES = [
+  ("sasrec", {**PUBLISHED, "position_alignment": "start"}),
+  ("gru4rec", dict(embedding="layer_norm", target_tower="embedding")),
+]
 
 
 @pytest.mark.parametrize("head,generator", HEADS)
@@ -79,12 +90,13 @@ def test_end_aligned_last_position_equals_the_whole_history_row():
   for j in range(batch["target"].shape[2]):
     rows["target"] = batch["target"][np.arange(4), last, j]
     want, _ = model.apply(params, rows)
-    np.testing.assert_allclose(np.asarray(logits)[np.arange(4), last, j], want, rtol=2e-4,
-                               atol=2e-5)
+    np.testing.assert_allclose(
+      np.asarray(logits)[np.arange(4), last, j], want, rtol=2e-4, atol=2e-5
+    )
 
 
 def test_apply_positions_only_for_causal_backbones():
-  assert sj.make_model(config("sasrec", "static")).apply_positions is None     # not causal
+  assert sj.make_model(config("sasrec", "static")).apply_positions is None  # not causal
   assert sj.make_model(config("bert4rec", "static")).apply_positions is None
   assert sj.make_model(config("din", "duet")).apply_positions is None
   assert sj.make_model(config("sasrec", "static", causal=True)).apply_positions is not None
@@ -92,8 +104,15 @@ def test_apply_positions_only_for_causal_backbones():
 
 @pytest.mark.parametrize("head,generator", [("static", "duet"), ("solid", "duet")])
 def test_every_parameter_learns_through_apply_positions(head, generator):
-  cfg = config("sasrec", head, generator, dropout_embedding=0.2, dropout_hidden=0.2,
-               dropout_attention=0.2, **PUBLISHED)
+  cfg = config(
+    "sasrec",
+    head,
+    generator,
+    dropout_embedding=0.2,
+    dropout_hidden=0.2,
+    dropout_attention=0.2,
+    **PUBLISHED,
+  )
   model = sj.make_model(cfg, scan_unroll=ROLLED)
   params = model.init(jax.random.key(0))
   batch = _positions_batch(1)
@@ -103,8 +122,9 @@ def test_every_parameter_learns_through_apply_positions(head, generator):
   def loss(p):
     logits, aux = model.apply_positions(p, batch, train=True, key=jax.random.key(3))
     live = (batch["items"] != 0)[..., None]
-    bce = jnp.where(live, jax.nn.softplus(-logits) * labels + jax.nn.softplus(logits) *
-                    (1 - labels), 0.0)
+    bce = jnp.where(
+      live, jax.nn.softplus(-logits) * labels + jax.nn.softplus(logits) * (1 - labels), 0.0
+    )
     return jnp.sum(bce) / jnp.sum(live) + aux["aux_loss"]
 
   grads = jax.grad(loss)(params)
@@ -126,8 +146,14 @@ def test_every_parameter_learns_through_apply_positions(head, generator):
 
 
 def test_dropout_needs_a_key_and_is_off_in_evaluation():
-  cfg = config("sasrec", "static", dropout_embedding=0.5, dropout_hidden=0.5,
-               dropout_attention=0.5, **PUBLISHED)
+  cfg = config(
+    "sasrec",
+    "static",
+    dropout_embedding=0.5,
+    dropout_hidden=0.5,
+    dropout_attention=0.5,
+    **PUBLISHED,
+  )
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
   batch = make_batch(2, seq_len=10)
@@ -145,8 +171,9 @@ def test_dropout_needs_a_key_and_is_off_in_evaluation():
 def test_end_aligned_positions_give_the_newest_item_the_last_slot():
   cfg = config("sasrec", "static", position_alignment="end", seq_len=5)
   items = jnp.array([[5, 6, 7, 0, 0], [1, 2, 3, 4, 5]])
-  np.testing.assert_array_equal(sj.models.base.positions(items, cfg),
-                                [[2, 3, 4, 0, 0], [0, 1, 2, 3, 4]])
+  np.testing.assert_array_equal(
+    sj.models.base.positions(items, cfg), [[2, 3, 4, 0, 0], [0, 1, 2, 3, 4]]
+  )
   # A row cut to fewer slots (evaluation by length buckets) keeps its positions.
   np.testing.assert_array_equal(sj.models.base.positions(items[:1, :3], cfg), [[2, 3, 4]])
 
@@ -179,7 +206,8 @@ def test_encoders_factorise_the_score(backbone, head, generator):
   batch = make_batch(5)
   weights = model.generate(params, batch)
   want = model.score(params, weights, batch)
-  got = jnp.sum(model.encode_users(params, batch) * model.encode_items(params, batch["target"]),
-                axis=-1)
+  got = jnp.sum(
+    model.encode_users(params, batch) * model.encode_items(params, batch["target"]), axis=-1
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert sj.make_model(config("din", head, generator)).encode_users is None

@@ -27,8 +27,8 @@ def _numpy_gru_last(p, xs, lengths):
     gi = xs[:, t] @ p["w_ih"] + p["b_ih"]
     gh = h @ p["w_hh"] + p["b_hh"]
     r = _sigmoid(gi[:, :hidden] + gh[:, :hidden])
-    z = _sigmoid(gi[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
-    n = np.tanh(gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+    z = _sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+    n = np.tanh(gi[:, 2 * hidden :] + r * gh[:, 2 * hidden :])
     live = (t < lengths)[:, None]
     h = np.where(live, (1 - z) * n + z * h, h)
   return h
@@ -36,8 +36,10 @@ def _numpy_gru_last(p, xs, lengths):
 
 def _problem(seed, b=4, steps=5, n_in=3, hidden=4):
   rng = np.random.default_rng(seed)
-  p = {k: np.asarray(v, np.float64) for k, v in layers.gru_init(jax.random.key(seed), n_in,
-                                                                  hidden).items()}
+  p = {
+    k: np.asarray(v, np.float64)
+    for k, v in layers.gru_init(jax.random.key(seed), n_in, hidden).items()
+  }
   xs = rng.normal(size=(b, steps, n_in))
   lengths = rng.integers(0, steps + 1, size=b)
   lengths[0], lengths[-1] = 0, steps  # an empty row and a full one
@@ -47,6 +49,7 @@ def _problem(seed, b=4, steps=5, n_in=3, hidden=4):
 
 def _finite_differences(p, xs, lengths, cotangent, eps=1e-6):
   """d(sum(cotangent * h_last)) / d(every parameter and input), central differences, float64."""
+
   def loss(p_, xs_):
     return float(np.sum(cotangent * _numpy_gru_last(p_, xs_, lengths)))
 
@@ -88,15 +91,17 @@ def test_gradient_matches_float64_finite_differences(unroll):
     assert np.abs(want_p[name]).max() > 1e-3, name  # every parameter gets a real gradient
   np.testing.assert_allclose(got_x, want_x, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(got_x[0], 0.0)  # the empty row's inputs are never read
-  np.testing.assert_array_equal(got_x[1, lengths[1]:], 0.0)  # nor padding steps
+  np.testing.assert_array_equal(got_x[1, lengths[1] :], 0.0)  # nor padding steps
 
 
 @pytest.mark.parametrize("unroll", [1, True])
 def test_gradient_matches_autodiff_of_the_scan(unroll):
   rng = np.random.default_rng(1)
   b, steps, hidden = 64, 10, 32
-  params = [layers.gru_init(jax.random.key(1), hidden, hidden),
-            layers.gru_init(jax.random.key(2), 7, hidden)]  # two fused GRUs, different inputs
+  params = [
+    layers.gru_init(jax.random.key(1), hidden, hidden),
+    layers.gru_init(jax.random.key(2), 7, hidden),
+  ]  # two fused GRUs, different inputs
   xs = [jnp.asarray(rng.normal(size=(b, steps, n)), jnp.float32) for n in (hidden, 7)]
   lengths = jnp.asarray(rng.integers(0, steps + 1, size=b))
   cts = [jnp.asarray(rng.normal(size=(b, hidden)), jnp.float32) for _ in range(2)]
@@ -104,10 +109,13 @@ def test_gradient_matches_autodiff_of_the_scan(unroll):
   def loss(fn):
     def f(ps, xs_):
       return sum(jnp.sum(c * h) for c, h in zip(cts, fn(ps, xs_, lengths, unroll=unroll)))
+
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
 
-  (v_new, g_new), (v_ref, g_ref) = (loss(layers.gru_last_states)(params, xs),
-                                    loss(layers.gru_last_states_autodiff)(params, xs))
+  (v_new, g_new), (v_ref, g_ref) = (
+    loss(layers.gru_last_states)(params, xs),
+    loss(layers.gru_last_states_autodiff)(params, xs),
+  )
   np.testing.assert_allclose(v_new, v_ref, rtol=1e-6)
   chex.assert_trees_all_equal_shapes_and_dtypes(g_new, g_ref)
   for got, want in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
@@ -145,8 +153,10 @@ def test_gradient_under_vmap_matches_per_example():
 def test_bfloat16_gradients_keep_the_dtypes():
   p = jax.tree.map(lambda v: v.astype(jnp.bfloat16), layers.gru_init(jax.random.key(5), 4, 4))
   xs = jnp.ones((2, 3, 4), jnp.bfloat16)
-  g_p, g_x = jax.grad(lambda p_, x: jnp.sum(layers.gru_last_state(p_, x, jnp.asarray([3, 1]))
-                                            .astype(jnp.float32)), argnums=(0, 1))(p, xs)
+  g_p, g_x = jax.grad(
+    lambda p_, x: jnp.sum(layers.gru_last_state(p_, x, jnp.asarray([3, 1])).astype(jnp.float32)),
+    argnums=(0, 1),
+  )(p, xs)
   assert {v.dtype for v in jax.tree.leaves(g_p)} == {jnp.dtype(jnp.bfloat16)}
   assert g_x.dtype == jnp.bfloat16
   assert all(bool(jnp.all(jnp.isfinite(v.astype(jnp.float32)))) for v in jax.tree.leaves(g_p))

@@ -117,7 +117,7 @@ def test_frozen_passes_no_gradient_to_query_or_codes():
 
   def f(params, q):
     out, info = codebook.quantize(params, q, mask, mode="frozen")
-    return jnp.sum(out ** 2) + info["codebook_loss"] + info["commitment_loss"]
+    return jnp.sum(out**2) + info["codebook_loss"] + info["commitment_loss"]
 
   g_codes, g_q = jax.grad(f, argnums=(0, 1))(params, q)
   np.testing.assert_array_equal(g_q, 0.0)

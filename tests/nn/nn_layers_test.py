@@ -32,8 +32,8 @@ def _numpy_gru(p, xs, lengths):
       gi = xs[i, t] @ p["w_ih"] + p["b_ih"]
       gh = h @ p["w_hh"] + p["b_hh"]
       r = _sigmoid(gi[:h_dim] + gh[:h_dim])
-      z = _sigmoid(gi[h_dim:2 * h_dim] + gh[h_dim:2 * h_dim])
-      n = np.tanh(gi[2 * h_dim:] + r * gh[2 * h_dim:])
+      z = _sigmoid(gi[h_dim : 2 * h_dim] + gh[h_dim : 2 * h_dim])
+      n = np.tanh(gi[2 * h_dim :] + r * gh[2 * h_dim :])
       h = (1 - z) * n + z * h
     out[i] = h
   return out
@@ -48,9 +48,9 @@ def _numpy_layer_norm(x, scale, bias, eps=1e-5):
 def _matrix(dense):
   """A Flax (DenseGeneral) kernel and bias as the d x d matrix and d vector they stand for."""
   k, b = np.asarray(dense["kernel"], np.float64), np.asarray(dense["bias"], np.float64)
-  if k.ndim == 3 and b.ndim == 2:   # query/key/value: [d, H, d/H], bias [H, d/H]
+  if k.ndim == 3 and b.ndim == 2:  # query/key/value: [d, H, d/H], bias [H, d/H]
     return k.reshape(k.shape[0], -1), b.reshape(-1)
-  if k.ndim == 3:                   # out: [H, d/H, d]
+  if k.ndim == 3:  # out: [H, d/H, d]
     return k.reshape(-1, k.shape[-1]), b
   return k, b
 
@@ -60,8 +60,7 @@ def _numpy_mha(p, xq, xkv, mask, heads):
   b, nq, d = xq.shape
   mask = np.broadcast_to(mask[:, None, :] if mask.ndim == 2 else mask, (b, nq, xkv.shape[1]))
   dh = d // heads
-  (wq, bq), (wk, bk), (wv, bv), (wo, bo) = (_matrix(p[n]) for n in ("query", "key", "value",
-                                                                     "out"))
+  (wq, bq), (wk, bk), (wv, bv), (wo, bo) = (_matrix(p[n]) for n in ("query", "key", "value", "out"))
   q, k, v = xq @ wq + bq, xkv @ wk + bk, xkv @ wv + bv
   out = np.zeros((b, nq, d))
   for i in range(b):
@@ -76,8 +75,7 @@ def _numpy_mha(p, xq, xkv, mask, heads):
 
 
 def _numpy_transformer_layer(q, x, mask, heads, act=lambda v: np.maximum(v, 0), eps=1e-5):
-  y = _numpy_layer_norm(x + _numpy_mha(q["attention"], x, x, mask, heads), eps=eps,
-                        **q["norm_1"])
+  y = _numpy_layer_norm(x + _numpy_mha(q["attention"], x, x, mask, heads), eps=eps, **q["norm_1"])
   ff = act(y @ q["ff_1"]["kernel"] + q["ff_1"]["bias"]) @ q["ff_2"]["kernel"] + q["ff_2"]["bias"]
   return _numpy_layer_norm(y + ff, eps=eps, **q["norm_2"])
 
@@ -129,6 +127,7 @@ def test_initialisers():
 def test_gelu_is_the_exact_erf_form():
   x = np.linspace(-4, 4, 17)
   from math import erf
+
   want = np.array([0.5 * v * (1 + erf(v / np.sqrt(2))) for v in x])
   got = layers.activation("gelu")(jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(got, want, atol=1e-6)
@@ -182,17 +181,25 @@ def test_transformer_layer_causal_and_segment_masks():
   p = _shift(layer.init(jax.random.key(4), x, jnp.asarray(valid))["params"], 0.05)
   causal = np.tril(np.ones((steps, steps), bool))[None].repeat(b, 0)
   got = layer.apply({"params": p}, x, jnp.asarray(valid), causal=True)
-  np.testing.assert_allclose(got, _numpy_transformer_layer(_np(p), x, causal, heads),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    got, _numpy_transformer_layer(_np(p), x, causal, heads), rtol=1e-4, atol=1e-5
+  )
   segments = np.array([[1, 1, 1, 2, 2, 2], [1, 1, 2, 2, 2, 3]])
   same = segments[:, :, None] == segments[:, None, :]
-  got = layer.apply({"params": p}, x, jnp.asarray(valid), causal=True,
-                    segments=jnp.asarray(segments))
-  np.testing.assert_allclose(got, _numpy_transformer_layer(_np(p), x, causal & same, heads),
-                             rtol=1e-4, atol=1e-5)
+  got = layer.apply(
+    {"params": p}, x, jnp.asarray(valid), causal=True, segments=jnp.asarray(segments)
+  )
+  np.testing.assert_allclose(
+    got, _numpy_transformer_layer(_np(p), x, causal & same, heads), rtol=1e-4, atol=1e-5
+  )
   with pytest.raises(ValueError, match="segments"):
-    layer.apply({"params": p}, x, jnp.asarray(valid), segments=jnp.asarray(segments),
-                query_index=jnp.zeros((b,), jnp.int32))
+    layer.apply(
+      {"params": p},
+      x,
+      jnp.asarray(valid),
+      segments=jnp.asarray(segments),
+      query_index=jnp.zeros((b,), jnp.int32),
+    )
 
 
 def test_transformer_dropout_is_train_only_and_keyed():
@@ -214,7 +221,7 @@ def test_gru_scan_matches_python_loop(unroll):
   rng = np.random.default_rng(4)
   b, steps, n_in = 5, 7, 6
   p = gru.gru_init(jax.random.key(4), n_in, D)
-  assert float(jnp.max(jnp.abs(p["w_hh"]))) <= D ** -0.5
+  assert float(jnp.max(jnp.abs(p["w_hh"]))) <= D**-0.5
   xs = rng.normal(size=(b, steps, n_in)).astype(np.float32)
   lengths, _ = _lengths_and_mask(rng, b, steps)
   lengths[2] = 0  # an empty row keeps h0 = 0

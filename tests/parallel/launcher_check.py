@@ -54,8 +54,13 @@ def record_batches(seen):
   def wrapped(iterator, size=2, sharding=None):
     for batch in original(iterator, size, sharding):
       items = batch["items"]
-      seen.add((str(getattr(items.sharding, "spec", None)), len(items.addressable_shards),
-                int(items.shape[0])))
+      seen.add(
+        (
+          str(getattr(items.sharding, "spec", None)),
+          len(items.addressable_shards),
+          int(items.shape[0]),
+        )
+      )
       yield batch
 
   parallel.device_prefetch = wrapped
@@ -70,8 +75,9 @@ def crash_in_stage2(after):
     if epoch == 1:
       calls["epoch1"] += 1  # stage 1 asks for its epoch 1 first, then stage 2
     crash = epoch == 1 and calls["epoch1"] == 2
-    for i, batch in enumerate(original(rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                                       start_step=start_step)):
+    for i, batch in enumerate(
+      original(rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, start_step=start_step)
+    ):
       if crash and i == after:
         raise Crash("killed in the second epoch of stage 2")
       yield batch
@@ -84,35 +90,43 @@ def summary(results, workdir):
   for stage in STAGES:
     lines = writers.read_jsonl(os.path.join(workdir, stage, "metrics.jsonl"))
     out["stages"][stage] = {
-        "devices": results["stages"][stage].get("devices"),
-        "train_loss": [line["train_loss"] for line in lines],
-        "valid_uauc": [line["valid"]["uauc"] for line in lines],
-        "valid": results["stages"][stage]["valid"], "test": results["stages"][stage]["test"]}
+      "devices": results["stages"][stage].get("devices"),
+      "train_loss": [line["train_loss"] for line in lines],
+      "valid_uauc": [line["valid"]["uauc"] for line in lines],
+      "valid": results["stages"][stage]["valid"],
+      "test": results["stages"][stage]["test"],
+    }
   return out
 
 
 def evaluator_check(config, mesh):
   ds = sj.data.load_dataset(config.dataset)
-  splits = sj.data.make_splits(ds, seq_len=config.seq_len, train_negatives=4, eval_negatives=9,
-                               seed=0)
-  model = sj.make_model(config.model_config("main", num_items=ds.num_items,
-                                            num_semantics=ds.num_semantics))
+  splits = sj.data.make_splits(
+    ds, seq_len=config.seq_len, train_negatives=4, eval_negatives=9, seed=0
+  )
+  model = sj.make_model(
+    config.model_config("main", num_items=ds.num_items, num_semantics=ds.num_semantics)
+  )
   params = model.init(jax.random.key(1))
   scorers = {}
   out = {}
   for grouped in (True, False):
     # 100 rows per batch: 10 histories of 10 candidates, or 100 rows (neither a multiple of 8).
     plain = evaluator_lib.Evaluator(model, splits["valid"], 100, grouped=grouped, scorers=scorers)
-    sharded = evaluator_lib.Evaluator(model, splits["valid"], 100, grouped=grouped, scorers=scorers,
-                                 mesh=mesh)
+    sharded = evaluator_lib.Evaluator(
+      model, splits["valid"], 100, grouped=grouped, scorers=scorers, mesh=mesh
+    )
     a, b = np.asarray(plain.scores(params)), np.asarray(sharded.scores(params))
     ma, mb = plain(params), sharded(params)
     out["grouped" if grouped else "rows"] = {
-        "rows": int(a.size), "max_score_diff": float(np.max(np.abs(a - b))),
-        "max_metric_diff": max(abs(ma[k] - mb[k]) for k in ma),
-        "arg_spec": str(jax.tree.leaves(sharded._parts[0][:2] if grouped else sharded._args)[0]
-                        .sharding.spec),
-        "scores_replicated": bool(sharded.scores(params).sharding.is_fully_replicated)}
+      "rows": int(a.size),
+      "max_score_diff": float(np.max(np.abs(a - b))),
+      "max_metric_diff": max(abs(ma[k] - mb[k]) for k in ma),
+      "arg_spec": str(
+        jax.tree.leaves(sharded._parts[0][:2] if grouped else sharded._args)[0].sharding.spec
+      ),
+      "scores_replicated": bool(sharded.scores(params).sharding.is_fully_replicated),
+    }
   out["scorers"] = sorted(str(k) if isinstance(k, str) else f"{k[0]}+mesh" for k in scorers)
   return out
 
@@ -123,21 +137,33 @@ def main():
   tmp = tempfile.mkdtemp(prefix="launcher_check_")
   os.environ["SOLID_JAX_CACHE"] = os.path.join(tmp, "cache")
   dataset = str(synthetic.write_s3rec(os.path.join(tmp, "toy")))
-  config = TrainConfig(dataset=dataset, method="solid", backbone="gru4rec", dim=8, batch_size=50,
-                       eval_batch_size=256, eval_negatives=9, epochs=2, lr=1e-2, progress=False,
-                       tensorboard=False)
+  config = TrainConfig(
+    dataset=dataset,
+    method="solid",
+    backbone="gru4rec",
+    dim=8,
+    batch_size=50,
+    eval_batch_size=256,
+    eval_negatives=9,
+    epochs=2,
+    lr=1e-2,
+    progress=False,
+    tensorboard=False,
+  )
   mesh = parallel.make_mesh()
   out = {"devices": jax.device_count(), "evaluator": evaluator_check(config, mesh)}
 
   seen = set()
   record_batches(seen)
-  out["mesh"] = summary(stages.run_experiment(config, os.path.join(tmp, "mesh")),
-                        os.path.join(tmp, "mesh"))
+  out["mesh"] = summary(
+    stages.run_experiment(config, os.path.join(tmp, "mesh")), os.path.join(tmp, "mesh")
+  )
   out["mesh_batches"] = sorted(seen)
   seen.clear()
   single = TrainConfig(**{**config.to_dict(), "data_parallel": False})
-  out["single"] = summary(stages.run_experiment(single, os.path.join(tmp, "single")),
-                          os.path.join(tmp, "single"))
+  out["single"] = summary(
+    stages.run_experiment(single, os.path.join(tmp, "single")), os.path.join(tmp, "single")
+  )
   out["single_batches"] = sorted(seen)
 
   crashing = TrainConfig(**{**config.to_dict(), "checkpoint_every_steps": 4})

@@ -20,11 +20,20 @@ STAGES = ("stage1", "stage2")
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-             "--xla_cpu_multi_thread_eigen=false", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(HERE / "launcher_check.py")], env=env,
-                        cwd=HERE.parents[1], capture_output=True, text=True, timeout=600,
-                        check=False)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false",
+    JAX_PLATFORMS="cpu",
+  )
+  proc = subprocess.run(
+    [sys.executable, str(HERE / "launcher_check.py")],
+    env=env,
+    cwd=HERE.parents[1],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -32,8 +32,12 @@ def _join(process_id: int, port: int) -> None:
   except Exception as e:  # pylint: disable=broad-except
     print(f"no CPU collectives in this jaxlib: {e}", file=sys.stderr)
     sys.exit(NO_COLLECTIVES)
-  jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
-                             process_id=process_id, initialization_timeout=120)
+  jax.distributed.initialize(
+    coordinator_address=f"localhost:{port}",
+    num_processes=2,
+    process_id=process_id,
+    initialization_timeout=120,
+  )
 
 
 def train(workdir: str) -> dict:
@@ -47,13 +51,20 @@ def train(workdir: str) -> dict:
   folder = synthetic.write_s3rec(os.path.join(workdir, f"toy{jax.process_index()}"))
   ds = sj.data.load_dataset(str(folder))
   splits = sj.data.make_splits(ds, seq_len=10, train_negatives=4, eval_negatives=9, seed=0)
-  model = sj.make_model(sj.ModelConfig(backbone="gru4rec", head="duet", num_items=ds.num_items,
-                                       num_semantics=ds.num_semantics, dim=8))
+  model = sj.make_model(
+    sj.ModelConfig(
+      backbone="gru4rec", head="duet", num_items=ds.num_items, num_semantics=ds.num_semantics, dim=8
+    )
+  )
   data = loop.StageData(
-      train_rows=lambda e: splits["train"] if e == 0 else sj.data.resample_train(ds, splits, e),
-      valid=splits["valid"], test=splits["test"], batches=sj.data.batches)
-  spec = loop.StageSpec(name="main", directory=os.path.join(workdir, "main"), model=model,
-                        init=model.init, epochs=2)
+    train_rows=lambda e: splits["train"] if e == 0 else sj.data.resample_train(ds, splits, e),
+    valid=splits["valid"],
+    test=splits["test"],
+    batches=sj.data.batches,
+  )
+  spec = loop.StageSpec(
+    name="main", directory=os.path.join(workdir, "main"), model=model, init=model.init, epochs=2
+  )
   seen = set()
   original = parallel.device_prefetch
 
@@ -64,15 +75,29 @@ def train(workdir: str) -> dict:
       yield batch
 
   parallel.device_prefetch = recording
-  result, params = loop.train_stage(spec, data, seed=0, batch_size=50, lr=1e-2,
-                                    eval_batch_size=256, checkpoint_every_steps=5,
-                                    progress=False, tensorboard=False)
+  result, params = loop.train_stage(
+    spec,
+    data,
+    seed=0,
+    batch_size=50,
+    lr=1e-2,
+    eval_batch_size=256,
+    checkpoint_every_steps=5,
+    progress=False,
+    tensorboard=False,
+  )
   leaf = jax.tree.leaves(params)[0]
-  return {"process": jax.process_index(), "processes": jax.process_count(),
-          "devices": result["devices"], "valid": result["valid"], "test": result["test"],
-          "train_loss": [h["train_loss"] for h in result["history"]],
-          "selected_step": result["selected_step"],
-          "batches": sorted(seen), "params_replicated": bool(leaf.sharding.is_fully_replicated)}
+  return {
+    "process": jax.process_index(),
+    "processes": jax.process_count(),
+    "devices": result["devices"],
+    "valid": result["valid"],
+    "test": result["test"],
+    "train_loss": [h["train_loss"] for h in result["history"]],
+    "selected_step": result["selected_step"],
+    "batches": sorted(seen),
+    "params_replicated": bool(leaf.sharding.is_fully_replicated),
+  }
 
 
 def main(argv):
@@ -88,6 +113,7 @@ def main(argv):
     # Preemption: only process 1 got the signal; both must answer the same at every step.
     import signal  # pylint: disable=import-outside-toplevel
     from solid_jax.train import reliability  # pylint: disable=import-outside-toplevel
+
     watch = reliability.PreemptionWatch(sync_every=2)
     if jax.process_index() == 1:
       watch.received = signal.SIGTERM

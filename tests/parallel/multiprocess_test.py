@@ -23,9 +23,12 @@ pytestmark = pytest.mark.slow  # three processes training a small stage, about 3
 
 
 def _env(devices):
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_cpu_multi_thread_eigen=false")
+  return dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+    "--xla_cpu_multi_thread_eigen=false",
+  )
 
 
 def _free_port():
@@ -42,9 +45,17 @@ def _last_json(stdout):
 def runs(tmp_path_factory):
   shared = tmp_path_factory.mktemp("two_processes")
   port = str(_free_port())
-  workers = [subprocess.Popen([sys.executable, CHECK, "worker", str(i), port, str(shared)],
-                              env=_env(2), cwd=HERE.parents[1], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+  workers = [
+    subprocess.Popen(
+      [sys.executable, CHECK, "worker", str(i), port, str(shared)],
+      env=_env(2),
+      cwd=HERE.parents[1],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = []
   try:
     for proc in workers:
@@ -55,17 +66,28 @@ def runs(tmp_path_factory):
         proc.kill()
         proc.communicate()
   if any(proc.returncode == NO_COLLECTIVES for proc in workers):
-    pytest.skip("this jaxlib has no CPU collectives (gloo): "
-                + " ".join(err.strip().splitlines()[-1] for _, err in outputs if err.strip()))
+    pytest.skip(
+      "this jaxlib has no CPU collectives (gloo): "
+      + " ".join(err.strip().splitlines()[-1] for _, err in outputs if err.strip())
+    )
   for proc, (_, err) in zip(workers, outputs):
     assert proc.returncode == 0, err[-4000:]
   single_dir = tmp_path_factory.mktemp("one_process")
-  single = subprocess.run([sys.executable, CHECK, "single", str(single_dir)], env=_env(4),
-                          cwd=HERE.parents[1], capture_output=True, text=True, timeout=TIMEOUT,
-                          check=False)
+  single = subprocess.run(
+    [sys.executable, CHECK, "single", str(single_dir)],
+    env=_env(4),
+    cwd=HERE.parents[1],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    check=False,
+  )
   assert single.returncode == 0, single.stderr[-4000:]
-  return {"workers": [_last_json(out) for out, _ in outputs], "single": _last_json(single.stdout),
-          "shared": shared}
+  return {
+    "workers": [_last_json(out) for out, _ in outputs],
+    "single": _last_json(single.stdout),
+    "shared": shared,
+  }
 
 
 def test_two_processes_train_over_four_devices(runs):

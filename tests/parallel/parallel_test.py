@@ -10,8 +10,13 @@ from solid_jax import parallel
 
 def _batches(n, size=8):
   rng = np.random.default_rng(0)
-  return [{"items": rng.integers(0, 50, (size, 10), dtype=np.int32),
-           "label": rng.random(size).astype(np.float32)} for _ in range(n)]
+  return [
+    {
+      "items": rng.integers(0, 50, (size, 10), dtype=np.int32),
+      "label": rng.random(size).astype(np.float32),
+    }
+    for _ in range(n)
+  ]
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, 5])
@@ -89,16 +94,27 @@ def test_shard_and_replicate_round_trip():
 
 
 def test_no_distributed_environment_means_no_initialisation(monkeypatch):
-  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "SLURM_JOB_ID", "SLURM_NTASKS",
-              "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+  for var in (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "OMPI_MCA_orte_hnp_uri",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+  ):
     monkeypatch.delenv(var, raising=False)
   assert parallel.distributed_environment() is None
   assert parallel.maybe_initialize_distributed() is False
 
 
 def test_distributed_environment_detection(monkeypatch):
-  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0",
-           "SLURM_LOCALID": "0"}
+  slurm = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_STEP_NODELIST": "n[1-2]",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+  }
   for k, v in slurm.items():
     monkeypatch.setenv(k, v)
   monkeypatch.setenv("SLURM_NTASKS", "1")

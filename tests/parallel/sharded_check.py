@@ -37,20 +37,23 @@ BATCH = 64
 
 def diffs(a, b) -> np.ndarray:
   pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-  return np.concatenate([np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).ravel()
-                         for x, y in pairs])
+  return np.concatenate(
+    [np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).ravel() for x, y in pairs]
+  )
 
 
 def run_single(model, tx, params0, batches):
   """The loop's jitted step on the first device."""
   step = step_lib.make_train_step(model, tx)
   device = jax.devices()[0]
-  params, opt_state = jax.device_put(jax.tree_util.tree_map(jnp.array, (params0, tx.init(params0))),
-                                     device)
+  params, opt_state = jax.device_put(
+    jax.tree_util.tree_map(jnp.array, (params0, tx.init(params0))), device
+  )
   losses = []
   for i, b in enumerate(batches):
-    params, opt_state, scalars = step(params, opt_state, jax.device_put(b, device),
-                                      jax.device_put(np.int32(i), device))
+    params, opt_state, scalars = step(
+      params, opt_state, jax.device_put(b, device), jax.device_put(np.int32(i), device)
+    )
     losses.append(float(scalars["loss"]))
   return jax.device_get(params), losses
 
@@ -68,28 +71,41 @@ def run_sharded(model, tx, params0, batches, mesh):
     shards.add(len(b["items"].addressable_shards))
     params, opt_state, scalars = step(params, opt_state, b, parallel.replicate(np.int32(i), mesh))
     losses.append(float(scalars["loss"]))
-  info = {"batch_specs": sorted(specs), "shards_per_batch": sorted(shards),
-          "param_specs": sorted({str(x.sharding.spec) for x in jax.tree_util.tree_leaves(params)})}
+  info = {
+    "batch_specs": sorted(specs),
+    "shards_per_batch": sorted(shards),
+    "param_specs": sorted({str(x.sharding.spec) for x in jax.tree_util.tree_leaves(params)}),
+  }
   return jax.device_get(params), losses, info
 
 
 def to_float64(tree):
   """Host copies with every floating-point leaf in float64 (integer leaves unchanged)."""
   return jax.tree_util.tree_map(
-      lambda x: np.asarray(x, np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating)
-      else np.asarray(x), tree)
+    lambda x: (
+      np.asarray(x, np.float64)
+      if np.issubdtype(np.asarray(x).dtype, np.floating)
+      else np.asarray(x)
+    ),
+    tree,
+  )
 
 
 def compare(model, tx, params0, batches, mesh):
   single_params, single_losses = run_single(model, tx, params0, batches)
   sharded_params, sharded_losses, info = run_sharded(model, tx, params0, batches, mesh)
   d = diffs(single_params, sharded_params)
-  return {"single_losses": single_losses, "sharded_losses": sharded_losses,
-          "max_param_diff": float(d.max()), "fraction_over_1e-5": float(np.mean(d > 1e-5)),
-          "max_param_change": float(diffs(single_params, params0).max()),
-          "param_dtypes": sorted({str(x.dtype) for x in
-                                  jax.tree_util.tree_leaves((single_params, sharded_params))}),
-          **info}
+  return {
+    "single_losses": single_losses,
+    "sharded_losses": sharded_losses,
+    "max_param_diff": float(d.max()),
+    "fraction_over_1e-5": float(np.mean(d > 1e-5)),
+    "max_param_change": float(diffs(single_params, params0).max()),
+    "param_dtypes": sorted(
+      {str(x.dtype) for x in jax.tree_util.tree_leaves((single_params, sharded_params))}
+    ),
+    **info,
+  }
 
 
 def main():
@@ -97,27 +113,34 @@ def main():
   model = sj.make_model(cfg)
   params0 = jax.device_get(model.init(jax.random.key(0)))  # host copies: the steps donate
   catalog = synthetic.make_catalog(cfg.num_items, cfg.num_semantics, cfg.seq_len, seed=1)
-  batches = [{k: b[k] for k in throughput.TRAIN_KEYS}
-             for b in synthetic.make_batches(catalog, BATCH, STEPS, seed=3)]
+  batches = [
+    {k: b[k] for k in throughput.TRAIN_KEYS}
+    for b in synthetic.make_batches(catalog, BATCH, STEPS, seed=3)
+  ]
   mesh = parallel.make_mesh()
   out = {"devices": len(jax.devices()), "mesh": dict(mesh.shape)}
   lr = 1e-3
-  for name, tx in (("sgd", optax.sgd(1e-2)), ("adam", optim_lib.make_optimizer(model, params0, lr))):
+  for name, tx in (
+    ("sgd", optax.sgd(1e-2)),
+    ("adam", optim_lib.make_optimizer(model, params0, lr)),
+  ):
     out[name] = compare(model, tx, params0, batches, mesh)
   out["adam"]["lr"] = lr
   # The same Adam run in float64: the summation-order noise of near-zero gradients is ~1e-16
   # relative instead of ~1e-7, so Adam has nothing left to amplify.
   jax.config.update("jax_enable_x64", True)
   params64, batches64 = to_float64(params0), [to_float64(b) for b in batches]
-  logits, _ = model.apply(params64, {k: v for k, v in batches64[0].items()
-                                     if k in rows_lib.MODEL_KEYS})
-  out["adam_float64"] = compare(model, optim_lib.make_optimizer(model, params64, lr), params64,
-                                batches64, mesh)
+  logits, _ = model.apply(
+    params64, {k: v for k, v in batches64[0].items() if k in rows_lib.MODEL_KEYS}
+  )
+  out["adam_float64"] = compare(
+    model, optim_lib.make_optimizer(model, params64, lr), params64, batches64, mesh
+  )
   out["adam_float64"]["lr"] = lr
   out["adam_float64"]["logits_dtype"] = str(logits.dtype)
   out["adam_float64"]["batch_dtypes"] = sorted({str(v.dtype) for v in batches64[0].values()})
   jax.config.update("jax_enable_x64", False)
-  short = {k: v[:BATCH - 3] for k, v in batches[0].items()}
+  short = {k: v[: BATCH - 3] for k, v in batches[0].items()}
   try:
     parallel.shard_batch(short, mesh)
     out["indivisible_error"] = ""

@@ -19,9 +19,15 @@ pytestmark = pytest.mark.slow  # one process compiling six SOLID training steps,
 @pytest.fixture(scope="module")
 def report():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], env=env,
-                        cwd=HERE.parents[1], capture_output=True, text=True, timeout=600,
-                        check=False)
+  proc = subprocess.run(
+    [sys.executable, str(HERE / "sharded_check.py")],
+    env=env,
+    cwd=HERE.parents[1],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 

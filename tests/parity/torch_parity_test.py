@@ -38,13 +38,13 @@ LOGIT_TOL = 5e-6
 BACKBONES = ("sasrec", "gru4rec", "din", "bert4rec")
 # (head, generator, codebook mode, extra config).
 HEADS = (
-    ("static", "duet", "straight_through", {}),
-    ("duet", "duet", "straight_through", {}),
-    ("apg", "apg", "straight_through", {}),
-    ("solid", "duet", "straight_through", {}),
-    ("solid", "duet", "frozen", {}),
-    ("solid", "apg", "straight_through", {}),
-    ("solid", "apg", "frozen", {"num_codes": 9}),
+  ("static", "duet", "straight_through", {}),
+  ("duet", "duet", "straight_through", {}),
+  ("apg", "apg", "straight_through", {}),
+  ("solid", "duet", "straight_through", {}),
+  ("solid", "duet", "frozen", {}),
+  ("solid", "apg", "straight_through", {}),
+  ("solid", "apg", "frozen", {"num_codes": 9}),
 )
 EMA_CASES = (("sasrec", "duet"), ("din", "apg"))
 
@@ -58,10 +58,10 @@ def make_batch(seed: int = 0, weight: bool = False) -> dict[str, np.ndarray]:
   item_semantic = item_semantic.astype(np.int32)
   target = rng.integers(1, NUM_ITEMS, B).astype(np.int32)
   batch = {
-      "items": items,
-      "semantics": item_semantic[items],
-      "target": target,
-      "target_semantic": item_semantic[target],
+    "items": items,
+    "semantics": item_semantic[items],
+    "target": target,
+    "target_semantic": item_semantic[target],
   }
   if weight:
     batch["weight"] = np.array([1, 1, 0, 1, 1, 1, 0, 1], np.float32)
@@ -121,7 +121,7 @@ def cases():
       yield pytest.param(backbone, head, generator, mode, extra, id=name)
   for backbone, generator in EMA_CASES:
     yield pytest.param(
-        backbone, "solid", generator, "ema", {}, id=f"{backbone}-solid-{generator}-ema"
+      backbone, "solid", generator, "ema", {}, id=f"{backbone}-solid-{generator}-ema"
     )
 
 
@@ -133,8 +133,13 @@ def assert_logits_close(actual, expected):
 @pytest.mark.parametrize("backbone,head,generator,mode,extra", list(cases()))
 def test_forward_generate_score_parity(backbone, head, generator, mode, extra):
   cfg = sj.ModelConfig(
-      backbone=backbone, head=head, generator=generator, codebook=mode, num_items=NUM_ITEMS,
-      num_semantics=NUM_SEMANTICS, **extra,
+    backbone=backbone,
+    head=head,
+    generator=generator,
+    codebook=mode,
+    num_items=NUM_ITEMS,
+    num_semantics=NUM_SEMANTICS,
+    **extra,
   )
   model = sj.make_model(cfg)
   batch = make_batch(weight=head == "solid")
@@ -166,15 +171,21 @@ def test_forward_generate_score_parity(backbone, head, generator, mode, extra):
     w = weights[f"layer_{j}"]
     assert set(t_w) == set(w)
     for name, value in t_w.items():
-      np.testing.assert_allclose(value.numpy(), np.asarray(w[name]), rtol=1e-5, atol=1e-6,
-                                 err_msg=f"layer_{j}/{name}")
+      np.testing.assert_allclose(
+        value.numpy(), np.asarray(w[name]), rtol=1e-5, atol=1e-6, err_msg=f"layer_{j}/{name}"
+      )
   if head == "solid":
     assert float(aux["aux_loss"]) > 0.0
 
 
 def test_jitted_solid_forward_parity():
-  cfg = sj.ModelConfig(backbone="sasrec", head="solid", generator="apg", num_items=NUM_ITEMS,
-                       num_semantics=NUM_SEMANTICS)
+  cfg = sj.ModelConfig(
+    backbone="sasrec",
+    head="solid",
+    generator="apg",
+    num_items=NUM_ITEMS,
+    num_semantics=NUM_SEMANTICS,
+  )
   model = sj.make_model(cfg)
   batch = make_batch(seed=3)
   params = make_params(model, seed=4)
@@ -186,8 +197,14 @@ def test_jitted_solid_forward_parity():
 
 @pytest.mark.parametrize("generator,mode", [("duet", "straight_through"), ("apg", "frozen")])
 def test_sasrec_solid_gradient_parity(generator, mode):
-  cfg = sj.ModelConfig(backbone="sasrec", head="solid", generator=generator, codebook=mode,
-                       num_items=NUM_ITEMS, num_semantics=NUM_SEMANTICS)
+  cfg = sj.ModelConfig(
+    backbone="sasrec",
+    head="solid",
+    generator=generator,
+    codebook=mode,
+    num_items=NUM_ITEMS,
+    num_semantics=NUM_SEMANTICS,
+  )
   model = sj.make_model(cfg)
   batch = make_batch(seed=5, weight=True)
   labels = np.array([1, 0, 0, 1, 0, 1, 1, 0], np.float32)

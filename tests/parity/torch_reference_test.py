@@ -60,18 +60,26 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
   g = torch.Generator().manual_seed(seed)
   valid = torch.arange(L)[None, :] < torch.from_numpy(LENGTHS)[:, None]
   items = torch.randint(1, NUM_ITEMS, (B, L), generator=g) * valid
-  table = torch.cat([torch.zeros(1, dtype=torch.long),
-                     torch.randint(1, NUM_SEMANTICS, (NUM_ITEMS - 1,), generator=g)])
+  table = torch.cat(
+    [
+      torch.zeros(1, dtype=torch.long),
+      torch.randint(1, NUM_SEMANTICS, (NUM_ITEMS - 1,), generator=g),
+    ]
+  )
   target = torch.randint(1, NUM_ITEMS, (B,), generator=g)
-  return {"items": items, "semantics": table[items], "target": target,
-          "target_semantic": table[target]}
+  return {
+    "items": items,
+    "semantics": table[items],
+    "target": target,
+    "target_semantic": table[target],
+  }
 
 
 def test_imports_neither_jax_nor_solid_jax():
   code = (
-      "import sys; import reference.torch_models, reference.convert; "
-      "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'solid_jax')]; "
-      "assert not bad, bad"
+    "import sys; import reference.torch_models, reference.convert; "
+    "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'solid_jax')]; "
+    "assert not bad, bad"
   )
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
@@ -79,12 +87,17 @@ def test_imports_neither_jax_nor_solid_jax():
 def all_configs():
   for backbone in ("sasrec", "gru4rec", "din", "bert4rec"):
     for head, generator, mode in (
-        ("static", "duet", "straight_through"), ("duet", "duet", "straight_through"),
-        ("apg", "apg", "straight_through"), ("solid", "duet", "straight_through"),
-        ("solid", "apg", "frozen"), ("solid", "duet", "ema"),
+      ("static", "duet", "straight_through"),
+      ("duet", "duet", "straight_through"),
+      ("apg", "apg", "straight_through"),
+      ("solid", "duet", "straight_through"),
+      ("solid", "apg", "frozen"),
+      ("solid", "duet", "ema"),
     ):
-      yield pytest.param(Cfg(backbone=backbone, head=head, generator=generator, codebook=mode),
-                         id=f"{backbone}-{head}-{generator}-{mode}")
+      yield pytest.param(
+        Cfg(backbone=backbone, head=head, generator=generator, codebook=mode),
+        id=f"{backbone}-{head}-{generator}-{mode}",
+      )
 
 
 @pytest.mark.parametrize("cfg", list(all_configs()))
@@ -197,8 +210,8 @@ def test_gru4rec_state_matches_numpy_gru_equations():
     for t in range(n):
       gi, gh = xs[b, t] @ w_ih + b_ih, h @ w_hh + b_hh
       r = sigmoid(gi[:D] + gh[:D])
-      z = sigmoid(gi[D:2 * D] + gh[D:2 * D])
-      cand = np.tanh(gi[2 * D:] + r * gh[2 * D:])
+      z = sigmoid(gi[D : 2 * D] + gh[D : 2 * D])
+      cand = np.tanh(gi[2 * D :] + r * gh[2 * D :])
       h = (1 - z) * cand + z * h
     np.testing.assert_allclose(state[b].numpy(), h, rtol=1e-10, atol=1e-12)
 
@@ -242,13 +255,18 @@ def test_dynamic_head_matches_numpy(family):
   weights = []
   for n_in, n_out, _ in specs:
     if family == "duet":
-      weights.append({"w": rng.standard_normal((B, n_in, n_out)) / np.sqrt(n_in),
-                      "b": rng.standard_normal((B, n_out))})
+      weights.append(
+        {
+          "w": rng.standard_normal((B, n_in, n_out)) / np.sqrt(n_in),
+          "b": rng.standard_normal((B, n_out)),
+        }
+      )
     else:
       weights.append({"core": rng.standard_normal((B, cfg.apg_rank, cfg.apg_rank)) / 4})
   with torch.no_grad():
-    out = model.apply_head(torch.from_numpy(x),
-                           [{k: torch.from_numpy(v) for k, v in w.items()} for w in weights])
+    out = model.apply_head(
+      torch.from_numpy(x), [{k: torch.from_numpy(v) for k, v in w.items()} for w in weights]
+    )
   y = x
   for j, (w, (_, _, act)) in enumerate(zip(weights, specs)):
     if family == "duet":
@@ -263,8 +281,10 @@ def test_dynamic_head_matches_numpy(family):
   np.testing.assert_allclose(out.numpy(), y, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backbone,head", [("sasrec", "solid"), ("din", "duet"),
-                                           ("gru4rec", "static"), ("bert4rec", "solid")])
+@pytest.mark.parametrize(
+  "backbone,head",
+  [("sasrec", "solid"), ("din", "duet"), ("gru4rec", "static"), ("bert4rec", "solid")],
+)
 def test_grouped_batch_equals_its_rows(backbone, head):
   """A grouped batch (one history, G candidates) computes what its B * G rows compute."""
   torch.manual_seed(3)
@@ -275,10 +295,18 @@ def test_grouped_batch_equals_its_rows(backbone, head):
   target = torch.randint(1, NUM_ITEMS, (B, group), generator=g)
   labels = (torch.rand(B, group, generator=g) < 0.4).float()
   weight = torch.tensor([1.0, 1, 1, 0, 1, 1, 1, 0])  # two padding histories
-  grouped = {"items": hist["items"], "semantics": hist["semantics"], "target": target,
-             "target_semantic": torch.zeros_like(target), "weight": weight}
-  rows = {k: v.repeat_interleave(group, dim=0) for k, v in grouped.items()
-          if k in ("items", "semantics", "weight")}
+  grouped = {
+    "items": hist["items"],
+    "semantics": hist["semantics"],
+    "target": target,
+    "target_semantic": torch.zeros_like(target),
+    "weight": weight,
+  }
+  rows = {
+    k: v.repeat_interleave(group, dim=0)
+    for k, v in grouped.items()
+    if k in ("items", "semantics", "weight")
+  }
   rows.update(target=target.reshape(-1), target_semantic=torch.zeros(B * group, dtype=torch.long))
   with torch.no_grad():
     g_logits, g_aux = model(grouped)

@@ -13,9 +13,10 @@ from solid_jax.train import checkpoint
 
 def _state(seed=0):
   rng = np.random.default_rng(seed)
-  params = {"emb": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
-            "head": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
-                     "bias": jnp.zeros(2)}}
+  params = {
+    "emb": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+    "head": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "bias": jnp.zeros(2)},
+  }
   tx = optax.adam(1e-2)
   opt_state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
@@ -25,8 +26,9 @@ def _state(seed=0):
 
 def _equal(a, b):
   return jax.tree.structure(a) == jax.tree.structure(b) and all(
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a),
-                                                                  jax.tree.leaves(b)))
+    np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_round_trip_is_bitwise(tmp_path):
@@ -81,6 +83,7 @@ def test_quiet_orbax_logging_drops_only_orbax_info():
   checkpoint.quiet_orbax_logging()
   checkpoint.quiet_orbax_logging()
   from absl import logging as absl_logging
+
   logger = absl_logging.get_absl_logger()
   filters = [f for f in logger.filters if isinstance(f, checkpoint._OrbaxInfoFilter)]
   assert len(filters) == 1
@@ -103,5 +106,7 @@ def test_saved_meta_is_a_snapshot(tmp_path):
       meta["history"].append({"epoch": -1})
       meta["running"]["loss"] = 5.0
       ckpts.wait()
-      assert ckpts.restore_meta(step) == {"history": [{"epoch": e} for e in range(step)],
-                                          "running": {"loss": 1.0}}
+      assert ckpts.restore_meta(step) == {
+        "history": [{"epoch": e} for e in range(step)],
+        "running": {"loss": 1.0},
+      }

@@ -15,8 +15,15 @@ from solid_jax.train.config import TrainConfig
 from solid_jax.train.full_eval import FullEvaluator
 from tests.models.conftest import NUM_ITEMS, config, make_batch
 
-CLOZE = dict(cloze=True, embedding="layer_norm", target_tower="embedding", head_layers=0,
-             position_alignment="end", ff_activation="gelu", seq_len=10)
+CLOZE = dict(
+  cloze=True,
+  embedding="layer_norm",
+  target_tower="embedding",
+  head_layers=0,
+  position_alignment="end",
+  ff_activation="gelu",
+  seq_len=10,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def test_cloze_rows_mask_training_events_only(toy):
   for r, user in enumerate(rows["user"]):
     seq = ds.user_sequence(user)
     n = len(seq)
-    want = seq[max(0, n - 2 - 10): n - 2]            # the last L training events e_0 .. e_{n-3}
+    want = seq[max(0, n - 2 - 10) : n - 2]  # the last L training events e_0 .. e_{n-3}
     m = len(want)
     got = rows["items"][r]
     assert (got[m:] == 0).all() and (got[:m] != 0).all()
@@ -52,7 +59,7 @@ def test_cloze_rows_mask_training_events_only(toy):
     assert (rows["semantics"][r, :m][is_mask] == 0).all()
     masked_total += is_mask.sum()
     real_total += m
-  assert 0.25 < masked_total / real_total < 0.45   # 0.3, plus the one forced per row
+  assert 0.25 < masked_total / real_total < 0.45  # 0.3, plus the one forced per row
   with pytest.raises(ValueError, match="mask_rate"):
     sj.data.cloze_rows(ds, splits, 0, mask_rate=0.0)
 
@@ -61,8 +68,9 @@ def test_append_mask_after_the_newest_item():
   cfg = config("bert4rec", "static", **{**CLOZE, "seq_len": 4})
   m = cfg.mask_id
   items = jnp.array([[5, 6, 0, 0], [1, 2, 3, 4]])
-  np.testing.assert_array_equal(sj.models.base.append_mask(items, cfg),
-                                [[5, 6, m, 0], [2, 3, 4, m]])
+  np.testing.assert_array_equal(
+    sj.models.base.append_mask(items, cfg), [[5, 6, m, 0], [2, 3, 4, m]]
+  )
   # A row cut to 2 slots (length groups) gains a slot rather than losing its oldest item.
   np.testing.assert_array_equal(sj.models.base.append_mask(items[:1, :2], cfg), [[5, 6, m]])
 
@@ -85,14 +93,22 @@ def test_readout_is_the_state_training_learns_at_a_masked_position():
   np.testing.assert_allclose(np.asarray(logits)[np.arange(4), at], want, rtol=1e-5, atol=1e-6)
   # apply (the sampled protocol) scores with the same state.
   scored, _ = model.apply(params, batch)
-  np.testing.assert_allclose(scored, np.sum(users * model.encode_items(params, batch["target"]),
-                                            -1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    scored, np.sum(users * model.encode_items(params, batch["target"]), -1), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_cloze_training_step_reaches_the_mask_embedding(toy):
   ds, splits = toy
-  cfg = sj.ModelConfig(backbone="bert4rec", head="static", num_items=ds.num_items,
-                       num_semantics=ds.num_semantics, dim=8, num_heads=2, **CLOZE)
+  cfg = sj.ModelConfig(
+    backbone="bert4rec",
+    head="static",
+    num_items=ds.num_items,
+    num_semantics=ds.num_semantics,
+    dim=8,
+    num_heads=2,
+    **CLOZE,
+  )
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
   rows = sj.data.cloze_rows(ds, splits, 0, mask_rate=0.3)
@@ -105,8 +121,9 @@ def test_cloze_training_step_reaches_the_mask_embedding(toy):
   packed = sj.data.pack_rows(batch)
   np.testing.assert_allclose(_loss(model, params, packed), _loss(model, params, batch), rtol=1e-5)
   step = step_lib.make_train_step(model, tx)
-  _, _, scalars = step(params, tx.init(params), {k: v for k, v in batch.items() if k != "user"},
-                       np.int32(0))
+  _, _, scalars = step(
+    params, tx.init(params), {k: v for k, v in batch.items() if k != "user"}, np.int32(0)
+  )
   assert float(scalars["weight"]) == float((batch["target"][..., 0] != 0).sum() * 3)
 
 
@@ -122,8 +139,12 @@ def test_full_ranking_of_a_cloze_model_equals_every_pair():
   params = model.init(jax.random.key(2))
   batch = make_batch(3, batch_size=12)
   seen = batch["items"].copy()
-  users = {"items": batch["items"], "semantics": batch["semantics"], "target": batch["target"],
-           "seen": seen}
+  users = {
+    "items": batch["items"],
+    "semantics": batch["semantics"],
+    "target": batch["target"],
+    "seen": seen,
+  }
   u = np.asarray(model.encode_users(params, batch))
   scores = u @ np.asarray(model.encode_items(params, jnp.arange(NUM_ITEMS))).T
   want = sj.metrics.evaluate_full(scores, batch["target"], seen)

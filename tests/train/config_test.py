@@ -17,20 +17,36 @@ def test_defaults_are_the_spec_settings():
   assert c.select_on == "valid" and c.method == "solid" and c.backbone == "sasrec"
 
 
-@pytest.mark.parametrize("field,value", [("method", "vqvae"), ("backbone", "bert"),
-                                         ("codebook", "learned"), ("semantics", "audio"),
-                                         ("select_on", "train"), ("batch_size", 0),
-                                         ("epochs", -1), ("lr", 0.0)])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("method", "vqvae"),
+    ("backbone", "bert"),
+    ("codebook", "learned"),
+    ("semantics", "audio"),
+    ("select_on", "train"),
+    ("batch_size", 0),
+    ("epochs", -1),
+    ("lr", 0.0),
+  ],
+)
 def test_invalid_values_are_rejected(field, value):
   with pytest.raises(ValueError, match=field):
     TrainConfig(**{field: value})
 
 
-@pytest.mark.parametrize("method,semantics,stages", [
-    ("static", "labels", ("main",)), ("duet", "id", ("main",)), ("apg", "text", ("main",)),
-    ("solid", "labels", ("stage1", "stage2")), ("solid_apg", "text_image", ("stage1", "stage2")),
+@pytest.mark.parametrize(
+  "method,semantics,stages",
+  [
+    ("static", "labels", ("main",)),
+    ("duet", "id", ("main",)),
+    ("apg", "text", ("main",)),
+    ("solid", "labels", ("stage1", "stage2")),
+    ("solid_apg", "text_image", ("stage1", "stage2")),
     ("solid", "id", ("stage0", "stage1", "stage2")),
-    ("solid", "id_text_image", ("stage0", "stage1", "stage2"))])
+    ("solid", "id_text_image", ("stage0", "stage1", "stage2")),
+  ],
+)
 def test_stages_of_each_method(method, semantics, stages):
   assert TrainConfig(method=method, semantics=semantics).stages() == stages
 
@@ -41,16 +57,27 @@ def test_stage_epochs_default_to_epochs():
 
 
 def test_model_configs_per_stage():
-  c = TrainConfig(method="solid_apg", backbone="gru4rec", dim=16, clip_t=0.1,
-                  consistency_weight=0.5, codebook="frozen", paper_compat=True)
+  c = TrainConfig(
+    method="solid_apg",
+    backbone="gru4rec",
+    dim=16,
+    clip_t=0.1,
+    consistency_weight=0.5,
+    codebook="frozen",
+    paper_compat=True,
+  )
   s0 = c.model_config("stage0", num_items=50, num_semantics=6)
   s1 = c.model_config("stage1", num_items=50, num_semantics=6)
   s2 = c.model_config("stage2", num_items=50, num_semantics=6)
   assert (s0.head, s0.num_items) == ("duet", 50)
   assert (s1.head, s1.num_items, s1.num_semantics) == ("apg", 6, 6)
   assert (s2.head, s2.generator, s2.num_items, s2.num_semantics) == ("solid", "apg", 50, 6)
-  assert (s2.clip_t, s2.consistency_weight, s2.codebook, s2.paper_compat) == (0.1, 0.5, "frozen",
-                                                                             True)
+  assert (s2.clip_t, s2.consistency_weight, s2.codebook, s2.paper_compat) == (
+    0.1,
+    0.5,
+    "frozen",
+    True,
+  )
   assert all(m.backbone == "gru4rec" and m.dim == 16 for m in (s0, s1, s2))
   main = TrainConfig(method="static").model_config("main", num_items=50, num_semantics=6)
   assert main.head == "static"
@@ -60,9 +87,15 @@ def test_model_configs_per_stage():
 
 def test_config_differences_name_fields_and_ignore_runtime_fields():
   a = TrainConfig().to_dict()
-  b = dataclasses.replace(TrainConfig(), lr=0.01, progress=False, method="duet",
-                          checkpoint_every_steps=100, check_every_steps=7,
-                          data_parallel=False).to_dict()
+  b = dataclasses.replace(
+    TrainConfig(),
+    lr=0.01,
+    progress=False,
+    method="duet",
+    checkpoint_every_steps=100,
+    check_every_steps=7,
+    data_parallel=False,
+  ).to_dict()
   assert config_lib.config_differences(a, b) == ["lr: 0.001 -> 0.01", "method: 'solid' -> 'duet'"]
 
 

@@ -49,9 +49,18 @@ def toy_features_dataset(tmp_path_factory, data_cache):
 @pytest.fixture
 def tiny_config(toy_dataset):
   """A TrainConfig that trains in seconds on the toy dataset."""
-  return TrainConfig(dataset=toy_dataset, backbone="gru4rec", dim=8, batch_size=64,
-                     eval_batch_size=256, eval_negatives=9, epochs=2, lr=1e-2, progress=False,
-                     tensorboard=False)
+  return TrainConfig(
+    dataset=toy_dataset,
+    backbone="gru4rec",
+    dim=8,
+    batch_size=64,
+    eval_batch_size=256,
+    eval_negatives=9,
+    epochs=2,
+    lr=1e-2,
+    progress=False,
+    tensorboard=False,
+  )
 
 
 def replace(config, **kwargs):

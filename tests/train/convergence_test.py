@@ -32,20 +32,37 @@ def _data(toy, batches=sj.data.batches, positions=True):
     train_rows = lambda e: sj.data.position_rows(ds, splits, e)
   else:
     train_rows = lambda e: splits["train"] if e == 0 else sj.data.resample_train(ds, splits, e)
-  return loop.StageData(train_rows=train_rows, valid=splits["valid"], test=splits["test"],
-                        batches=batches,
-                        valid_full=sj.data.full_ranking_users(ds, splits, "valid"),
-                        test_full=sj.data.full_ranking_users(ds, splits, "test"))
+  return loop.StageData(
+    train_rows=train_rows,
+    valid=splits["valid"],
+    test=splits["test"],
+    batches=batches,
+    valid_full=sj.data.full_ranking_users(ds, splits, "valid"),
+    test_full=sj.data.full_ranking_users(ds, splits, "test"),
+  )
 
 
 def _spec(toy, directory, epochs, head="static"):
   ds, _ = toy
-  model = sj.make_model(sj.ModelConfig(
-      backbone="sasrec", head=head, num_items=ds.num_items, num_semantics=ds.num_semantics,
-      dim=8, num_heads=2, causal=True, embedding="layer_norm", target_tower="embedding",
-      head_layers=0 if head == "static" else 2, dropout_embedding=0.2, dropout_hidden=0.2))
-  return loop.StageSpec(name="main", directory=str(directory), model=model, init=model.init,
-                        epochs=epochs)
+  model = sj.make_model(
+    sj.ModelConfig(
+      backbone="sasrec",
+      head=head,
+      num_items=ds.num_items,
+      num_semantics=ds.num_semantics,
+      dim=8,
+      num_heads=2,
+      causal=True,
+      embedding="layer_norm",
+      target_tower="embedding",
+      head_layers=0 if head == "static" else 2,
+      dropout_embedding=0.2,
+      dropout_hidden=0.2,
+    )
+  )
+  return loop.StageSpec(
+    name="main", directory=str(directory), model=model, init=model.init, epochs=epochs
+  )
 
 
 def test_stopped_early_rule():
@@ -78,29 +95,35 @@ def test_both_protocols_positions_and_per_user_files(toy, tmp_path):
 
 
 def test_sampled_selection_and_one_protocol(toy, tmp_path):
-  result, _ = loop.train_stage(_spec(toy, tmp_path, 2), _data(toy), lr=1e-2,
-                               select_metric="sampled:uauc", eval_protocol="sampled",
-                               save_scores=True, **KWARGS)
+  result, _ = loop.train_stage(
+    _spec(toy, tmp_path, 2),
+    _data(toy),
+    lr=1e-2,
+    select_metric="sampled:uauc",
+    eval_protocol="sampled",
+    save_scores=True,
+    **KWARGS,
+  )
   assert "valid_full" not in result and "test_full" not in result
   assert result["selection"]["protocol"] == "sampled"
   with np.load(tmp_path / "per_user_valid.npz") as z:
-    assert z["sampled/scores"].shape == z["sampled/candidates"].shape == (
-        len(toy[1]["valid"]["label"]) // 10, 10)
+    assert (
+      z["sampled/scores"].shape
+      == z["sampled/candidates"].shape
+      == (len(toy[1]["valid"]["label"]) // 10, 10)
+    )
 
 
 def test_patience_stops_and_a_crashed_run_stops_at_the_same_epoch(toy, tmp_path):
   # lr so small that no epoch improves on the first: the run stops after 1 + patience epochs.
   kwargs = dict(KWARGS, lr=1e-12, patience=2)
-  whole, params_whole = loop.train_stage(_spec(toy, tmp_path / "whole", 10), _data(toy),
-                                         **kwargs)
+  whole, params_whole = loop.train_stage(_spec(toy, tmp_path / "whole", 10), _data(toy), **kwargs)
   assert whole["stop_reason"] == "patience" and whole["stopped_epoch"] == 3
   assert whole["epochs"] == 10
   spec = _spec(toy, tmp_path / "crash", 10)
   with pytest.raises(Crash):
-    loop.train_stage(spec, _data(toy, _crashing_batches(2, 1)),
-                     checkpoint_every_steps=1, **kwargs)
-  resumed, params_resumed = loop.train_stage(spec, _data(toy), checkpoint_every_steps=1,
-                                             **kwargs)
+    loop.train_stage(spec, _data(toy, _crashing_batches(2, 1)), checkpoint_every_steps=1, **kwargs)
+  resumed, params_resumed = loop.train_stage(spec, _data(toy), checkpoint_every_steps=1, **kwargs)
   assert resumed["stopped_epoch"] == 3 and resumed["selected_epoch"] == whole["selected_epoch"]
   for a, b in zip(whole["history"], resumed["history"]):
     assert a["valid_full"] == b["valid_full"] and a["train_loss"] == b["train_loss"]
@@ -117,14 +140,20 @@ def _packed_crashing(epoch, after):
   def batches(rows, batch_size, **kwargs):
     for batch in plain(rows, batch_size, **kwargs):
       yield sj.data.pack_rows(batch)
+
   return batches
 
 
 def test_packed_training_trains_as_unpacked_and_resumes_exactly(toy, tmp_path):
   kwargs = dict(KWARGS, lr=1e-2, patience=0)
-  spec = lambda d, e=2: dataclasses.replace(_spec(toy, tmp_path / d, e), model=sj.make_model(
-      dataclasses.replace(_spec(toy, tmp_path / d, e).model.config, dropout_embedding=0.0,
-                          dropout_hidden=0.0)))
+  spec = lambda d, e=2: dataclasses.replace(
+    _spec(toy, tmp_path / d, e),
+    model=sj.make_model(
+      dataclasses.replace(
+        _spec(toy, tmp_path / d, e).model.config, dropout_embedding=0.0, dropout_hidden=0.0
+      )
+    ),
+  )
   assert spec("a").model.config.packable
   plain, _ = loop.train_stage(spec("plain"), _data(toy), **kwargs)
   packed, params = loop.train_stage(spec("packed"), _data(toy, sj.data.packed_batches), **kwargs)
@@ -133,12 +162,15 @@ def test_packed_training_trains_as_unpacked_and_resumes_exactly(toy, tmp_path):
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     assert b["valid_full"]["ndcg@10"] == pytest.approx(a["valid_full"]["ndcg@10"], abs=1e-4)
   with pytest.raises(Crash):
-    loop.train_stage(spec("crash"), _data(toy, _packed_crashing(1, 2)),
-                     checkpoint_every_steps=1, **kwargs)
-  resumed, params_resumed = loop.train_stage(spec("crash"), _data(toy, sj.data.packed_batches),
-                                             checkpoint_every_steps=1, **kwargs)
+    loop.train_stage(
+      spec("crash"), _data(toy, _packed_crashing(1, 2)), checkpoint_every_steps=1, **kwargs
+    )
+  resumed, params_resumed = loop.train_stage(
+    spec("crash"), _data(toy, sj.data.packed_batches), checkpoint_every_steps=1, **kwargs
+  )
   assert [r["train_loss"] for r in resumed["history"]] == [
-      r["train_loss"] for r in packed["history"]]
+    r["train_loss"] for r in packed["history"]
+  ]
   jax.tree.map(np.testing.assert_array_equal, params, params_resumed)
 
 
@@ -156,8 +188,8 @@ def test_position_rows_invariants(toy):
     m = int(live.sum())
     assert m == min(n - 3, 10) and live[:m].all()
     # Targets e_{n-2-m} .. e_{n-3} (the last m training targets), inputs one step earlier.
-    np.testing.assert_array_equal(rows["items"][r, :m], seq[n - 3 - m: n - 3])
-    np.testing.assert_array_equal(rows["target"][r, :m, 0], seq[n - 2 - m: n - 2])
+    np.testing.assert_array_equal(rows["items"][r, :m], seq[n - 3 - m : n - 3])
+    np.testing.assert_array_equal(rows["target"][r, :m, 0], seq[n - 2 - m : n - 2])
     negs = rows["target"][r, :m, 1:]
     assert not np.isin(negs, seq).any() and (negs > 0).all()
     assert (rows["target"][r, m:] == 0).all() and (rows["label"][r, m:] == 0).all()
@@ -202,8 +234,9 @@ def test_config_checks_of_the_new_options():
 
 @pytest.mark.slow
 def test_run_experiment_and_rescore(tiny_config, tmp_path):
-  config = dataclasses.replace(tiny_config, method="solid", backbone="gru4rec",
-                               objective="positions", epochs=2, patience=5)
+  config = dataclasses.replace(
+    tiny_config, method="solid", backbone="gru4rec", objective="positions", epochs=2, patience=5
+  )
   workdir = str(tmp_path / "run")
   results = stages.run_experiment(config, workdir)
   for key in ("valid", "test", "valid_full", "test_full"):
@@ -227,12 +260,17 @@ def test_run_experiment_and_rescore(tiny_config, tmp_path):
 
 def test_paired_permutation_test_against_exact_enumeration():
   import itertools  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
   a = rng.random(8)
   b = a - rng.normal(0.1, 0.2, size=8)
   diff = a - b
-  exact = np.mean([abs(np.dot(s, diff)) / 8 >= abs(diff.mean()) - 1e-12
-                   for s in itertools.product([-1, 1], repeat=8)])
+  exact = np.mean(
+    [
+      abs(np.dot(s, diff)) / 8 >= abs(diff.mean()) - 1e-12
+      for s in itertools.product([-1, 1], repeat=8)
+    ]
+  )
   got = rescore.paired_permutation_test(a, b, permutations=20_000)
   assert got["p_value"] == pytest.approx(exact, abs=0.015)
   assert got["mean_diff"] == pytest.approx(diff.mean())
@@ -248,7 +286,7 @@ def test_any_metric_stop_rule():
   rec = lambda a, b: {"valid_full": {"hr@10": a, "ndcg@10": b}}
   # Epoch 2 improves hr only, which resets the counter and becomes the reference as a whole.
   hist = [rec(0.1, 0.3), rec(0.2, 0.1), rec(0.15, 0.2), rec(0.2, 0.1)]
-  assert not loop.stopped_early(hist, 2, "valid_full", "ndcg@10", "any")   # epoch 3: ndcg > 0.1
+  assert not loop.stopped_early(hist, 2, "valid_full", "ndcg@10", "any")  # epoch 3: ndcg > 0.1
   assert not loop.stopped_early(hist + [rec(0.2, 0.2)], 2, "valid_full", "ndcg@10", "any")
   assert loop.stopped_early(hist + [rec(0.1, 0.05)] * 2, 2, "valid_full", "ndcg@10", "any")
   assert loop.stopped_early(hist, 2, "valid_full", "ndcg@10", "select")

@@ -53,8 +53,8 @@ def _tree(seed):
 @pytest.mark.parametrize("damage", [truncate, flip, remove])
 def test_a_damaged_latest_step_falls_back_to_the_older_one(tmp_path, damage, caplog):
   ckpts = checkpoint_lib.StageCheckpoints(tmp_path)
-  ckpts.save(1, _tree(1), _tree(2), {"epoch": 1}, selection=1.0)    # the best
-  ckpts.save(2, _tree(3), _tree(4), {"epoch": 2}, selection=0.5)    # the latest
+  ckpts.save(1, _tree(1), _tree(2), {"epoch": 1}, selection=1.0)  # the best
+  ckpts.save(2, _tree(3), _tree(4), {"epoch": 2}, selection=0.5)  # the latest
   ckpts.wait()
   assert ckpts.all_steps() == [1, 2]
   damage(str(tmp_path / "2"))
@@ -80,8 +80,11 @@ def test_a_changed_array_fails_the_checksum(tmp_path, monkeypatch):
   ckpts.wait()
   # What a bit flip that the storage layer does not notice looks like: other values read back.
   real = checkpoint_lib.tree_checksum
-  monkeypatch.setattr(checkpoint_lib, "tree_checksum",
-                      lambda tree: real(jax.tree.map(lambda x: np.asarray(x) + 1, tree)))
+  monkeypatch.setattr(
+    checkpoint_lib,
+    "tree_checksum",
+    lambda tree: real(jax.tree.map(lambda x: np.asarray(x) + 1, tree)),
+  )
   with pytest.raises(checkpoint_lib.CorruptCheckpointError, match="checksum"):
     ckpts.restore(1, _tree(0), _tree(0))
   with pytest.raises(checkpoint_lib.CorruptCheckpointError, match="checksum"):
@@ -96,15 +99,17 @@ def test_the_loop_resumes_past_a_corrupted_checkpoint_and_ends_as_uninterrupted(
   # No prefetching: the crash then comes after two steps of epoch 3, each checkpointed (with
   # batches read ahead it would come before the epoch's first step).
   with pytest.raises(Crash):
-    loop.train_stage(spec, _data(toy, _crashing_batches(2, 2)), checkpoint_every_steps=1,
-                     prefetch=0, **kwargs)
+    loop.train_stage(
+      spec, _data(toy, _crashing_batches(2, 2)), checkpoint_every_steps=1, prefetch=0, **kwargs
+    )
   with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
     latest, kept = ckpts.latest_step(), ckpts.all_steps()
-  assert len(kept) == 2 and latest == 8, kept   # the mid-epoch latest and the best epoch end
+  assert len(kept) == 2 and latest == 8, kept  # the mid-epoch latest and the best epoch end
   flip(os.path.join(spec.directory, str(latest)))
   resumed, params = loop.train_stage(spec, _data(toy), checkpoint_every_steps=1, **kwargs)
   assert [r["train_loss"] for r in resumed["history"]] == [
-      r["train_loss"] for r in whole["history"]]
+    r["train_loss"] for r in whole["history"]
+  ]
   jax.tree.map(np.testing.assert_array_equal, params_whole, params)
 
 
@@ -135,8 +140,14 @@ def test_a_full_disk_during_a_save_keeps_the_earlier_checkpoints(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   from tests.experiments.conftest import REPO_ROOT  # pylint: disable=import-outside-toplevel
-  out = subprocess.run([sys.executable, "-c", DISK_FULL, str(tmp_path / "ckpt")], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=240)
+
+  out = subprocess.run(
+    [sys.executable, "-c", DISK_FULL, str(tmp_path / "ckpt")],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=240,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "SAVE ERROR: saving a checkpoint in" in out.stdout and "are intact" in out.stdout
   assert "RESTORED 1 1 16.0" in out.stdout

@@ -19,9 +19,14 @@ def _users(seed, num_users=13, seq_len=10):
   seen = np.concatenate([items, rng.integers(0, NUM_ITEMS, size=(num_users, 3))], axis=1)
   seen[:3, 0] = target[:3]
   sem = item_semantic()
-  return {"user": np.arange(num_users, dtype=np.int32) + 100, "items": items,
-          "semantics": sem[items], "target": target, "target_semantic": sem[target],
-          "seen": seen.astype(np.int32)}
+  return {
+    "user": np.arange(num_users, dtype=np.int32) + 100,
+    "items": items,
+    "semantics": sem[items],
+    "target": target,
+    "target_semantic": sem[target],
+    "seen": seen.astype(np.int32),
+  }
 
 
 def _all_pairs(model, params, users):
@@ -44,8 +49,9 @@ def test_tiled_evaluator_equals_scoring_every_pair(backbone, head, generator):
   evaluator = FullEvaluator(model, users, user_batch=5, item_tile=8)
   got, per_user = evaluator.evaluate(params, per_user=True)
   scores = _all_pairs(model, params, users)
-  want, want_rows = sj.metrics.evaluate_full(scores, users["target"], users["seen"],
-                                             return_per_user=True)
+  want, want_rows = sj.metrics.evaluate_full(
+    scores, users["target"], users["seen"], return_per_user=True
+  )
   for key, value in want.items():
     assert got[key] == pytest.approx(value, abs=1e-6), key
   # Scores computed two ways may differ in the last bits; the ranks agree.
@@ -66,7 +72,7 @@ def test_one_tile_and_many_tiles_agree():
 def test_sampled_per_user_means_are_the_sampled_metrics():
   rng = np.random.default_rng(0)
   users, group = 50, 10
-  scores = rng.integers(0, 4, size=users * group).astype(np.float32)   # many ties
+  scores = rng.integers(0, 4, size=users * group).astype(np.float32)  # many ties
   labels = np.tile(np.eye(1, group)[0], users).astype(np.float32)
   ids = np.repeat(np.arange(users), group)
   rows = ranking.sampled_per_user(scores, labels, group)
@@ -77,10 +83,23 @@ def test_sampled_per_user_means_are_the_sampled_metrics():
     assert np.mean(rows[f"hr@{k}"]) == pytest.approx(m[f"hr@{k}"], abs=1e-6)
 
 
-@pytest.mark.parametrize("backbone,options", [
-    ("sasrec", dict(causal=True, embedding="layer_norm", position_alignment="end",
-                    target_tower="embedding", ff_activation="gelu")),
-    ("bert4rec", {}), ("gru4rec", {})])
+@pytest.mark.parametrize(
+  "backbone,options",
+  [
+    (
+      "sasrec",
+      dict(
+        causal=True,
+        embedding="layer_norm",
+        position_alignment="end",
+        target_tower="embedding",
+        ff_activation="gelu",
+      ),
+    ),
+    ("bert4rec", {}),
+    ("gru4rec", {}),
+  ],
+)
 def test_length_groups_cut_to_their_width_score_as_full_rows(backbone, options):
   """Users grouped by history length (widths 8, 16, 24) rank as when every row has 24 slots."""
   model = sj.make_model(config(backbone, "static", seq_len=24, **options), scan_unroll=ROLLED)
@@ -92,7 +111,8 @@ def test_length_groups_cut_to_their_width_score_as_full_rows(backbone, options):
   assert len(grouped._parts) == 3
   got, rows = grouped.evaluate(params, per_user=True)
   want, want_rows = FullEvaluator(model, users, user_batch=16, by_length=False).evaluate(
-      params, per_user=True)
+    params, per_user=True
+  )
   for key, value in want.items():
     assert got[key] == pytest.approx(value, abs=1e-6), key
   np.testing.assert_array_equal(rows["above"], want_rows["above"])

@@ -14,8 +14,9 @@ import solid_jax as sj
 from solid_jax.train import checkpoint
 from solid_jax.train import loop
 
-KWARGS = dict(seed=0, batch_size=64, lr=1e-2, eval_batch_size=128, progress=False,
-              tensorboard=False)
+KWARGS = dict(
+  seed=0, batch_size=64, lr=1e-2, eval_batch_size=128, progress=False, tensorboard=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +29,21 @@ def toy(toy_dataset):
 def _data(toy, batches=sj.data.batches):
   ds, splits = toy
   train_rows = lambda e: splits["train"] if e == 0 else sj.data.resample_train(ds, splits, e)
-  return loop.StageData(train_rows=train_rows, valid=splits["valid"], test=splits["test"],
-                        batches=batches)
+  return loop.StageData(
+    train_rows=train_rows, valid=splits["valid"], test=splits["test"], batches=batches
+  )
 
 
 def _spec(toy, directory, epochs=2, head="static"):
   ds, _ = toy
-  model = sj.make_model(sj.ModelConfig(backbone="gru4rec", head=head, num_items=ds.num_items,
-                                       num_semantics=ds.num_semantics, dim=8))
-  return loop.StageSpec(name="main", directory=str(directory), model=model, init=model.init,
-                        epochs=epochs)
+  model = sj.make_model(
+    sj.ModelConfig(
+      backbone="gru4rec", head=head, num_items=ds.num_items, num_semantics=ds.num_semantics, dim=8
+    )
+  )
+  return loop.StageSpec(
+    name="main", directory=str(directory), model=model, init=model.init, epochs=epochs
+  )
 
 
 class Crash(RuntimeError):
@@ -46,12 +52,17 @@ class Crash(RuntimeError):
 
 def _crashing_batches(epoch, after):
   """sj.data.batches that raises after yielding ``after`` batches of ``epoch`` (a killed run)."""
+
   def batches(rows, batch_size, *, seed, epoch: int, shuffle, start_step=0):
-    for i, batch in enumerate(sj.data.batches(rows, batch_size, seed=seed, epoch=epoch,
-                                              shuffle=shuffle, start_step=start_step)):
+    for i, batch in enumerate(
+      sj.data.batches(
+        rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, start_step=start_step
+      )
+    ):
       if epoch == crash_epoch and i == after:
         raise Crash(f"crash in epoch {epoch} after {after} batches")
       yield batch
+
   crash_epoch = epoch
   return batches
 
@@ -62,8 +73,17 @@ def test_records_selection_and_retention(toy, tmp_path):
   assert [l["epoch"] for l in lines] == [1, 2]
   for line in lines:
     assert {"step", "train_loss", "valid", "samples_per_s", "seconds", "train"} <= set(line)
-    assert set(line["valid"]) == {"auc", "uauc", "logloss", "ndcg@5", "hr@5", "ndcg@10", "hr@10",
-                                  "ndcg@20", "hr@20"}
+    assert set(line["valid"]) == {
+      "auc",
+      "uauc",
+      "logloss",
+      "ndcg@5",
+      "hr@5",
+      "ndcg@10",
+      "hr@10",
+      "ndcg@20",
+      "hr@20",
+    }
   best = max(lines, key=lambda l: (l["valid"]["uauc"], -l["step"]))
   assert result["selected_epoch"] == best["epoch"] and result["valid"] == best["valid"]
   assert result["devices"] == jax.device_count() == 1  # data_parallel is on; one device here
@@ -93,11 +113,13 @@ def test_resume_mid_epoch_is_exact(toy, tmp_path):
   with checkpoint.StageCheckpoints(tmp_path / "run", read_only=True) as ckpts:
     meta = ckpts.restore_meta(ckpts.latest_step())
   assert meta["epoch"] == 1 and meta["step_in_epoch"] > 0 and not meta["epoch_done"]
-  resumed, _ = loop.train_stage(_spec(toy, tmp_path / "run"), _data(toy),
-                                checkpoint_every_steps=2, **KWARGS)
+  resumed, _ = loop.train_stage(
+    _spec(toy, tmp_path / "run"), _data(toy), checkpoint_every_steps=2, **KWARGS
+  )
   assert resumed["valid"] == reference["valid"] and resumed["test"] == reference["test"]
-  assert [h["train_loss"] for h in resumed["history"]] == \
-         [h["train_loss"] for h in reference["history"]]
+  assert [h["train_loss"] for h in resumed["history"]] == [
+    h["train_loss"] for h in reference["history"]
+  ]
   assert [h["valid"] for h in resumed["history"]] == [h["valid"] for h in reference["history"]]
   lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
   assert [l["epoch"] for l in lines] == [1, 2]
@@ -105,8 +127,11 @@ def test_resume_mid_epoch_is_exact(toy, tmp_path):
 
 def test_non_finite_loss_stops_with_step_and_epoch(toy, tmp_path):
   def poisoned(rows, batch_size, *, seed, epoch, shuffle, start_step=0):
-    for i, batch in enumerate(sj.data.batches(rows, batch_size, seed=seed, epoch=epoch,
-                                              shuffle=shuffle, start_step=start_step)):
+    for i, batch in enumerate(
+      sj.data.batches(
+        rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, start_step=start_step
+      )
+    ):
       if epoch == 1 and start_step + i == 2:
         batch = {**batch, "label": np.full_like(batch["label"], np.nan)}
       yield batch

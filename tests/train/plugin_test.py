@@ -33,13 +33,17 @@ def unregister_afterwards():
 
 
 def test_plugin_backbone_and_head_train_through_run_experiment(tiny_config, tmp_path):
-  config = dataclasses.replace(tiny_config, plugins=PLUGIN, backbone="toy_mean", method="toy",
-                               epochs=2)
+  config = dataclasses.replace(
+    tiny_config, plugins=PLUGIN, backbone="toy_mean", method="toy", epochs=2
+  )
   results = stages.run_experiment(config, str(tmp_path / "run"))
   assert results["config"]["backbone"] == "toy_mean" and results["config"]["plugins"] == PLUGIN
   assert np.isfinite(results["test_full"]["ndcg@10"]) and 0 <= results["test"]["auc"] <= 1
-  history = results["stages"]["main"]["history"] if "history" in results["stages"]["main"] \
-      else loop.stage_result(str(tmp_path / "run" / "main"))["history"]
+  history = (
+    results["stages"]["main"]["history"]
+    if "history" in results["stages"]["main"]
+    else loop.stage_result(str(tmp_path / "run" / "main"))["history"]
+  )
   losses = [h["train_loss"] for h in history]
   assert losses[-1] < losses[0]
   # The toy head's own parameter learned (the training entry point saw it through the registry).
@@ -57,17 +61,21 @@ def test_plugin_model_is_a_regular_model():
   cfg = sj.ModelConfig(backbone="toy_mean", head="toy_scale", num_items=20, seq_len=5, dim=8)
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
-  batch = {"items": np.array([[1, 2, 0, 0, 0]]), "semantics": np.zeros((1, 5), np.int32),
-           "target": np.array([3]), "target_semantic": np.array([0])}
+  batch = {
+    "items": np.array([[1, 2, 0, 0, 0]]),
+    "semantics": np.zeros((1, 5), np.int32),
+    "target": np.array([3]),
+    "target_semantic": np.array([0]),
+  }
   logits, aux = jax.jit(model.apply)(params, batch)
   users = model.encode_users(params, batch)
-  np.testing.assert_allclose(logits, np.sum(users * model.encode_items(params, batch["target"]),
-                                            -1), rtol=1e-6)
+  np.testing.assert_allclose(
+    logits, np.sum(users * model.encode_items(params, batch["target"]), -1), rtol=1e-6
+  )
   assert float(aux["aux_loss"]) == 0.0
 
 
-@pytest.mark.parametrize("spec", [PLUGIN, os.path.join(os.path.dirname(__file__),
-                                                        "toy_plugin.py")])
+@pytest.mark.parametrize("spec", [PLUGIN, os.path.join(os.path.dirname(__file__), "toy_plugin.py")])
 def test_launcher_loads_a_plugin_by_module_or_file_path(spec):
   values = flags.FlagValues()
   cli.define_flags(values)

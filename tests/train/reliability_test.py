@@ -21,8 +21,10 @@ def test_a_second_lock_of_a_workdir_fails_naming_the_holder(tmp_path):
   with reliability.WorkdirLock(str(tmp_path), command="train A"):
     info = json.loads((tmp_path / reliability.LOCK_FILE).read_text())
     assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
-    with pytest.raises(reliability.WorkdirLockedError,
-                       match=rf"in use by another launch \(host .*pid {os.getpid()}.*train A"):
+    with pytest.raises(
+      reliability.WorkdirLockedError,
+      match=rf"in use by another launch \(host .*pid {os.getpid()}.*train A",
+    ):
       reliability.WorkdirLock(str(tmp_path), command="train B").acquire()
   # Released cleanly: the next launch takes it without a word about a stale lock.
   with reliability.WorkdirLock(str(tmp_path), command="train B"):
@@ -32,20 +34,30 @@ def test_a_second_lock_of_a_workdir_fails_naming_the_holder(tmp_path):
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
   # What a SIGKILLed holder leaves: the file with its record, the flock gone with the process.
-  dead = {"host": socket.gethostname(), "pid": 999999, "started": "then", "command": "old run",
-          "heartbeat": 0.0}
+  dead = {
+    "host": socket.gethostname(),
+    "pid": 999999,
+    "started": "then",
+    "command": "old run",
+    "heartbeat": 0.0,
+  }
   (tmp_path / reliability.LOCK_FILE).write_text(json.dumps(dead))
   with caplog.at_level("WARNING"):
     with reliability.WorkdirLock(str(tmp_path), command="new run"):
       pass
-  assert any("stale lock" in r.getMessage() and "old run" in r.getMessage()
-             for r in caplog.records)
+  assert any("stale lock" in r.getMessage() and "old run" in r.getMessage() for r in caplog.records)
 
 
 def test_a_lock_of_another_host_counts_while_its_heartbeat_is_fresh(tmp_path):
   import time  # pylint: disable=import-outside-toplevel
-  other = {"host": "node-17", "pid": 4, "started": "now", "command": "their run",
-           "heartbeat": time.time()}
+
+  other = {
+    "host": "node-17",
+    "pid": 4,
+    "started": "now",
+    "command": "their run",
+    "heartbeat": time.time(),
+  }
   (tmp_path / reliability.LOCK_FILE).write_text(json.dumps(other))
   with pytest.raises(reliability.WorkdirLockedError, match="another host.*node-17.*their run"):
     reliability.WorkdirLock(str(tmp_path)).acquire()
@@ -66,6 +78,7 @@ def test_run_experiment_refuses_a_workdir_in_use(tiny_config, tmp_path):
 
 def test_a_launch_failing_its_checks_leaves_no_workdir(tiny_config, tmp_path):
   import dataclasses  # pylint: disable=import-outside-toplevel
+
   workdir = tmp_path / "new" / "run"
   bad = dataclasses.replace(tiny_config, dataset=str(tmp_path / "no_such_data"))
   with pytest.raises(stages.DatasetError):
@@ -85,23 +98,27 @@ class _SignalAfter:
     self.epoch, self.after, self.signum = epoch, after, signum
 
   def __call__(self, rows, batch_size, *, seed, epoch, shuffle, start_step=0):
-    for i, batch in enumerate(sj.data.batches(rows, batch_size, seed=seed, epoch=epoch,
-                                              shuffle=shuffle, start_step=start_step)):
+    for i, batch in enumerate(
+      sj.data.batches(
+        rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, start_step=start_step
+      )
+    ):
       if epoch == self.epoch and i == self.after and start_step == 0:
         os.kill(os.getpid(), self.signum)
       yield batch
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_the_step_and_the_relaunch_ends_as_uninterrupted(toy, tmp_path,
-                                                                             signum):
+def test_a_signal_checkpoints_the_step_and_the_relaunch_ends_as_uninterrupted(
+  toy, tmp_path, signum
+):
   kwargs = dict(KWARGS, lr=1e-2)
   whole, params_whole = loop.train_stage(_spec(toy, tmp_path / "whole", 3), _data(toy), **kwargs)
   spec = _spec(toy, tmp_path / "stopped", 3)
   before = signal.getsignal(signum)
   with pytest.raises(reliability.Preempted, match=signal.Signals(signum).name):
     loop.train_stage(spec, _data(toy, _SignalAfter(1, 2, signum)), **kwargs)
-  assert signal.getsignal(signum) is before   # the handler is the loop's only while it trains
+  assert signal.getsignal(signum) is before  # the handler is the loop's only while it trains
   with sj.train.checkpoint.StageCheckpoints(spec.directory, read_only=True) as ckpts:
     meta = ckpts.restore_meta(ckpts.latest_step())
   # Saved mid-epoch, at the first step boundary after the signal (batches are made ahead).
@@ -109,7 +126,8 @@ def test_a_signal_checkpoints_the_step_and_the_relaunch_ends_as_uninterrupted(to
   assert not os.path.exists(os.path.join(spec.directory, loop.RESULT_FILE))
   resumed, params_resumed = loop.train_stage(spec, _data(toy), **kwargs)
   assert [r["train_loss"] for r in resumed["history"]] == [
-      r["train_loss"] for r in whole["history"]]
+    r["train_loss"] for r in whole["history"]
+  ]
   assert resumed["valid_full"] == whole["valid_full"]
   jax.tree.map(np.testing.assert_array_equal, params_whole, params_resumed)
 
@@ -122,6 +140,7 @@ def toy(toy_dataset):
 
 def test_raising_epochs_continues_a_finished_run_to_where_a_longer_run_ends(tiny_config, tmp_path):
   import dataclasses  # pylint: disable=import-outside-toplevel
+
   config = dataclasses.replace(tiny_config, method="static", epochs=2)
   longer = dataclasses.replace(config, epochs=3)
   want = stages.run_experiment(longer, str(tmp_path / "three"))
@@ -146,8 +165,9 @@ def test_continue_rules():
   base = TrainConfig(method="static", epochs=5, patience=3)
   saved = base.to_dict()
   import dataclasses  # pylint: disable=import-outside-toplevel
+
   assert stages.continues(saved, dataclasses.replace(base, epochs=9))
-  assert stages.continues(saved, dataclasses.replace(base, patience=0))   # 0: never stop
+  assert stages.continues(saved, dataclasses.replace(base, patience=0))  # 0: never stop
   assert stages.continues(saved, dataclasses.replace(base, patience=4))
   assert not stages.continues(saved, dataclasses.replace(base, patience=2))
   assert not stages.continues(saved, dataclasses.replace(base, epochs=4))
@@ -155,7 +175,7 @@ def test_continue_rules():
   solid = TrainConfig(method="solid", epochs=5, stage1_epochs=2)
   # Stage 2 trains on; stage 1 is unchanged by epochs when it has its own count.
   assert stages.continues(solid.to_dict(), dataclasses.replace(solid, epochs=8))
-  shared = TrainConfig(method="solid", epochs=5)   # stage 1 follows --epochs too
+  shared = TrainConfig(method="solid", epochs=5)  # stage 1 follows --epochs too
   assert not stages.continues(shared.to_dict(), dataclasses.replace(shared, epochs=8))
   assert not stages.continues(solid.to_dict(), dataclasses.replace(solid, patience=4))
 
@@ -163,6 +183,7 @@ def test_continue_rules():
 def test_changed_data_is_refused_even_when_the_run_finished(tiny_config, tmp_path):
   import dataclasses  # pylint: disable=import-outside-toplevel
   import shutil  # pylint: disable=import-outside-toplevel
+
   data = tmp_path / "data"
   shutil.copytree(tiny_config.dataset, data)
   config = dataclasses.replace(tiny_config, method="static", epochs=1, dataset=str(data))
@@ -173,6 +194,6 @@ def test_changed_data_is_refused_even_when_the_run_finished(tiny_config, tmp_pat
     f.write("\n")
   victim = files[0]
   text = victim.read_text().splitlines()
-  victim.write_text("\n".join(text[:-3]) + "\n")   # drop the last interactions
+  victim.write_text("\n".join(text[:-3]) + "\n")  # drop the last interactions
   with pytest.raises(stages.WorkdirError, match="fingerprint"):
     stages.run_experiment(config, workdir)

@@ -18,8 +18,9 @@ METRIC_KEYS = {"auc", "uauc", "logloss", "ndcg@5", "hr@5", "ndcg@10", "hr@10", "
 
 
 def _no_training(workdir):
-  return not any(os.path.isdir(os.path.join(workdir, s)) for s in ("stage0", "stage1", "stage2",
-                                                                   "main"))
+  return not any(
+    os.path.isdir(os.path.join(workdir, s)) for s in ("stage0", "stage1", "stage2", "main")
+  )
 
 
 def test_unwritable_workdir_fails_before_anything(tiny_config, tmp_path):
@@ -62,8 +63,9 @@ def _fake_stage1(directory, vocabulary, dim):
 def test_stage1_with_another_vocabulary_fails_before_training(tiny_config, tmp_path):
   ds = sj.data.load_dataset(tiny_config.dataset)
   _fake_stage1(tmp_path / "other" / "stage1", ds.num_semantics + 2, tiny_config.dim)
-  config = dataclasses.replace(tiny_config, method="solid",
-                               stage1_dir=str(tmp_path / "other" / "stage1"))
+  config = dataclasses.replace(
+    tiny_config, method="solid", stage1_dir=str(tmp_path / "other" / "stage1")
+  )
   with pytest.raises(stages.Stage1MismatchError) as error:
     stages.run_experiment(config, str(tmp_path / "run"))
   message = str(error.value)
@@ -92,14 +94,17 @@ def test_category_depth_sets_the_label_classes(tiny_config, toy_features_dataset
   ds = stages.load_data(config)
   assert ds.num_semantics == classes + 1
   paths = ds.side["categories"]
-  np.testing.assert_array_equal(
-      ds.item_semantic, semantics.from_category_paths(paths, depth or 2))
+  np.testing.assert_array_equal(ds.item_semantic, semantics.from_category_paths(paths, depth or 2))
 
 
 def test_with_semantics_recomputes_columns():
   table = np.array([0, 2, 1, 2], np.int32)
-  rows = {"items": np.array([[1, 3, 0], [2, 0, 0]]), "target": np.array([2, 3]),
-          "semantics": np.zeros((2, 3), np.int32), "label": np.array([1.0, 0.0])}
+  rows = {
+    "items": np.array([[1, 3, 0], [2, 0, 0]]),
+    "target": np.array([2, 3]),
+    "semantics": np.zeros((2, 3), np.int32),
+    "label": np.array([1.0, 0.0]),
+  }
   out = stages.with_semantics(rows, table)
   np.testing.assert_array_equal(out["semantics"], [[2, 2, 0], [1, 0, 0]])
   np.testing.assert_array_equal(out["target_semantic"], [1, 2])
@@ -111,21 +116,30 @@ def test_summary_table_lists_methods_and_both_protocols():
 
   def res(v, selection="valid full:ndcg@10", full=True):
     m = {k: v for k in METRIC_KEYS}
-    out = {"valid": m, "test": {**m, "uauc": v + 0.01}, "selected_epoch": 3,
-           "stopped_epoch": 5, "train_seconds": 90.0, "selection": selection}
+    out = {
+      "valid": m,
+      "test": {**m, "uauc": v + 0.01},
+      "selected_epoch": 3,
+      "stopped_epoch": 5,
+      "train_seconds": 90.0,
+      "selection": selection,
+    }
     if full:
       out["valid_full"] = {k: v / 10 for k in full_keys}
       out["test_full"] = {k: v / 10 + 0.001 for k in full_keys}
     return out
-  text = stages.summary_table({"static": res(0.5), "duet": res(0.6, full=False),
-                               "solid": res(0.7)})
+
+  text = stages.summary_table({"static": res(0.5), "duet": res(0.6, full=False), "solid": res(0.7)})
   lines = text.splitlines()
   assert lines[0].split()[:5] == ["method", "epoch", "valid", "sampled", "UAUC"]
   assert "test full NDCG@10" in lines[0] and "test full COVERAGE@10" in lines[0]
   assert [l.split()[0] for l in lines[2:5]] == ["static", "duet", "solid"]
-  assert lines[4].split() == (["solid", "3/5", "0.7000", "0.7000", "0.0700", "0.7000", "0.7100",
-                               "0.7000", "0.7000"] + ["0.0710"] * 4 + ["1.50"])
-  assert lines[3].split()[4] == "n/a"   # no full protocol for that run
+  assert lines[4].split() == (
+    ["solid", "3/5", "0.7000", "0.7000", "0.0700", "0.7000", "0.7100", "0.7000", "0.7000"]
+    + ["0.0710"] * 4
+    + ["1.50"]
+  )
+  assert lines[3].split()[4] == "n/a"  # no full protocol for that run
   assert lines[-1].startswith("epoch (selected/last trained) selected on: valid full:ndcg@10")
 
 
@@ -143,8 +157,10 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
     assert len(open(os.path.join(workdir, stage, "metrics.jsonl")).readlines()) == 2
     assert os.listdir(os.path.join(workdir, stage, "tensorboard"))
   assert results["stages"]["stage2"]["valid"] == results["valid"]
-  assert "codebook/usage" in json.loads(open(os.path.join(workdir, "stage2",
-                                                          "metrics.jsonl")).readline())["train"]
+  assert (
+    "codebook/usage"
+    in json.loads(open(os.path.join(workdir, "stage2", "metrics.jsonl")).readline())["train"]
+  )
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["test"] == results["test"]
   assert json.load(open(os.path.join(workdir, "config.json"))) == config.to_dict()
@@ -154,8 +170,9 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
   assert info["source"] == "labels" and info["dataset_fingerprint"] == ds.fingerprint
   # Stage 2 started from stage 1's metacode: same vocabulary, and stage 1 kept its checkpoints.
   with checkpoint.StageCheckpoints(os.path.join(workdir, "stage1"), read_only=True) as ckpts:
-    assert ckpts.param_shapes(results["stages"]["stage1"]["selected_step"])["backbone"]["item_embedding"]["embedding"] \
-        == (ds.num_semantics, config.dim)
+    assert ckpts.param_shapes(results["stages"]["stage1"]["selected_step"])["backbone"][
+      "item_embedding"
+    ]["embedding"] == (ds.num_semantics, config.dim)
 
   with caplog.at_level(std_logging.INFO, logger="absl"):
     again = stages.run_experiment(config, workdir)
@@ -163,8 +180,9 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
   assert f"already finished; results in {workdir}/results.json" in caplog.messages
 
   # A lambda variant reuses this stage 1 instead of training its own.
-  variant = dataclasses.replace(config, consistency_weight=0.5,
-                                stage1_dir=os.path.join(workdir, "stage1"))
+  variant = dataclasses.replace(
+    config, consistency_weight=0.5, stage1_dir=os.path.join(workdir, "stage1")
+  )
   reused = stages.run_experiment(variant, str(tmp_path / "variant"))
   assert reused["stages"]["stage1"]["reused_from"] == os.path.join(workdir, "stage1")
   assert reused["stages"]["stage1"]["valid"] == results["stages"]["stage1"]["valid"]
@@ -174,8 +192,9 @@ def test_solid_runs_both_stages_and_relaunch_reads_results(tiny_config, tmp_path
 
 @pytest.mark.slow
 def test_id_semantics_train_stage0_then_cluster(tiny_config, tmp_path):
-  config = dataclasses.replace(tiny_config, method="solid", semantics="id", num_clusters=4,
-                               epochs=1)
+  config = dataclasses.replace(
+    tiny_config, method="solid", semantics="id", num_clusters=4, epochs=1
+  )
   workdir = str(tmp_path / "run")
   results = stages.run_experiment(config, workdir)
   assert set(results["stages"]) == {"stage0", "stage1", "stage2"}
@@ -192,9 +211,15 @@ def test_id_semantics_train_stage0_then_cluster(tiny_config, tmp_path):
 
 @pytest.mark.slow
 def test_feature_semantics_and_test_selection(tiny_config, toy_features_dataset, tmp_path):
-  config = dataclasses.replace(tiny_config, dataset=toy_features_dataset, method="solid_apg",
-                               semantics="text_image", num_clusters=3, epochs=1,
-                               select_on="test")
+  config = dataclasses.replace(
+    tiny_config,
+    dataset=toy_features_dataset,
+    method="solid_apg",
+    semantics="text_image",
+    num_clusters=3,
+    epochs=1,
+    select_on="test",
+  )
   results = stages.run_experiment(config, str(tmp_path / "run"))
   assert results["selection"] == "test full:ndcg@10 (authors' protocol; optimistic)"
   table, info = semantics.load_table(str(tmp_path / "run" / "semantics"))

@@ -14,8 +14,9 @@ from solid_jax.train import rows as rows_lib
 
 
 def _model(head="solid", **kwargs):
-  cfg = sj.ModelConfig(backbone="gru4rec", head=head, num_items=31, num_semantics=4, dim=8,
-                       seq_len=10, **kwargs)
+  cfg = sj.ModelConfig(
+    backbone="gru4rec", head=head, num_items=31, num_semantics=4, dim=8, seq_len=10, **kwargs
+  )
   return sj.make_model(cfg)
 
 
@@ -40,8 +41,9 @@ def test_weighted_bce_matches_float64_reference():
   weights[-5:] = 0.0
   logits[-5:] = 1e30  # padding rows may hold anything
   out = step_lib.weighted_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
-  np.testing.assert_allclose(float(out), _numpy_bce(logits[:-5], labels[:-5], weights[:-5]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    float(out), _numpy_bce(logits[:-5], labels[:-5], weights[:-5]), rtol=1e-6
+  )
 
 
 def test_candidate_groups_and_group_view(toy_splits):
@@ -61,8 +63,13 @@ def test_candidate_groups_and_group_view(toy_splits):
 
 def test_semantic_view():
   batch = {"items": 1, "semantics": 2, "target": 3, "target_semantic": 4, "label": 5}
-  assert rows_lib.semantic_view(batch) == {"items": 2, "semantics": 2, "target": 4,
-                                           "target_semantic": 4, "label": 5}
+  assert rows_lib.semantic_view(batch) == {
+    "items": 2,
+    "semantics": 2,
+    "target": 4,
+    "target_semantic": 4,
+    "label": 5,
+  }
 
 
 def _first_groups(split, groups, g):
@@ -137,12 +144,16 @@ def test_evaluator_on_a_mesh_equals_the_plain_one(toy_splits):
   mesh = parallel.make_mesh()
   scorers = {}
   for grouped in (True, False):
-    plain = evaluator_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers)
-    sharded = evaluator_lib.Evaluator(model, toy_splits["valid"], 64, grouped=grouped,
-                                 scorers=scorers, mesh=mesh)
+    plain = evaluator_lib.Evaluator(
+      model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers
+    )
+    sharded = evaluator_lib.Evaluator(
+      model, toy_splits["valid"], 64, grouped=grouped, scorers=scorers, mesh=mesh
+    )
     arrays = sharded._parts[0][:2] if grouped else sharded._args
     assert jax.tree.leaves(arrays)[0].sharding.spec == jax.sharding.PartitionSpec(
-        None, parallel.DATA_AXIS)
+      None, parallel.DATA_AXIS
+    )
     scores = sharded.scores(params)
     assert scores.sharding.is_fully_replicated
     np.testing.assert_allclose(scores, plain.scores(params), rtol=1e-6, atol=1e-6)

@@ -12,8 +12,9 @@ import pathlib
 import numpy as np
 
 
-def _sequences(seed: int, num_users: int, num_items: int, num_clusters: int,
-               min_len: int = 5, max_len: int = 12) -> tuple[list[list[int]], np.ndarray]:
+def _sequences(
+  seed: int, num_users: int, num_items: int, num_clusters: int, min_len: int = 5, max_len: int = 12
+) -> tuple[list[list[int]], np.ndarray]:
   rng = np.random.default_rng(seed)
   cluster = np.arange(num_items) % num_clusters  # cluster of item id i+1
   members = [np.flatnonzero(cluster == c) + 1 for c in range(num_clusters)]
@@ -24,15 +25,23 @@ def _sequences(seed: int, num_users: int, num_items: int, num_clusters: int,
     seq = []
     for _ in range(length):
       pool = members[home] if rng.random() < 0.85 else np.arange(1, num_items + 1)
-      choices = [i for i in pool if i not in seq] or [i for i in range(1, num_items + 1)
-                                                      if i not in seq]
+      choices = [i for i in pool if i not in seq] or [
+        i for i in range(1, num_items + 1) if i not in seq
+      ]
       seq.append(int(rng.choice(choices)))
     sequences.append(seq)
   return sequences, cluster
 
 
-def write_s3rec(folder, *, seed: int = 0, num_users: int = 40, num_items: int = 30,
-                num_clusters: int = 3, prefix: str = "Toy") -> pathlib.Path:
+def write_s3rec(
+  folder,
+  *,
+  seed: int = 0,
+  num_users: int = 40,
+  num_items: int = 30,
+  num_clusters: int = 3,
+  prefix: str = "Toy",
+) -> pathlib.Path:
   """Writes ``<prefix>.txt`` and ``<prefix>_item2attributes.json`` (S3-Rec format, 1-based ids).
 
   The first attribute of item i is its cluster, so the default semantics have ``num_clusters``
@@ -53,9 +62,16 @@ def write_s3rec(folder, *, seed: int = 0, num_users: int = 40, num_items: int = 
   return folder
 
 
-def write_unisrec(folder, *, seed: int = 0, num_users: int = 40, num_items: int = 30,
-                  num_clusters: int = 3, feature_dim: int = 512,
-                  prefix: str = "Toy") -> pathlib.Path:
+def write_unisrec(
+  folder,
+  *,
+  seed: int = 0,
+  num_users: int = 40,
+  num_items: int = 30,
+  num_clusters: int = 3,
+  feature_dim: int = 512,
+  prefix: str = "Toy",
+) -> pathlib.Path:
   """Writes a UniSRec/MISSRec folder with CLIP-like text and image features (0-based ids).
 
   Features are noisy copies of a per-cluster direction, so k-means over them finds the clusters.

@@ -14,8 +14,9 @@ from solid_jax.models import BACKBONES, EmbeddingBackbone, HEADS, Head, METHODS
 class MeanPool(EmbeddingBackbone):
   """The state is the mean of the real positions' sequence embeddings."""
 
-  def encode(self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None,
-             train=False):
+  def encode(
+    self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None, train=False
+  ):
     valid = (items != 0)[..., None]
     return jnp.sum(seq_emb * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from solid_jax.data.errors import DataError
 from solid_jax.data.formats.base import FORMATS, FolderSpec, Format, register
+
 # The built-in formats register themselves on import, in detection order.
 from solid_jax.data.formats import unisrec  # noqa: F401
 from solid_jax.data.formats import lcrec  # noqa: F401
@@ -60,8 +61,7 @@ def _files(folder: pathlib.Path, prefix: str, roles: dict[str, str]) -> dict[str
   return found
 
 
-def inspect_folder(folder: Any,
-                   format: str | None = None) -> FolderSpec:  # pylint: disable=redefined-builtin
+def inspect_folder(folder: Any, format: str | None = None) -> FolderSpec:  # pylint: disable=redefined-builtin
   """Detects the format of a dataset folder and lists the files to read.
 
   Args:
@@ -87,10 +87,16 @@ def inspect_folder(folder: Any,
     if not prefixes:
       continue
     if len(prefixes) > 1:
-      raise DataError(f"several {name} data sets ({', '.join(prefixes)}); keep one data set per "
-                      "folder", path=folder)
-    return FolderSpec(format=name, folder=folder, prefix=prefixes[0],
-                      files=_files(folder, prefixes[0], dict(fmt.roles)))
+      raise DataError(
+        f"several {name} data sets ({', '.join(prefixes)}); keep one data set per folder",
+        path=folder,
+      )
+    return FolderSpec(
+      format=name,
+      folder=folder,
+      prefix=prefixes[0],
+      files=_files(folder, prefixes[0], dict(fmt.roles)),
+    )
   expected = "; ".join(f"{k}: {FORMATS[k].expects}" for k in order)
   raise DataError(f"no supported data set found in the folder (expected {expected})", path=folder)
 
@@ -109,6 +115,17 @@ def parse_folder(spec: FolderSpec, name: str, source: str):
   return FORMATS[spec.format].read(spec, name, source)
 
 
-__all__ = ["FORMATS", "FolderSpec", "Format", "MISSING", "SEMANTIC_KINDS", "default_semantics",
-           "inspect_folder", "parse_folder", "read_authors_file", "register",
-           "split_category_path", "write_authors_file"]
+__all__ = [
+  "FORMATS",
+  "FolderSpec",
+  "Format",
+  "MISSING",
+  "SEMANTIC_KINDS",
+  "default_semantics",
+  "inspect_folder",
+  "parse_folder",
+  "read_authors_file",
+  "register",
+  "split_category_path",
+  "write_authors_file",
+]

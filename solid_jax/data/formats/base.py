@@ -59,5 +59,8 @@ def register(fmt: Format) -> Format:
 
 def with_suffix(names: Sequence[str], suffix: str, *, exclude: Sequence[str] = ()) -> list[str]:
   """Prefixes ``p`` of the top-level names ``p + suffix`` (names ending in ``exclude`` skipped)."""
-  return [n[:-len(suffix)] for n in names if "/" not in n and n.endswith(suffix)
-          and not n.endswith(tuple(exclude))]
+  return [
+    n[: -len(suffix)]
+    for n in names
+    if "/" not in n and n.endswith(suffix) and not n.endswith(tuple(exclude))
+  ]

@@ -17,15 +17,18 @@ from solid_jax.data.formats.base import FolderSpec
 _CATEGORY_NO_SPACE = re.compile(r",(?! )")
 
 
-
 def _lines(path: pathlib.Path) -> list[tuple[int, str]]:
   """(1-based line number, line) of every non-blank line."""
-  return [(k, line.rstrip("\r")) for k, line in enumerate(read_text(path).split("\n"), start=1)
-          if line.strip()]
+  return [
+    (k, line.rstrip("\r"))
+    for k, line in enumerate(read_text(path).split("\n"), start=1)
+    if line.strip()
+  ]
 
 
-def _to_int(tokens: Sequence[str], path: Any, lines: Sequence[int], fields: Sequence[str]
-            ) -> np.ndarray:
+def _to_int(
+  tokens: Sequence[str], path: Any, lines: Sequence[int], fields: Sequence[str]
+) -> np.ndarray:
   """int64 array of decimal tokens; the first bad token is reported with its line and field."""
   try:
     return np.asarray(tokens, dtype=str).astype(np.int64) if len(tokens) else np.zeros(0, np.int64)
@@ -35,8 +38,9 @@ def _to_int(tokens: Sequence[str], path: Any, lines: Sequence[int], fields: Sequ
     try:
       int(token)
     except (ValueError, OverflowError):
-      raise DataError(f"{token!r} is not an integer id", path=path, line=line,
-                      field=field) from None
+      raise DataError(
+        f"{token!r} is not an integer id", path=path, line=line, field=field
+      ) from None
   raise DataError("integer conversion failed", path=path)  # Unreachable in practice.
 
 
@@ -58,8 +62,9 @@ def _missing(names: Sequence[str], found: int) -> str:
   return names[found] if found < len(names) else f"after {names[-1]}"
 
 
-def _read_atomic(path: pathlib.Path, required: Sequence[str]
-                 ) -> tuple[list[tuple[str, str]], list[list[str]], list[int]]:
+def _read_atomic(
+  path: pathlib.Path, required: Sequence[str]
+) -> tuple[list[tuple[str, str]], list[list[str]], list[int]]:
   """RecBole atomic TSV -> (fields [(name, type)], rows [[str]], line numbers)."""
   lines = _lines(path)
   head_no, head = lines[0]
@@ -67,20 +72,32 @@ def _read_atomic(path: pathlib.Path, required: Sequence[str]
   for col, cell in enumerate(head.split("\t")):
     name, _, kind = cell.partition(":")
     if not name or kind not in ("token", "token_seq", "float", "float_seq"):
-      raise DataError(f"header cell {cell!r} is not 'name:type' with type token, token_seq, "
-                      "float or float_seq", path=path, line=head_no, field=f"column {col + 1}")
+      raise DataError(
+        f"header cell {cell!r} is not 'name:type' with type token, token_seq, float or float_seq",
+        path=path,
+        line=head_no,
+        field=f"column {col + 1}",
+      )
     fields.append((name, kind))
   names = [f[0] for f in fields]
   for need in required:
     if need not in names:
-      raise DataError(f"header has no {need!r} column (columns: {', '.join(names)})", path=path,
-                      line=head_no, field=need)
+      raise DataError(
+        f"header has no {need!r} column (columns: {', '.join(names)})",
+        path=path,
+        line=head_no,
+        field=need,
+      )
   rows, numbers = [], []
   for number, line in lines[1:]:
     parts = line.split("\t")
     if len(parts) != len(fields):
-      raise DataError(f"expected {len(fields)} tab-separated fields ({', '.join(names)}), found "
-                      f"{len(parts)}", path=path, line=number, field=_missing(names, len(parts)))
+      raise DataError(
+        f"expected {len(fields)} tab-separated fields ({', '.join(names)}), found {len(parts)}",
+        path=path,
+        line=number,
+        field=_missing(names, len(parts)),
+      )
     rows.append(parts)
     numbers.append(number)
   if not rows:
@@ -94,8 +111,9 @@ def _read_pairs(path: pathlib.Path) -> tuple[list[str], list[str], list[int]]:
   for number, line in _lines(path):
     parts = line.split("\t")
     if len(parts) != 2:
-      raise DataError(f"expected 2 tab-separated fields, found {len(parts)}", path=path,
-                      line=number)
+      raise DataError(
+        f"expected 2 tab-separated fields, found {len(parts)}", path=path, line=number
+      )
     keys.append(parts[0])
     values.append(parts[1])
     numbers.append(number)
@@ -110,8 +128,12 @@ def _check_unique(raw: Sequence[str], path: Any, lines: Sequence[int], what: str
   seen: dict[str, int] = {}
   for token, line in zip(raw, lines):
     if token in seen:
-      raise DataError(f"duplicate {what} {token!r} (first on line {seen[token]})", path=path,
-                      line=line, field=what)
+      raise DataError(
+        f"duplicate {what} {token!r} (first on line {seen[token]})",
+        path=path,
+        line=line,
+        field=what,
+      )
     seen[token] = line
 
 
@@ -119,14 +141,35 @@ def _placeholder_semantics(num_items: int) -> tuple[np.ndarray, list[str]]:
   return labels_to_ids([""] + ["unknown"] * (num_items - 1))
 
 
-def _assemble(spec: FolderSpec, name: str, source: str, user_vocab: list[str],
-              item_vocab: list[str], offsets: np.ndarray, items: np.ndarray,
-              side: dict, user_side: dict, timestamps: np.ndarray | None = None) -> Dataset:
+def _assemble(
+  spec: FolderSpec,
+  name: str,
+  source: str,
+  user_vocab: list[str],
+  item_vocab: list[str],
+  offsets: np.ndarray,
+  items: np.ndarray,
+  side: dict,
+  user_side: dict,
+  timestamps: np.ndarray | None = None,
+) -> Dataset:
   table, vocab = _placeholder_semantics(len(item_vocab))
-  return Dataset(name=name, source=source, fingerprint="", user_vocab=user_vocab,
-                 item_vocab=item_vocab, seq_offsets=offsets, seq_items=items, item_semantic=table,
-                 semantic_source="none (one class)", semantic_vocab=vocab, side=side,
-                 user_side=user_side, seq_timestamps=timestamps, format=spec.format)
+  return Dataset(
+    name=name,
+    source=source,
+    fingerprint="",
+    user_vocab=user_vocab,
+    item_vocab=item_vocab,
+    seq_offsets=offsets,
+    seq_items=items,
+    item_semantic=table,
+    semantic_source="none (one class)",
+    semantic_vocab=vocab,
+    side=side,
+    user_side=user_side,
+    seq_timestamps=timestamps,
+    format=spec.format,
+  )
 
 
 def _json_int(value: Any, path: Any, field: str) -> int:
@@ -146,16 +189,19 @@ def _sequences_json(path: pathlib.Path) -> tuple[list[str], list[list[int]]]:
   users, sequences = [], []
   for user, seq in data.items():
     if not isinstance(seq, list):
-      raise DataError(f"expected a list of item ids, got {type(seq).__name__}", path=path,
-                      field=f'user "{user}"')
-    sequences.append([_json_int(v, path, f'user "{user}", position {j}') for j, v in
-                      enumerate(seq)])
+      raise DataError(
+        f"expected a list of item ids, got {type(seq).__name__}", path=path, field=f'user "{user}"'
+      )
+    sequences.append(
+      [_json_int(v, path, f'user "{user}", position {j}') for j, v in enumerate(seq)]
+    )
     users.append(str(user))
   return users, sequences
 
 
-def _events_from_lists(users: list[str], sequences: list[list[int]]
-                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def _events_from_lists(
+  users: list[str], sequences: list[list[int]]
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
   """Per-user item lists -> (user_vocab, event user codes, event raw items, offsets/order)."""
   user_vocab, user_codes = make_vocab(users)
   counts = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
@@ -164,18 +210,23 @@ def _events_from_lists(users: list[str], sequences: list[list[int]]
   return user_vocab, event_users, raw_items, counts
 
 
-def _map_items(raw_items: np.ndarray, catalogue: np.ndarray | None, path: Any,
-               where: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+def _map_items(
+  raw_items: np.ndarray, catalogue: np.ndarray | None, path: Any, where: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray]:
   """Item vocabulary over catalogue ∪ raw_items; items outside a given catalogue are errors."""
   if catalogue is not None:
     known = np.isin(raw_items, catalogue)
     if not known.all():
       bad = int(np.flatnonzero(~known)[0])
       field = where[bad] if where is not None else None
-      raise DataError(f"item id {int(raw_items[bad])} is out of range: it is not in the item "
-                      "catalogue of this folder", path=path, field=field)
+      raise DataError(
+        f"item id {int(raw_items[bad])} is out of range: it is not in the item "
+        "catalogue of this folder",
+        path=path,
+        field=field,
+      )
     vocab, codes = make_vocab(np.concatenate([raw_items, catalogue]))
-    return vocab, codes[:raw_items.size]
+    return vocab, codes[: raw_items.size]
   return make_vocab(raw_items)
 
 
@@ -202,7 +253,6 @@ def _category_rule(paths: Sequence[str], rule: str) -> str:
       raise DataError(f"category_split must be 'auto', 'comma' or 'comma_space', got {rule!r}")
     return rule
   return "comma" if any(_CATEGORY_NO_SPACE.search(p) for p in paths) else "comma_space"
-
 
 
 class _LazyFields(Sequence):

@@ -15,9 +15,15 @@ SEMANTIC_KINDS = ("genre", "attribute", "category", "codes", "authors", "none")
 MISSING = "unknown"
 
 
-def default_semantics(ds: Dataset, *, semantics: str | None = None, category_depth: int = 2,
-                      category_split: str = "auto", codes: str = "text",
-                      code_levels: int = 1) -> Dataset:
+def default_semantics(
+  ds: Dataset,
+  *,
+  semantics: str | None = None,
+  category_depth: int = 2,
+  category_split: str = "auto",
+  codes: str = "text",
+  code_levels: int = 1,
+) -> Dataset:
   """Derives the semantic table of a freshly read Dataset from its side information.
 
   Semantic ids are numbered 1..C by first appearance of their label over internal item ids; items
@@ -97,6 +103,8 @@ def default_semantics(ds: Dataset, *, semantics: str | None = None, category_dep
 
 def _need(side: Mapping[str, Any], key: str, ds: Dataset) -> Any:
   if key not in side:
-    raise DataError(f"data set {ds.name!r} has no side information {key!r} (it has: "
-                    f"{', '.join(sorted(side)) or 'none'})")
+    raise DataError(
+      f"data set {ds.name!r} has no side information {key!r} (it has: "
+      f"{', '.join(sorted(side)) or 'none'})"
+    )
   return side[key]

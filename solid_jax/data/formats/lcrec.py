@@ -20,7 +20,17 @@ from solid_jax.data.errors import DataError, read_json
 from solid_jax.data.formats import base
 from solid_jax.data.formats.base import FolderSpec
 
-from solid_jax.data.formats.common import (_read_reviewer_ids, _to_int, _read_pairs, _index_of, _assemble, _json_int, _sequences_json, _events_from_lists, _map_items)
+from solid_jax.data.formats.common import (
+  _read_reviewer_ids,
+  _to_int,
+  _read_pairs,
+  _index_of,
+  _assemble,
+  _json_int,
+  _sequences_json,
+  _events_from_lists,
+  _map_items,
+)
 
 _CODE_TOKEN = re.compile(r"<([A-Za-z]+)_(\d+)>")
 
@@ -34,10 +44,12 @@ def _parse_lcrec(spec: FolderSpec, name: str, source: str) -> Dataset:
   if "item" in spec.files:
     item_info = read_json(spec.files["item"])
     if not isinstance(item_info, dict) or not item_info:
-      raise DataError("expected a non-empty JSON object {item: {title, ...}}",
-                      path=spec.files["item"])
-    catalogue = np.array([_json_int(k, spec.files["item"], f'key "{k}"') for k in item_info],
-                         np.int64)
+      raise DataError(
+        "expected a non-empty JSON object {item: {title, ...}}", path=spec.files["item"]
+      )
+    catalogue = np.array(
+      [_json_int(k, spec.files["item"], f'key "{k}"') for k in item_info], np.int64
+    )
   asin_keys = None
   if "item2id" in spec.files:
     asin_keys, asin_index, asin_lines = _read_pairs(spec.files["item2id"])
@@ -54,8 +66,11 @@ def _parse_lcrec(spec: FolderSpec, name: str, source: str) -> Dataset:
     raw_paths = [""] * size
     for key, info in item_info.items():
       if not isinstance(info, dict):
-        raise DataError("expected an object with title/description/brand/categories",
-                        path=spec.files["item"], field=f'key "{key}"')
+        raise DataError(
+          "expected an object with title/description/brand/categories",
+          path=spec.files["item"],
+          field=f'key "{key}"',
+        )
       i = index[str(int(key))]
       for field in fields:
         value = info.get(field, "")
@@ -68,8 +83,12 @@ def _parse_lcrec(spec: FolderSpec, name: str, source: str) -> Dataset:
     asins = [""] * size
     for asin, idx, line in zip(asin_keys, indices.tolist(), asin_lines):
       if str(idx) not in index:
-        raise DataError(f"item index {idx} is out of range (not in the interactions or the item "
-                        "file)", path=spec.files["item2id"], line=line, field="index")
+        raise DataError(
+          f"item index {idx} is out of range (not in the interactions or the item file)",
+          path=spec.files["item2id"],
+          line=line,
+          field="index",
+        )
       asins[index[str(idx)]] = asin
     side["asin"] = asins
   for role, key in (("codes_text", "codes/text"), ("codes_image", "codes/image")):
@@ -78,8 +97,9 @@ def _parse_lcrec(spec: FolderSpec, name: str, source: str) -> Dataset:
   user_side = {}
   if "user2id" in spec.files:
     user_side["reviewer_id"] = _read_reviewer_ids(spec.files["user2id"], user_vocab)
-  return _assemble(spec, name, source, user_vocab, item_vocab, offsets, item_codes[order], side,
-                   user_side)
+  return _assemble(
+    spec, name, source, user_vocab, item_vocab, offsets, item_codes[order], side, user_side
+  )
 
 
 class _LazyUserPositions(Sequence):
@@ -107,15 +127,21 @@ def _read_codes(path: pathlib.Path, index: Mapping[str, int], size: int) -> np.n
   for key, tokens in data.items():
     field = f'key "{key}"'
     if str(key) not in index:
-      raise DataError(f"item {key} is out of range (not in the interactions or the item "
-                      "catalogue)", path=path, field=field)
+      raise DataError(
+        f"item {key} is out of range (not in the interactions or the item catalogue)",
+        path=path,
+        field=field,
+      )
     if not isinstance(tokens, list) or len(tokens) != levels:
       raise DataError(f"expected a list of {levels} code tokens", path=path, field=field)
     for level, token in enumerate(tokens):
       match = _CODE_TOKEN.fullmatch(str(token))
       if match is None:
-        raise DataError(f"{token!r} is not a code token like '<a_12>'", path=path,
-                        field=f"{field}, level {level + 1}")
+        raise DataError(
+          f"{token!r} is not a code token like '<a_12>'",
+          path=path,
+          field=f"{field}, level {level + 1}",
+        )
       out[index[str(key)], level] = int(match.group(2))
   missing = np.flatnonzero((out[1:] < 0).any(axis=1))
   if missing.size:
@@ -123,10 +149,19 @@ def _read_codes(path: pathlib.Path, index: Mapping[str, int], size: int) -> np.n
   return out
 
 
-FORMAT = base.register(base.Format(
+FORMAT = base.register(
+  base.Format(
     name="lcrec",
     detect=lambda names: base.with_suffix(names, ".inter.json"),
-    roles={"inter": "{prefix}.inter.json", "item": "{prefix}.item.json",
-           "codes_text": "{prefix}.index_lemb.json", "codes_image": "{prefix}.index_vitemb.json",
-           "item2id": "{prefix}.item2id", "user2id": "{prefix}.user2id"},
-    read=_parse_lcrec, expects="X.inter.json"))
+    roles={
+      "inter": "{prefix}.inter.json",
+      "item": "{prefix}.item.json",
+      "codes_text": "{prefix}.index_lemb.json",
+      "codes_image": "{prefix}.index_vitemb.json",
+      "item2id": "{prefix}.item2id",
+      "user2id": "{prefix}.user2id",
+    },
+    read=_parse_lcrec,
+    expects="X.inter.json",
+  )
+)

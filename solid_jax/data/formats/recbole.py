@@ -14,7 +14,13 @@ from solid_jax.data.dataset import Dataset, make_vocab, sequences_from_events
 from solid_jax.data.formats import base
 from solid_jax.data.formats.base import FolderSpec
 
-from solid_jax.data.formats.common import (_to_float, _read_atomic, _index_of, _check_unique, _assemble)
+from solid_jax.data.formats.common import (
+  _to_float,
+  _read_atomic,
+  _index_of,
+  _check_unique,
+  _assemble,
+)
 
 _RENAMED_RECBOLE_FIELDS = {"class": "genres", "movie_title": "title", "release_year": "year"}
 _TEXT_FIELDS = ("movie_title", "title", "text")  # token_seq fields kept as one string.
@@ -37,17 +43,43 @@ def _parse_recbole(spec: FolderSpec, name: str, source: str) -> Dataset:
     item_vocab, codes = make_vocab(list(columns["item_id"]) + item_ids)
   else:
     item_vocab, codes = make_vocab(columns["item_id"])
-  item_codes = codes[:len(rows)]
+  item_codes = codes[: len(rows)]
   order, offsets = sequences_from_events(user_codes, len(user_vocab), timestamps)
   if item_rows is not None:
-    side = _atomic_side(item_fields, item_rows, item_numbers, "item_id", _index_of(item_vocab),
-                        len(item_vocab), spec.files["item"], _RENAMED_RECBOLE_FIELDS)
+    side = _atomic_side(
+      item_fields,
+      item_rows,
+      item_numbers,
+      "item_id",
+      _index_of(item_vocab),
+      len(item_vocab),
+      spec.files["item"],
+      _RENAMED_RECBOLE_FIELDS,
+    )
   if "user" in spec.files:
     user_fields, user_rows, user_numbers = _read_atomic(spec.files["user"], ("user_id",))
-    user_side = _atomic_side(user_fields, user_rows, user_numbers, "user_id",
-                             _index_of(user_vocab), len(user_vocab), spec.files["user"], {})
-  return _assemble(spec, name, source, user_vocab, item_vocab, offsets, item_codes[order], side,
-                   user_side, None if timestamps is None else timestamps[order])
+    user_side = _atomic_side(
+      user_fields,
+      user_rows,
+      user_numbers,
+      "user_id",
+      _index_of(user_vocab),
+      len(user_vocab),
+      spec.files["user"],
+      {},
+    )
+  return _assemble(
+    spec,
+    name,
+    source,
+    user_vocab,
+    item_vocab,
+    offsets,
+    item_codes[order],
+    side,
+    user_side,
+    None if timestamps is None else timestamps[order],
+  )
 
 
 def _atomic_side(fields, rows, numbers, key, index, size, path, rename) -> dict:
@@ -76,15 +108,23 @@ def _atomic_side(fields, rows, numbers, key, index, size, path, rename) -> dict:
       for t, cell, number in zip(targets.tolist(), cells, numbers):
         if t:
           tokens = cell.split()
-          values[t] = (tokens if kind == "token_seq"
-                       else _to_float(tokens, path, [number] * len(tokens), field).tolist())
+          values[t] = (
+            tokens
+            if kind == "token_seq"
+            else _to_float(tokens, path, [number] * len(tokens), field).tolist()
+          )
       side[out_name] = values
   return side
 
 
-FORMAT = base.register(base.Format(
+FORMAT = base.register(
+  base.Format(
     name="recbole_atomic",
     detect=lambda names: base.with_suffix(
-        names, ".inter", exclude=(".train.inter", ".valid.inter", ".test.inter")),
+      names, ".inter", exclude=(".train.inter", ".valid.inter", ".test.inter")
+    ),
     roles={"inter": "{prefix}.inter", "item": "{prefix}.item", "user": "{prefix}.user"},
-    read=_parse_recbole, expects="X.inter (+ X.item, X.user)"))
+    read=_parse_recbole,
+    expects="X.inter (+ X.item, X.user)",
+  )
+)

@@ -12,7 +12,15 @@ from solid_jax.data.errors import DataError, read_json
 from solid_jax.data.formats import base
 from solid_jax.data.formats.base import FolderSpec
 
-from solid_jax.data.formats.common import (_lines, _to_int, _index_of, _check_unique, _assemble, _json_int, _LazyFields)
+from solid_jax.data.formats.common import (
+  _lines,
+  _to_int,
+  _index_of,
+  _check_unique,
+  _assemble,
+  _json_int,
+  _LazyFields,
+)
 
 
 def _parse_s3rec(spec: FolderSpec, name: str, source: str) -> Dataset:
@@ -21,8 +29,12 @@ def _parse_s3rec(spec: FolderSpec, name: str, source: str) -> Dataset:
   for number, line in _lines(path):
     parts = line.split()
     if len(parts) < 2:
-      raise DataError("expected a user id followed by at least one item id", path=path,
-                      line=number, field="item_id_1")
+      raise DataError(
+        "expected a user id followed by at least one item id",
+        path=path,
+        line=number,
+        field="item_id_1",
+      )
     user_tokens.append(parts[0])
     item_tokens.extend(parts[1:])
     counts.append(len(parts) - 1)
@@ -40,7 +52,7 @@ def _parse_s3rec(spec: FolderSpec, name: str, source: str) -> Dataset:
   attr_items = np.array([_json_int(k, attr_path, f'key "{k}"') for k in attributes], np.int64)
   user_vocab, user_codes = make_vocab(users)
   item_vocab, item_codes = make_vocab(np.concatenate([items, attr_items]))
-  item_codes = item_codes[:items.size]
+  item_codes = item_codes[: items.size]
   order, offsets = sequences_from_events(np.repeat(user_codes, counts), len(user_vocab))
   index = _index_of(item_vocab)
   side_attrs: list[list[int]] = [[] for _ in item_vocab]
@@ -48,14 +60,29 @@ def _parse_s3rec(spec: FolderSpec, name: str, source: str) -> Dataset:
     if not isinstance(values, list):
       raise DataError("expected a list of attribute ids", path=attr_path, field=f'key "{key}"')
     side_attrs[index[str(int(key))]] = [
-        _json_int(v, attr_path, f'key "{key}", position {j}') for j, v in enumerate(values)]
-  return _assemble(spec, name, source, user_vocab, item_vocab, offsets, item_codes[order],
-                   {"attributes": side_attrs}, {})
+      _json_int(v, attr_path, f'key "{key}", position {j}') for j, v in enumerate(values)
+    ]
+  return _assemble(
+    spec,
+    name,
+    source,
+    user_vocab,
+    item_vocab,
+    offsets,
+    item_codes[order],
+    {"attributes": side_attrs},
+    {},
+  )
 
 
-FORMAT = base.register(base.Format(
+FORMAT = base.register(
+  base.Format(
     name="s3rec",
-    detect=lambda names: [p for p in base.with_suffix(names, "_item2attributes.json")
-                          if p + ".txt" in names],
+    detect=lambda names: [
+      p for p in base.with_suffix(names, "_item2attributes.json") if p + ".txt" in names
+    ],
     roles={"sequences": "{prefix}.txt", "attributes": "{prefix}_item2attributes.json"},
-    read=_parse_s3rec, expects="X.txt + X_item2attributes.json"))
+    read=_parse_s3rec,
+    expects="X.txt + X_item2attributes.json",
+  )
+)
