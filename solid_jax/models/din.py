@@ -49,7 +49,7 @@ class DIN(EmbeddingBackbone):
       q[:, None, None, :], k[:, :, None, :], v[:, :, None, :], mask=valid[:, None, None, :]
     )[:, 0, 0]
     # A row without history pools to zero (the attention would average its padding).
-    pooled = pooled * jnp.any(valid, axis=-1, keepdims=True)
+    pooled = pooled * jnp.any(valid, axis=-1, keepdims=True).astype(pooled.dtype)
     return jnp.concatenate([target_vec, pooled], axis=-1)
 
 
