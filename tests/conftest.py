@@ -4,9 +4,6 @@
 - Tests over the real datasets in ``../shared/data`` carry the ``shared_data`` marker and are skipped, with
   the reason, when that folder is absent (set ``SOLID_JAX_SHARED_DATA`` to point elsewhere).
 - Tests against the PyTorch reference carry the ``torch`` marker and are skipped when torch is absent.
-- Strict dtype promotion everywhere (as Equinox's suite does): an implicit promotion between array
-  dtypes (int32 + float32, float32 + bfloat16, ...) is an error, so the library casts on purpose.
-  Subprocess launchers get it through ``JAX_NUMPY_DTYPE_PROMOTION``.
 """
 
 import importlib.util
@@ -16,11 +13,6 @@ import pathlib
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("JAX_NUMPY_DTYPE_PROMOTION", "strict")
-
-import jax  # noqa: E402
-
-jax.config.update("jax_numpy_dtype_promotion", os.environ["JAX_NUMPY_DTYPE_PROMOTION"])
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(
