@@ -72,8 +72,9 @@ NOTES = {
     "S3-Rec's rule (stop after 10 epochs without a better one) two of the three seeds stop within "
     "the first 25 epochs (epochs column). Tried: that rule exactly (these rows) and the same "
     "settings over 200 epochs with the any-metric rule (superseded table), which land within 5% "
-    "of every published LastFM figure. S3-Rec's own LastFM fine-tuning log (`reproduce/` in "
-    "aHuiWang/CIKM2020-S3Rec) nearly meets the same stop around epoch 22."
+    "of every published LastFM figure. S3-Rec's own LastFM fine-tuning log of its sampled "
+    "protocol (`reproduce/` in aHuiWang/CIKM2020-S3Rec) nearly meets the same stop around epoch "
+    "22."
   ),
   ("sasrec", "sports"): (
     "Only the full-ranking cutoff-10 cells miss; the @20 cells (the selection metric is "
