@@ -182,7 +182,7 @@ Adhesives & Sealants" contain ", "), else `, ` (office). Option `category_split`
 
 ### Default semantics
 The semantic id of an item is a class label, numbered 1..C by first appearance over internal item
-ids; items without a label share the class "unknown", numbered last (`ds.semantic_vocab` holds the
+ids; items without a label share the class "<missing>", numbered last (`ds.semantic_vocab` holds the
 labels; `sj.semantics.from_labels` follows the same rule):
 - ml-100k: the **first** genre token of the item's `class` field in file order (19 classes
   including "unknown"); all genres stay in `ds.side["genres"]`.

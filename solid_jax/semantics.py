@@ -40,7 +40,7 @@ KMEANS_SOURCES = {
   "text_image": ("text", "image"),
   "id_text_image": ("id", "text", "image"),
 }
-MISSING_LABEL = "<missing>"
+MISSING_LABEL = "<missing>"  # = solid_jax.data.dataset.MISSING
 
 
 class ProvenanceError(ValueError):

@@ -237,6 +237,11 @@ def make_vocab(raw: Any) -> tuple[list[str], np.ndarray]:
   return [""] + uniq.tolist(), (inverse + 1).astype(np.int32)
 
 
+# The label of items without one: numbered after every real label (``labels_to_ids(missing=)``);
+# the readers and ``semantics.from_labels`` use the same marker.
+MISSING = "<missing>"
+
+
 def labels_to_ids(
   labels: Sequence[str], *, missing: str | None = None
 ) -> tuple[np.ndarray, list[str]]:
@@ -313,8 +318,8 @@ def from_interactions(
     timestamps: optional array-like[E] of numbers, e.g. `hub["timestamp"]`.
     name: dataset name.
     item_labels: optional mapping raw item id -> category label; the semantic id of an item is its
-      label, numbered by first appearance over internal ids; unlabelled items get "unknown".
-      Without it every item gets the single class "unknown".
+      label, numbered by first appearance over internal ids; unlabelled items share the class
+      "<missing>", numbered last. Without it every item gets that single class.
     items: optional array-like of raw item ids of the whole catalogue (items never interacted with
       become valid negatives); the item vocabulary is its union with `item_ids`.
     source: provenance string.
@@ -368,11 +373,11 @@ def from_interactions(
       digest.update(np.ascontiguousarray(column).tobytes())
   if item_labels is not None:
     lookup = {str(k): str(v) for k, v in item_labels.items()}
-    labels = [""] + [lookup.get(raw, "unknown") or "unknown" for raw in item_vocab[1:]]
+    labels = [""] + [lookup.get(raw, MISSING) or MISSING for raw in item_vocab[1:]]
     digest.update(repr(sorted(lookup.items())).encode())
   else:
-    labels = [""] + ["unknown"] * (len(item_vocab) - 1)
-  table, vocab = labels_to_ids(labels)
+    labels = [""] + [MISSING] * (len(item_vocab) - 1)
+  table, vocab = labels_to_ids(labels, missing=MISSING)
   if semantic_source is None:
     semantic_source = "item_labels" if item_labels is not None else "none (one class)"
   return Dataset(

@@ -135,7 +135,7 @@ def load_dataset(
   The raw files are parsed once and cached as Arrow tables (see `hf`); later loads of unchanged
   files read the cache. Semantic ids are then derived from side information (see
   `formats.default_semantics`); defaults: ml-100k -> first genre (19 classes), S3-Rec -> first
-  attribute id, LC-Rec with item text -> category path at depth 2 ("unknown" for an empty path),
+  attribute id, LC-Rec with item text -> category path at depth 2 ("<missing>", numbered last, for an empty path),
   instruments -> first level of the text codes, scientific_mm_subset -> derived category path at
   depth 2.
 

@@ -108,6 +108,9 @@ def test_authors_folder_trains_through_the_launcher(authors_folder, tmp_path):
 def test_missing_labels_get_the_last_id_everywhere():
   from solid_jax import semantics  # pylint: disable=import-outside-toplevel
 
-  table, vocab = data.dataset.labels_to_ids(["", "unknown", "b", "a", "unknown"], missing="unknown")
-  assert table.tolist() == [0, 3, 1, 2, 3] and vocab == ["", "b", "a", "unknown"]
+  table, vocab = data.dataset.labels_to_ids(
+    ["", "<missing>", "b", "a", "<missing>"], missing="<missing>"
+  )
+  assert table.tolist() == [0, 3, 1, 2, 3] and vocab == ["", "b", "a", "<missing>"]
+  assert data.formats.MISSING == "<missing>"
   assert semantics.from_labels([None, None, "b", "a", None]).tolist() == [0, 3, 1, 2, 3]

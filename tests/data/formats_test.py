@@ -68,11 +68,11 @@ def test_lcrec_shifts_zero_based_ids_and_splits_paths_without_space(lcrec_dir, t
   assert ds.side["categories"][3] == []
   assert ds.side["title"][1] == "A & B"  # HTML entities unescaped.
   np.testing.assert_array_equal(ds.item_semantic, [0, 1, 2, 3, 1, 2])
-  assert ds.semantic_vocab[3] == "unknown"
+  assert ds.semantic_vocab[3] == "<missing>"
   deeper = load(lcrec_dir, tmp_path, category_depth=3)
-  # Item 3 has no category: "unknown" takes the last id, after every real label.
+  # Item 3 has no category: "<missing>" takes the last id, after every real label.
   np.testing.assert_array_equal(deeper.item_semantic, [0, 1, 2, 5, 3, 4])
-  assert deeper.semantic_vocab[5] == "unknown"
+  assert deeper.semantic_vocab[5] == "<missing>"
   coarse = load(lcrec_dir, tmp_path, category_depth=1)
   np.testing.assert_array_equal(coarse.item_semantic, [0, 1, 1, 2, 1, 1])
 
@@ -227,9 +227,9 @@ def test_from_interactions_sorts_and_maps_raw_ids():
   assert [ds.item_vocab[i] for i in ds.user_sequence(1)] == ["B7", "B9"]
   assert [ds.item_vocab[i] for i in ds.user_sequence(2)] == ["B9", "B10", "B10"]
   np.testing.assert_array_equal(ds.seq_timestamps, [1, 3, 2, 2, 5])
-  # Labels by first appearance over internal ids: B10 x, B7 unknown, B8 unknown, B9 y.
-  np.testing.assert_array_equal(ds.item_semantic, [0, 1, 2, 2, 3])
-  assert ds.semantic_vocab == ["", "x", "unknown", "y"]
+  # Labels by first appearance over internal ids (B10 x, B9 y); B7 and B8 have none: last.
+  np.testing.assert_array_equal(ds.item_semantic, [0, 1, 3, 3, 2])
+  assert ds.semantic_vocab == ["", "x", "y", "<missing>"]
   assert len(ds.fingerprint) == 64
 
 

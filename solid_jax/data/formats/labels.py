@@ -6,13 +6,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from solid_jax.data import dataset as dataset_lib
 from solid_jax.data.dataset import Dataset, labels_to_ids
 from solid_jax.data.errors import DataError
 from solid_jax.data.formats.common import _category_rule, split_category_path
 
 SEMANTIC_KINDS = ("genre", "attribute", "category", "codes", "authors", "none")
-# The label of items without one (it gets the last semantic id).
-MISSING = "unknown"
+# The label of items without one (it gets the last semantic id); not a word a data set could use
+# as a real label (ml-100k has a genre "unknown"). ``semantics.MISSING_LABEL`` is the same.
+MISSING = dataset_lib.MISSING
 
 
 def default_semantics(
@@ -27,7 +29,7 @@ def default_semantics(
   """Derives the semantic table of a freshly read Dataset from its side information.
 
   Semantic ids are numbered 1..C by first appearance of their label over internal item ids; items
-  without a label share the class "unknown", numbered after every real label (the rule of
+  without a label share the class "<missing>", numbered after every real label (the rule of
   ``solid_jax.semantics.from_labels`` too).
 
   Args:
@@ -35,9 +37,9 @@ def default_semantics(
     semantics: which label; default by what the data has: "genre" (RecBole `class`: the FIRST genre
       token in file order, e.g. ml-100k: 19 classes), "attribute" (S3-Rec: the first attribute id
       of the item's list), "category" (category path truncated to `category_depth` levels; an empty
-      path is the class "unknown"), "codes" (the first `code_levels` levels of the
+      path is the class "<missing>"), "codes" (the first `code_levels` levels of the
       text or image codes), "authors" (the ids of the SOLID authors' semantic copies), "none"
-      (one class). Items lacking the field get "unknown".
+      (one class). Items lacking the field get "<missing>".
     category_depth: levels of the category path kept (>= 1).
     category_split: how paths split into levels: "auto" (by ",(?! )" when some path has a comma
       without a following space, else by ", "), "comma" or "comma_space".
