@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from solid_jax.data.dataset import labels_to_ids
+from solid_jax.data.dataset import MISSING, labels_to_ids
 from solid_jax.nn import codebook
 
 # Side-information keys of the CLIP features (DESIGN.md, Data), per modality.
@@ -40,7 +40,7 @@ KMEANS_SOURCES = {
   "text_image": ("text", "image"),
   "id_text_image": ("id", "text", "image"),
 }
-MISSING_LABEL = "<missing>"  # = solid_jax.data.dataset.MISSING
+MISSING_LABEL = MISSING  # the one marker of "no label" (solid_jax.data.dataset)
 
 
 class ProvenanceError(ValueError):
