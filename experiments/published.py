@@ -209,7 +209,7 @@ def sweep_config(backbone: str) -> dict[str, Any]:
 
 def stale(result: dict[str, Any], backbone: str) -> list[str]:
   """How a finished run's config differs from the sweep's current one (empty: it counts)."""
-  from solid_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  from solid_jax.train import train_config as config_lib  # pylint: disable=import-outside-toplevel
 
   return config_lib.config_differences(
     result.get("config", {}),

@@ -26,7 +26,7 @@ from absl import logging
 from solid_jax import models as models_lib
 from solid_jax.train import checkpoint
 from solid_jax.train import stages
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
 

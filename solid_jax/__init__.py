@@ -13,7 +13,7 @@ Public API (SPEC section 4)::
 """
 
 from solid_jax.version import __version__
-from solid_jax.configs import ModelConfig
+from solid_jax.model_config import ModelConfig
 from solid_jax import data
 from solid_jax import metrics
 from solid_jax import nn

@@ -241,7 +241,7 @@ def evaluate_jit(
   if not jnp.issubdtype(scores.dtype, jnp.floating) or jnp.finfo(scores.dtype).bits < 32:
     scores = scores.astype(jnp.float32)
   labels = jnp.asarray(labels)
-  positive = (labels > 0.5) if labels.dtype != jnp.bool_ else labels
+  positive = labels if labels.dtype == jnp.bool_ else (labels.astype(fdtype) > 0.5)
   n = scores.shape[0]
   valid = jnp.ones(n, bool) if mask is None else jnp.asarray(mask, bool)
   status = jnp.where(valid, positive.astype(jnp.int32), _MASKED)

@@ -3,6 +3,7 @@
 - Every test runs on the CPU; nothing here needs an accelerator.
 - Tests over the real datasets in ``../shared/data`` carry the ``shared_data`` marker and are skipped, with
   the reason, when that folder is absent (set ``SOLID_JAX_SHARED_DATA`` to point elsewhere).
+- JAX's dtype promotion is strict suite-wide: an implicit promotion is a test failure.
 - Tests against the PyTorch reference carry the ``torch`` marker and are skipped when torch is absent.
 """
 
@@ -12,7 +13,11 @@ import pathlib
 
 import pytest
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before jax reads it at import
+import jax  # noqa: E402
+# Every implicit promotion between dtypes (int * float, bfloat16 + float32, ...) is an error in
+# the tests, as in Equinox's suite: the library casts explicitly wherever it mixes dtypes.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(

@@ -8,6 +8,7 @@ README verbatim).
 import pathlib
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -33,11 +34,18 @@ def _flax_snippet() -> str:
   raise AssertionError("README.md has no python block with a Flax module")
 
 
+def _as_a_user_runs_it():
+  """JAX's default (standard) dtype promotion: the snippets are user code, which mixes int and
+  float freely (and calls optax's Adam, which needs it), while the suite is strict."""
+  return jax.numpy_dtype_promotion("standard")
+
+
 def test_flax_snippet_runs():
   """A SOLID head inside a user's own Flax model: logits, the auxiliary loss and a gradient for
   every parameter of the head but the codebook's padding row."""
   namespace = {}
-  exec(compile(_flax_snippet(), "flax_snippet", "exec"), namespace)  # noqa: S102
+  with _as_a_user_runs_it():
+    exec(compile(_flax_snippet(), "flax_snippet", "exec"), namespace)  # noqa: S102
   assert namespace["logits"].shape == (4,)
   assert bool(jnp.all(jnp.isfinite(namespace["logits"])))
   assert float(namespace["aux"]["aux_loss"]) > 0
@@ -50,7 +58,8 @@ def test_usage_snippet_is_short():
 
 def test_usage_snippet_runs():
   namespace = {}
-  exec(compile(_snippet(), "usage_snippet", "exec"), namespace)  # noqa: S102
+  with _as_a_user_runs_it():
+    exec(compile(_snippet(), "usage_snippet", "exec"), namespace)  # noqa: S102
   assert np.isfinite(float(namespace["loss"]))
   assert namespace["weights"]["layer_0"]["w"].shape == (4, 32, 32)
   assert namespace["scores"].shape == (4,)

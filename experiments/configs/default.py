@@ -4,7 +4,7 @@
       --method=solid --workdir=/tmp/solid_ml100k --epochs=10 --seed=0
 """
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def get_config() -> TrainConfig:

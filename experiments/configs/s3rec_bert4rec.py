@@ -14,7 +14,7 @@ Adam lr 1e-3 and at most 200 epochs (the paper: lr 1e-4, 400k steps).
 
 import dataclasses
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def get_config() -> TrainConfig:

@@ -7,7 +7,7 @@ early stopping and evaluation, with a one-layer GRU (hidden 64) in place of the 
 
 import dataclasses
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def get_config() -> TrainConfig:

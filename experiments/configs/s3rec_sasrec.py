@@ -17,7 +17,7 @@ apg, solid, solid_apg) put --head_layers=2 generated layers on that state.
 
 import dataclasses
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def get_config() -> TrainConfig:

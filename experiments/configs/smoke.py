@@ -5,7 +5,7 @@ python -m experiments.train --config=smoke --method=solid --workdir=/tmp/solid_s
 
 import dataclasses
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def get_config() -> TrainConfig:

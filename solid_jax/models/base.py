@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from solid_jax.configs import ModelConfig
+from solid_jax.model_config import ModelConfig
 from solid_jax.nn import layers
 
 Array = jax.Array

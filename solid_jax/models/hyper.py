@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from solid_jax.configs import ModelConfig
+from solid_jax.model_config import ModelConfig
 from solid_jax.models.base import Head, LayerSpec, lengths_of
 from solid_jax.models.registry import HEADS
 from solid_jax.nn import dynamic

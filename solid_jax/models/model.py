@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from solid_jax.configs import ModelConfig
+from solid_jax.model_config import ModelConfig
 from solid_jax.models.recommender import PACKING_KEYS, Recommender, example_batch
 from solid_jax.models.registry import BACKBONES, HEADS
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from solid_jax.configs import ModelConfig
+from solid_jax.model_config import ModelConfig
 from solid_jax.models.base import append_mask
 from solid_jax.models.registry import BACKBONES, HEADS
 

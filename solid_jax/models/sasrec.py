@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import flax.linen as nn
 
-from solid_jax.configs import ModelConfig
+from solid_jax.model_config import ModelConfig
 from solid_jax.models.base import EmbeddingBackbone, last_index, lengths_of
 from solid_jax.models.registry import BACKBONES
 from solid_jax.nn import layers

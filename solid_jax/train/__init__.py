@@ -1,6 +1,6 @@
 """Training: configs, the one training loop, stage orchestration, checkpoints and records.
 
-- ``TrainConfig`` (``config.py``): every setting of a run, pure data.
+- ``TrainConfig`` (``train_config.py``): every setting of a run, pure data.
 - ``run_experiment(config, workdir)`` (``stages.py``): all stages of a method, resumable.
 - ``summary_table(results_by_method)``: the static / DUET / SOLID comparison as text.
 - ``train_stage`` (``loop.py``): one stage; ``StageCheckpoints`` (``checkpoint.py``): orbax.
@@ -8,8 +8,8 @@
   checkpoint at the next step and stop (launchers exit with ``PREEMPTED_EXIT_CODE``).
 """
 
-from solid_jax.train.config import METHODS, SEMANTIC_SOURCES, TrainConfig, config_differences
-from solid_jax.train.loop import NonFiniteLossError, StageData, StageSpec, train_stage
+from solid_jax.train.train_config import METHODS, SEMANTIC_SOURCES, TrainConfig, config_differences
+from solid_jax.train.loop import LoopSettings, NonFiniteLossError, StageData, StageSpec, train_stage
 from solid_jax.train.reliability import Preempted, PREEMPTED_EXIT_CODE, WorkdirLock
 from solid_jax.train.reliability import WorkdirLockedError
 from solid_jax.train.stages import (
@@ -42,6 +42,7 @@ __all__ = [
   "run_experiment",
   "semantic_view",
   "summary_table",
+  "LoopSettings",
   "train_stage",
   "weighted_bce",
   "with_semantics",

@@ -15,7 +15,7 @@ from typing import Any
 
 from absl import flags
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def single_threaded_cpu_kernels() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from solid_jax import parallel
 from solid_jax.train import checkpoint as checkpoint_lib
-from solid_jax.train import config as config_lib
+from solid_jax.train import train_config as config_lib
 from solid_jax.train import reliability
 from solid_jax.train import step as step_lib
 from solid_jax.train import evaluator as evaluator_lib
@@ -230,35 +230,12 @@ class _Running:
     return {"sums": dict(self.sums), "count": self.count, "weight": self.weight}
 
 
-def train_stage(
-  spec: StageSpec,
-  data: StageData,
-  *,
-  seed: int,
-  batch_size: int,
-  lr: float,
-  eval_batch_size: int = 8192,
-  select_on: str = "valid",
-  checkpoint_every_steps: int = 0,
-  check_every_steps: int = 50,
-  prefetch: int = 2,
-  progress: bool = True,
-  tensorboard: bool = True,
-  group_candidates: bool = True,
-  data_parallel: bool = True,
-  select_metric: str = "full:ndcg@10",
-  eval_protocol: str = "both",
-  patience: int = 0,
-  weight_decay: float = 0.0,
-  grad_clip_norm: float = 0.0,
-  save_scores: bool = False,
-  stop_rule: str = "select",
-) -> tuple[dict[str, Any], Any]:
-  """Trains one stage, resuming from its latest checkpoint, and returns its result.
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """How `train_stage` trains and evaluates a stage (every field a `TrainConfig` field of the
+  same name, `stages.loop_settings`).
 
-  Args:
-    spec: what to train and where.
-    data: the stage's data.
+  Attributes:
     seed: seed of the init, the batch order and the per-step keys.
     batch_size: training rows per step (with ``group_candidates``: ``round(batch_size / G)``
       histories of G candidates each).
@@ -283,11 +260,313 @@ def train_stage(
       selected on ``sampled:uauc``.
     eval_protocol: "sampled", "full" or "both": what every epoch evaluates.
     patience: stop after this many epochs without improvement (0: off), see `stopped_early`.
-    stop_rule: what counts as an improvement: "select" (the selection metric) or "any" (any
-      metric of the selection protocol).
     weight_decay: AdamW's decoupled weight decay (0: Adam).
     grad_clip_norm: global-norm gradient clipping (0: off).
     save_scores: also save the raw sampled candidate scores of the selected epoch.
+    stop_rule: what counts as an improvement: "select" (the selection metric) or "any" (any
+      metric of the selection protocol).
+  """
+
+  seed: int
+  batch_size: int
+  lr: float
+  eval_batch_size: int = 8192
+  select_on: str = "valid"
+  checkpoint_every_steps: int = 0
+  check_every_steps: int = 50
+  prefetch: int = 2
+  progress: bool = True
+  tensorboard: bool = True
+  group_candidates: bool = True
+  data_parallel: bool = True
+  select_metric: str = "full:ndcg@10"
+  eval_protocol: str = "both"
+  patience: int = 0
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 0.0
+  save_scores: bool = False
+  stop_rule: str = "select"
+
+
+@dataclasses.dataclass
+class EpochState:
+  """Where a stage stands: what a checkpoint stores besides the parameters and optimizer state
+  (``meta``), and the time and sample counts of the epoch under way.
+
+  Attributes:
+    epoch: the epoch under way (0-based).
+    step_in_epoch: optimizer steps taken in it.
+    global_step: optimizer steps taken in the stage.
+    running: the epoch's running sums of the step scalars.
+    history: the records of the finished epochs.
+    train_seconds, train_samples, eval_seconds: totals over the finished epochs.
+    epoch_start: ``time.perf_counter()`` when the epoch (or its resumed part) started.
+    epoch_samples: rows trained in the epoch since ``epoch_start``.
+  """
+
+  epoch: int = 0
+  step_in_epoch: int = 0
+  global_step: int = 0
+  running: _Running = dataclasses.field(default_factory=_Running)
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  train_seconds: float = 0.0
+  train_samples: int = 0
+  eval_seconds: float = 0.0
+  epoch_start: float = 0.0
+  epoch_samples: int = 0
+
+  @classmethod
+  def from_meta(cls, meta: dict[str, Any] | None) -> EpochState:
+    """The state a checkpoint's ``meta`` describes (None: a fresh stage), positioned at the next
+    step to take (an epoch that was complete moves on to the next one)."""
+    if meta is None:
+      return cls()
+    epoch, step = int(meta["epoch"]), int(meta["step_in_epoch"])
+    if meta["epoch_done"]:
+      epoch, step = epoch + 1, 0
+    return cls(
+      epoch=epoch,
+      step_in_epoch=step,
+      global_step=int(meta["global_step"]),
+      running=_Running(meta["running"] if step else None),
+      history=list(meta["history"]),
+      train_seconds=float(meta["train_seconds"]),
+      train_samples=int(meta["train_samples"]),
+      eval_seconds=float(meta["eval_seconds"]),
+    )
+
+  def start_epoch(self) -> None:
+    self.epoch_start, self.epoch_samples = time.perf_counter(), 0
+
+  def meta(self, epoch_done: bool) -> dict[str, Any]:
+    """The checkpoint ``meta`` of this state (``epoch_done``: the epoch's record is in
+    ``history``, and its time and samples in the totals)."""
+    partial = 0.0 if epoch_done else time.perf_counter() - self.epoch_start
+    return {
+      "epoch": self.epoch,
+      "step_in_epoch": self.step_in_epoch,
+      "global_step": self.global_step,
+      "epoch_done": epoch_done,
+      "running": self.running.state(),
+      "history": list(self.history),
+      "train_seconds": self.train_seconds + partial,
+      "train_samples": self.train_samples + (0 if epoch_done else self.epoch_samples),
+      "eval_seconds": self.eval_seconds,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochPlan:
+  """How one epoch's rows are batched: ``units`` (rows, or candidate groups of ``group`` rows),
+  ``unit_batch`` units per step."""
+
+  num_rows: int
+  units: dict[str, np.ndarray]
+  unit_batch: int
+  group: int
+
+  @classmethod
+  def of(cls, rows: dict[str, np.ndarray], settings: LoopSettings) -> _EpochPlan:
+    group = rows_lib.candidate_groups(rows) if settings.group_candidates else None
+    if group:
+      units, unit_batch = (
+        rows_lib.to_groups(rows, group),
+        max(1, round(settings.batch_size / group)),
+      )
+    else:
+      units, unit_batch, group = rows, settings.batch_size, 1
+    return cls(len(rows["label"]), units, unit_batch, group)
+
+  @property
+  def num_units(self) -> int:
+    return len(self.units["label"])
+
+  @property
+  def steps(self) -> int:
+    return max(1, -(-self.num_units // self.unit_batch))
+
+  def rows_of_step(self, step_in_epoch: int) -> int:
+    """Rows trained by the step that brings the epoch to ``step_in_epoch`` steps."""
+    return self.group * min(self.unit_batch, self.num_units - (step_in_epoch - 1) * self.unit_batch)
+
+
+class _PendingScalars:
+  """Step scalars not yet fetched from the device; `flush` fetches them in one transfer, checks
+  the losses and adds them to the epoch's running sums."""
+
+  def __init__(self, spec: StageSpec, ckpts: checkpoint_lib.StageCheckpoints):
+    self.spec, self.ckpts = spec, ckpts
+    self.scalars: list[dict[str, jax.Array]] = []
+
+  def append(self, scalars: dict[str, jax.Array]) -> None:
+    self.scalars.append(scalars)
+
+  def __len__(self) -> int:
+    return len(self.scalars)
+
+  def flush(self, state: EpochState, steps_per_epoch: int) -> None:
+    """Raises NonFiniteLossError naming the first bad step (global and within the epoch)."""
+    if not self.scalars:
+      return
+    fetched = jax.device_get(self.scalars)
+    scalars = {k: np.asarray([s[k] for s in fetched]) for k in fetched[0]}
+    bad = np.flatnonzero(~np.isfinite(scalars["loss"]))
+    if bad.size:
+      first = int(bad[0])
+      back = len(self.scalars) - first - 1  # steps taken after the bad one
+      self.ckpts.wait()
+      raise NonFiniteLossError(
+        f"{self.spec.name}: non-finite training loss {scalars['loss'][first]} at optimizer step "
+        f"{state.global_step - back} (epoch {state.epoch + 1}, step "
+        f"{state.step_in_epoch - back} of {steps_per_epoch} in the epoch); training stopped; "
+        f"the last good checkpoint (step {self.ckpts.latest_step()}) is kept in "
+        f"{self.spec.directory}"
+      )
+    state.running.add(scalars)
+    self.scalars = []
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+  """The evaluators of a stage and the epoch selection they feed."""
+
+  valid: Any  # evaluator_lib.Evaluator (sampled) or None
+  test: Any
+  valid_full: Any  # full_eval.FullEvaluator or None
+  test_full: Any
+  select_key: str  # the record entry that selects ("valid", "valid_full", ...)
+  protocol: str
+  metric: str
+
+  @classmethod
+  def build(cls, spec: StageSpec, data: StageData, settings: LoopSettings, mesh) -> _Evaluation:
+    from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel
+
+    protocol, metric = config_lib.parse_select_metric(settings.select_metric)
+    with_full = (
+      settings.eval_protocol in ("full", "both")
+      and data.valid_full is not None
+      and spec.transform is None
+    )
+    with_sampled = settings.eval_protocol in ("sampled", "both")
+    if protocol == "full" and not with_full:
+      logging.info(
+        "%s: no full-catalogue ranking in this stage; the epoch is selected on sampled UAUC",
+        spec.name,
+      )
+      protocol, metric, with_sampled = "sampled", "uauc", True
+    scorers = {}
+
+    def sampled(split):
+      if not with_sampled:
+        return None
+      return evaluator_lib.Evaluator(
+        spec.model,
+        split,
+        settings.eval_batch_size,
+        transform=spec.transform,
+        scorers=scorers,
+        mesh=mesh,
+      )
+
+    def full(users):
+      return full_eval.FullEvaluator(spec.model, users, mesh=mesh) if with_full else None
+
+    return cls(
+      valid=sampled(data.valid),
+      test=sampled(data.test),
+      valid_full=full(data.valid_full),
+      test_full=full(data.test_full),
+      select_key=settings.select_on + ("_full" if protocol == "full" else ""),
+      protocol=protocol,
+      metric=metric,
+    )
+
+  def of(self, split: str) -> tuple[Any, Any]:
+    """(sampled, full) evaluators of "valid" or "test"."""
+    return (self.valid, self.valid_full) if split == "valid" else (self.test, self.test_full)
+
+  def __call__(self, split: str, params) -> dict[str, dict[str, float]]:
+    out = {}
+    sampled, full = self.of(split)
+    if sampled is not None:
+      out[split] = sampled(params)
+    if full is not None:
+      out[split + "_full"] = full(params)
+    return out
+
+  def stopped(self, history, settings: LoopSettings) -> bool:
+    return stopped_early(
+      history, settings.patience, self.select_key, self.metric, settings.stop_rule
+    )
+
+
+class _StepFunctions:
+  """The compiled train steps of a stage, one per batch kind (rows / candidate groups), built on
+  first use; sharded over the mesh when there is one."""
+
+  def __init__(self, spec: StageSpec, tx, seed: int, mesh):
+    self.spec, self.tx, self.seed, self.mesh = spec, tx, seed, mesh
+    self.fns = {}
+
+  def __call__(self, grouped: bool):
+    if grouped not in self.fns:
+      fn = step_lib.make_train_step(
+        self.spec.model, self.tx, seed=self.seed, transform=self.spec.transform, grouped=grouped
+      )
+      # The sharded step jits the loop's pure step with the batch split and the rest replicated.
+      self.fns[grouped] = (
+        fn if self.mesh is None else parallel.make_sharded_train_step(fn.__wrapped__, self.mesh)
+      )
+    return self.fns[grouped]
+
+
+def _feed(batches, mesh, prefetch: int):
+  """Host batches -> device batches, ``prefetch`` ahead; split over the mesh when there is one."""
+  if mesh is None:
+    return parallel.device_prefetch(batches, prefetch)
+  # Zero-weight rows up to a multiple of the device count leave the loss unchanged (weighted
+  # BCE; the auxiliary losses mask rows by weight); each process keeps its devices' rows.
+  host = (parallel.process_rows(parallel.pad_batch(b, mesh.size), mesh) for b in batches)
+  return parallel.device_prefetch(host, prefetch, sharding=parallel.batch_sharding(mesh))
+
+
+def _read_back(spec: StageSpec, patience: int) -> tuple[dict[str, Any], Any] | None:
+  """(result, selected params) of a stage that finished with these epochs and patience, or None
+  (not finished, or finished with other ones: then it trains on from its latest checkpoint)."""
+  done = stage_result(spec.directory)
+  if done is None:
+    return None
+  if (done.get("epochs", spec.epochs), done.get("patience", patience)) != (spec.epochs, patience):
+    logging.info(
+      "%s: finished with epochs=%s patience=%s; continuing to epochs=%d patience=%d",
+      spec.name,
+      done.get("epochs"),
+      done.get("patience"),
+      spec.epochs,
+      patience,
+    )
+    return None
+  with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
+    params = ckpts.restore_params(done["selected_step"])
+  logging.info(
+    "%s: finished before (selected epoch %d); read back from %s",
+    spec.name,
+    done["selected_epoch"],
+    spec.directory,
+  )
+  return done, params
+
+
+def train_stage(
+  spec: StageSpec, data: StageData, settings: LoopSettings
+) -> tuple[dict[str, Any], Any]:
+  """Trains one stage, resuming from its latest checkpoint, and returns its result.
+
+  Args:
+    spec: what to train and where.
+    data: the stage's data (unused when the stage finished before).
+    settings: how to train and evaluate it.
 
   Returns:
     (result, params): the stage result dict (as written to ``result.json``: selected epoch and
@@ -300,42 +579,24 @@ def train_stage(
   Raises:
     NonFiniteLossError: the loss became NaN/inf; the message names the global step and the epoch;
       the checkpoints written before stay as they are.
+    reliability.Preempted: SIGTERM/SIGINT (or another process's): checkpointed at the next step
+      boundary and stopped; the same call resumes there.
     ValueError: ``data_parallel`` is False in a run of several processes.
   """
-  done = stage_result(spec.directory)
-  if done is not None and (done.get("epochs", spec.epochs), done.get("patience", patience)) != (
-    spec.epochs,
-    patience,
-  ):
-    # Continued with a larger --epochs / --patience: train on from the latest checkpoint.
-    logging.info(
-      "%s: finished with epochs=%s patience=%s; continuing to epochs=%d patience=%d",
-      spec.name,
-      done.get("epochs"),
-      done.get("patience"),
-      spec.epochs,
-      patience,
-    )
-    done = None
-  if done is not None:  # finished before: read back, do not retrain
-    with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
-      params = ckpts.restore_params(done["selected_step"])
-    logging.info(
-      "%s: finished before (selected epoch %d); read back from %s",
-      spec.name,
-      done["selected_epoch"],
-      spec.directory,
-    )
-    return done, params
-  mesh = _mesh(data_parallel)
+  done = _read_back(spec, settings.patience)
+  if done is not None:
+    return done
+  mesh = _mesh(settings.data_parallel)
   primary = jax.process_index() == 0  # the process that writes the records and the result
   os.makedirs(spec.directory, exist_ok=True)
-  model = spec.model
-  root = jax.random.key(seed)
   # One compiled init instead of many small eager dispatches.
-  params = jax.jit(spec.init)(jax.random.fold_in(root, 0))
+  params = jax.jit(spec.init)(jax.random.fold_in(jax.random.key(settings.seed), 0))
   tx = optim_lib.make_optimizer(
-    model, params, lr, weight_decay=weight_decay, clip_norm=grad_clip_norm
+    spec.model,
+    params,
+    settings.lr,
+    weight_decay=settings.weight_decay,
+    clip_norm=settings.grad_clip_norm,
   )
   opt_state = tx.init(params)
   if mesh is not None:
@@ -348,73 +609,15 @@ def train_stage(
     )
     # Replicated before a restore, so that Orbax restores straight into the replicated layout.
     params, opt_state = parallel.replicate((params, opt_state), mesh)
-  sharding = None if mesh is None else parallel.batch_sharding(mesh)
-  step_fns = {}
-
-  def get_step_fn(grouped):
-    if grouped not in step_fns:
-      fn = step_lib.make_train_step(model, tx, seed=seed, transform=spec.transform, grouped=grouped)
-      # The sharded step jits the loop's pure step with the batch split and the rest replicated.
-      step_fns[grouped] = (
-        fn if mesh is None else parallel.make_sharded_train_step(fn.__wrapped__, mesh)
-      )
-    return step_fns[grouped]
-
-  def feed(batches):
-    """Host batches -> device batches, ``prefetch`` ahead; split over the mesh when there is one."""
-    if mesh is None:
-      return parallel.device_prefetch(batches, prefetch)
-    # Zero-weight rows up to a multiple of the device count leave the loss unchanged (weighted
-    # BCE; the auxiliary losses mask rows by weight); each process keeps its devices' rows.
-    host = (parallel.process_rows(parallel.pad_batch(b, mesh.size), mesh) for b in batches)
-    return parallel.device_prefetch(host, prefetch, sharding=sharding)
+  step_fns = _StepFunctions(spec, tx, settings.seed, mesh)
+  evaluation = _Evaluation.build(spec, data, settings, mesh)
 
   def step_arg(step):
     return np.int32(step) if mesh is None else parallel.replicate(np.int32(step), mesh)
 
-  from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel
-
-  protocol, metric = config_lib.parse_select_metric(select_metric)
-  with_full = (
-    eval_protocol in ("full", "both") and data.valid_full is not None and spec.transform is None
-  )
-  with_sampled = eval_protocol in ("sampled", "both")
-  if protocol == "full" and not with_full:
-    logging.info(
-      "%s: no full-catalogue ranking in this stage; the epoch is selected on sampled UAUC",
-      spec.name,
-    )
-    protocol, metric, with_sampled = "sampled", "uauc", True
-  select_key = select_on + ("_full" if protocol == "full" else "")
-  scorers = {}
-  valid_eval = (
-    evaluator_lib.Evaluator(
-      model, data.valid, eval_batch_size, transform=spec.transform, scorers=scorers, mesh=mesh
-    )
-    if with_sampled
-    else None
-  )
-  test_eval = (
-    evaluator_lib.Evaluator(
-      model, data.test, eval_batch_size, transform=spec.transform, scorers=scorers, mesh=mesh
-    )
-    if with_sampled
-    else None
-  )
-  valid_full = full_eval.FullEvaluator(model, data.valid_full, mesh=mesh) if with_full else None
-  test_full = full_eval.FullEvaluator(model, data.test_full, mesh=mesh) if with_full else None
-
-  def evaluate_split(split, p):
-    out = {}
-    sampled, full = (valid_eval, valid_full) if split == "valid" else (test_eval, test_full)
-    if sampled is not None:
-      out[split] = sampled(p)
-    if full is not None:
-      out[split + "_full"] = full(p)
-    return out
-
   ckpts = checkpoint_lib.StageCheckpoints(spec.directory)
   good = ckpts.restore_latest_good(params, opt_state)
+  meta = None
   if good is not None:
     latest, params, opt_state, meta = good
     logging.info(
@@ -424,171 +627,88 @@ def train_stage(
       meta["epoch"],
       meta["step_in_epoch"],
     )
-  else:
-    meta = {
-      "epoch": 0,
-      "step_in_epoch": 0,
-      "global_step": 0,
-      "epoch_done": False,
-      "running": None,
-      "history": [],
-      "train_seconds": 0.0,
-      "train_samples": 0,
-      "eval_seconds": 0.0,
-    }
-  history = list(meta["history"])
+  state = EpochState.from_meta(meta)
   writer = writers.StageWriter(
-    spec.directory, spec.name, history, tensorboard=tensorboard, files=primary
+    spec.directory, spec.name, state.history, tensorboard=settings.tensorboard, files=primary
   )
+  watch = reliability.PreemptionWatch(sync_every=settings.check_every_steps)
+  pending = _PendingScalars(spec, ckpts)
 
-  epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
-  if meta["epoch_done"]:
-    epoch, start_step = epoch + 1, 0
-  global_step = int(meta["global_step"])
-  train_seconds, train_samples = float(meta["train_seconds"]), int(meta["train_samples"])
-  eval_seconds = float(meta["eval_seconds"])
-  running = _Running(meta["running"] if start_step else None)
+  def save(epoch_done: bool, **kwargs):
+    ckpts.save(
+      state.global_step, _host_copy(params), _host_copy(opt_state), state.meta(epoch_done), **kwargs
+    )
 
-  def snapshot(epoch_done):
-    partial = 0.0 if epoch_done else time.perf_counter() - epoch_start
-    return {
-      "epoch": epoch,
-      "step_in_epoch": step_in_epoch,
-      "global_step": global_step,
-      "epoch_done": epoch_done,
-      "running": running.state(),
-      "history": list(history),
-      "train_seconds": train_seconds + partial,
-      "train_samples": train_samples + (0 if epoch_done else epoch_samples),
-      "eval_seconds": eval_seconds,
-    }
-
-  watch = reliability.PreemptionWatch(sync_every=check_every_steps)
-
-  def preempted(reason: str):
+  def preempted():
     ckpts.wait()
     return reliability.Preempted(
-      f"{spec.name}: stopped on {reason} after global step {global_step} (epoch {epoch + 1}, "
-      f"step {step_in_epoch} of the epoch), checkpoint saved in {spec.directory}; relaunch "
-      "the same command to resume"
+      f"{spec.name}: stopped on {signal_name(watch)} after global step {state.global_step} "
+      f"(epoch {state.epoch + 1}, step {state.step_in_epoch} of the epoch), checkpoint saved in "
+      f"{spec.directory}; relaunch the same command to resume"
     )
 
   try:
     watch.__enter__()
-    for epoch in range(epoch, spec.epochs):
-      if stopped_early(history, patience, select_key, metric, stop_rule):
-        break
-      rows = data.train_rows(epoch)
-      num_rows = len(rows["label"])
-      group = rows_lib.candidate_groups(rows) if group_candidates else None
-      if group:
-        units, unit_batch = rows_lib.to_groups(rows, group), max(1, round(batch_size / group))
-      else:
-        units, unit_batch, group = rows, batch_size, 1
-      step_fn = get_step_fn(group > 1)
-      num_units = len(units["label"])
-      steps_per_epoch = max(1, -(-num_units // unit_batch))
+    while state.epoch < spec.epochs and not evaluation.stopped(state.history, settings):
+      plan = _EpochPlan.of(data.train_rows(state.epoch), settings)
+      step_fn = step_fns(plan.group > 1)
       batches = data.batches(
-        units, unit_batch, seed=seed, epoch=epoch, shuffle=True, start_step=start_step
+        plan.units,
+        plan.unit_batch,
+        seed=settings.seed,
+        epoch=state.epoch,
+        shuffle=True,
+        start_step=state.step_in_epoch,
       )
       bar = _progress_bar(
-        num_rows,
-        min(start_step * unit_batch * group, num_rows),
-        f"{spec.name} epoch {epoch + 1}/{spec.epochs}",
-        progress,
+        plan.num_rows,
+        min(state.step_in_epoch * plan.unit_batch * plan.group, plan.num_rows),
+        f"{spec.name} epoch {state.epoch + 1}/{spec.epochs}",
+        settings.progress,
       )
-      pending, pending_base = [], global_step
-      epoch_start, epoch_samples = time.perf_counter(), 0
-      step_in_epoch = start_step
-
-      def flush():
-        nonlocal pending, pending_base
-        if not pending:
-          return
-        fetched = jax.device_get(pending)
-        scalars = {k: np.asarray([s[k] for s in fetched]) for k in fetched[0]}
-        bad = np.flatnonzero(~np.isfinite(scalars["loss"]))
-        if bad.size:
-          first = int(bad[0])
-          bad_global = pending_base + first + 1
-          bad_in_epoch = step_in_epoch - len(pending) + first + 1
-          ckpts.wait()
-          raise NonFiniteLossError(
-            f"{spec.name}: non-finite training loss {scalars['loss'][first]} at optimizer step "
-            f"{bad_global} (epoch {epoch + 1}, step {bad_in_epoch} of {steps_per_epoch} in the "
-            f"epoch); training stopped; the last good checkpoint (step {ckpts.latest_step()}) "
-            f"is kept in {spec.directory}"
-          )
-        running.add(scalars)
-        pending, pending_base = [], global_step
-
-      for batch in feed(batches):
-        params, opt_state, scalars = step_fn(params, opt_state, batch, step_arg(global_step))
+      state.start_epoch()
+      for batch in _feed(batches, mesh, settings.prefetch):
+        params, opt_state, scalars = step_fn(params, opt_state, batch, step_arg(state.global_step))
         pending.append(scalars)
-        global_step += 1
-        step_in_epoch += 1
-        rows_done = group * min(unit_batch, num_units - (step_in_epoch - 1) * unit_batch)
-        epoch_samples += rows_done
+        state.global_step += 1
+        state.step_in_epoch += 1
+        rows_done = plan.rows_of_step(state.step_in_epoch)
+        state.epoch_samples += rows_done
         if bar is not None:
           bar.update(rows_done)
-        if len(pending) >= check_every_steps:
-          flush()
+        if len(pending) >= settings.check_every_steps:
+          pending.flush(state, plan.steps)
+        mid_epoch = state.step_in_epoch < plan.steps
         saved = False
-        if (
-          checkpoint_every_steps
-          and global_step % checkpoint_every_steps == 0
-          and step_in_epoch < steps_per_epoch
-        ):
-          flush()
-          ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(False))
+        every = settings.checkpoint_every_steps
+        if every and state.global_step % every == 0 and mid_epoch:
+          pending.flush(state, plan.steps)
+          save(False)
           saved = True
         # Preemption: checkpoint this step boundary (the last step of an epoch checkpoints at
         # the epoch end instead, below) and stop.
-        if step_in_epoch < steps_per_epoch and watch.should_stop(global_step):
-          flush()
+        if mid_epoch and watch.should_stop(state.global_step):
+          pending.flush(state, plan.steps)
           if not saved:
-            ckpts.save(global_step, _host_copy(params), _host_copy(opt_state), snapshot(False))
-          raise preempted(signal_name(watch))
-      flush()
-      if step_in_epoch != steps_per_epoch:
+            save(False)
+          raise preempted()
+      pending.flush(state, plan.steps)
+      if state.step_in_epoch != plan.steps:
         raise RuntimeError(
-          f"{spec.name}: the batch iterator of epoch {epoch} stopped at step "
-          f"{step_in_epoch}, expected {steps_per_epoch}"
+          f"{spec.name}: the batch iterator of epoch {state.epoch} stopped at step "
+          f"{state.step_in_epoch}, expected {plan.steps}"
         )
       jax.block_until_ready(params)
-      seconds = time.perf_counter() - epoch_start
-      rate = epoch_samples / seconds if seconds > 0 else float("nan")
-      train_seconds += seconds
-      train_samples += epoch_samples
-      epoch_start, epoch_samples = time.perf_counter(), 0
+      seconds = time.perf_counter() - state.epoch_start
       if bar is not None:
         bar.close()
-
-      eval_start = time.perf_counter()
-      record = {"epoch": epoch + 1, "step": global_step}
-      record.update(evaluate_split("valid", params))
-      if select_on == "test":
-        record.update(evaluate_split("test", params))
-      eval_seconds += time.perf_counter() - eval_start
-      means = running.means()
-      record["train_loss"] = means.pop("loss")
-      record["train"] = means
-      record["samples_per_s"] = rate
-      record["seconds"] = seconds + time.perf_counter() - eval_start
-      history.append(record)
-      selection = record[select_key][metric]
-      ckpts.save(
-        global_step,
-        _host_copy(params),
-        _host_copy(opt_state),
-        snapshot(True),
-        selection=selection if math.isfinite(selection) else -math.inf,
-      )
+      record = _end_epoch(state, seconds, params, evaluation, settings)
+      selection = record[evaluation.select_key][evaluation.metric]
+      save(True, selection=selection if math.isfinite(selection) else -math.inf)
       writer.write_epoch(record)
-      running = _Running()
-      start_step = 0
-      if watch.should_stop(global_step) and epoch + 1 < spec.epochs:
-        raise preempted(signal_name(watch))
+      if watch.should_stop(state.global_step) and state.epoch + 1 < spec.epochs:
+        raise preempted()
+      state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, _Running()
     ckpts.wait()
   except BaseException:
     # Let saves already under way complete (they hold good states), then re-raise.
@@ -600,22 +720,54 @@ def train_stage(
   finally:
     watch.__exit__(None, None, None)
     writer.close()
+  return _finish(spec, state, params, ckpts, evaluation, settings, mesh, primary)
 
+
+def _end_epoch(
+  state: EpochState, seconds: float, params, evaluation: _Evaluation, settings: LoopSettings
+) -> dict[str, Any]:
+  """Adds the epoch's time and samples to the totals, evaluates, and appends the epoch's record
+  to ``state.history`` (returned)."""
+  rate = state.epoch_samples / seconds if seconds > 0 else float("nan")
+  state.train_seconds += seconds
+  state.train_samples += state.epoch_samples
+  state.start_epoch()
+  eval_start = time.perf_counter()
+  record = {"epoch": state.epoch + 1, "step": state.global_step}
+  record.update(evaluation("valid", params))
+  if settings.select_on == "test":
+    record.update(evaluation("test", params))
+  state.eval_seconds += time.perf_counter() - eval_start
+  means = state.running.means()
+  record["train_loss"] = means.pop("loss")
+  record["train"] = means
+  record["samples_per_s"] = rate
+  record["seconds"] = seconds + time.perf_counter() - eval_start
+  state.history.append(record)
+  return record
+
+
+def _finish(spec, state, params, ckpts, evaluation, settings, mesh, primary):
+  """Restores the selected epoch, evaluates it (test for the first time under "valid"
+  selection), writes the per-user files and ``result.json``; returns (result, params)."""
+  history = state.history
   if not history:
     raise ValueError(f"{spec.name}: no epoch was trained (epochs={spec.epochs})")
-  best = max(history, key=lambda r: (_finite(r[select_key][metric]), -r["step"]))
-  stop_reason = (
-    "patience" if stopped_early(history, patience, select_key, metric, stop_rule) else "max_epochs"
-  )
+  key, metric = evaluation.select_key, evaluation.metric
+  best = max(history, key=lambda r: (_finite(r[key][metric]), -r["step"]))
+  stop_reason = "patience" if evaluation.stopped(history, settings) else "max_epochs"
   params = ckpts.restore_params(best["step"], params)
   ckpts.close()
   final = {k: best[k] for k in ("valid", "valid_full") if k in best}
-  if select_on == "test":
+  if settings.select_on == "test":
     final.update({k: best[k] for k in ("test", "test_full") if k in best})
-  for split, sampled, full in (("valid", valid_eval, valid_full), ("test", test_eval, test_full)):
+  for split in ("valid", "test"):
     # Every process evaluates (the scorers are collective over the mesh); process 0 writes.
-    metrics, rows = evaluate_selected(params, split, sampled, full, save_scores=save_scores)
-    if split == "test" and select_on != "test":
+    sampled, full = evaluation.of(split)
+    metrics, rows = evaluate_selected(
+      params, split, sampled, full, save_scores=settings.save_scores
+    )
+    if split == "test" and settings.select_on != "test":
       final.update(metrics)  # test is evaluated once, here, at the selected epoch
     if primary:
       write_per_user(os.path.join(spec.directory, PER_USER_FILE.format(split=split)), rows)
@@ -627,13 +779,15 @@ def train_stage(
     "epochs": spec.epochs,
     "stopped_epoch": len(history),
     "stop_reason": stop_reason,
-    "patience": patience,
-    "stop_rule": stop_rule,
-    "selection": {"split": select_on, "protocol": protocol, "metric": metric},
-    "train_seconds": train_seconds,
-    "eval_seconds": eval_seconds,
-    "train_samples": train_samples,
-    "train_samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
+    "patience": settings.patience,
+    "stop_rule": settings.stop_rule,
+    "selection": {"split": settings.select_on, "protocol": evaluation.protocol, "metric": metric},
+    "train_seconds": state.train_seconds,
+    "eval_seconds": state.eval_seconds,
+    "train_samples": state.train_samples,
+    "train_samples_per_s": (
+      state.train_samples / state.train_seconds if state.train_seconds > 0 else None
+    ),
     "devices": 1 if mesh is None else mesh.size,
     "history": history,
   }

@@ -34,6 +34,27 @@ def make_optimizer(
   inner = optax.adamw(lr, weight_decay=weight_decay) if weight_decay > 0 else optax.adam(lr)
   if clip_norm > 0:
     inner = optax.chain(optax.clip_by_global_norm(clip_norm), inner)
-  return optax.multi_transform(
-    {"train": inner, "frozen": optax.set_to_zero()}, trainable_labels(model, params)
+  return _standard_promotion(
+    optax.multi_transform(
+      {"train": inner, "frozen": optax.set_to_zero()}, trainable_labels(model, params)
+    )
   )
+
+
+def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``tx`` with JAX's standard dtype promotion inside, whatever the caller's setting.
+
+  optax's Adam computes ``decay ** count`` with an int32 ``count`` (optax 0.2.8), which
+  ``jax_numpy_dtype_promotion="strict"`` rejects; the library's own code runs under strict
+  promotion in the tests, so the optimiser is the one scope that opts out.
+  """
+
+  def init(params):
+    with jax.numpy_dtype_promotion("standard"):
+      return tx.init(params)
+
+  def update(updates, state, params=None):
+    with jax.numpy_dtype_promotion("standard"):
+      return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(init, update)

@@ -6,7 +6,7 @@ import math
 from typing import Any, Mapping
 
 
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def selection_label(config: TrainConfig) -> str:

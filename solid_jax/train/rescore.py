@@ -24,7 +24,7 @@ from solid_jax.train import semantic_tables
 from solid_jax.train import stages
 from solid_jax.train import workdir as workdir_lib
 from solid_jax.train import evaluator as evaluator_lib
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 class _DropOrbaxReadOnly(logging_std.Filter):

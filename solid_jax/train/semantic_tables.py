@@ -14,7 +14,7 @@ from solid_jax import models as models_lib
 from solid_jax import semantics as semantics_lib
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import loop
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 SEMANTICS_PREFIX = "semantics"

@@ -53,7 +53,7 @@ from solid_jax.train import loop
 from solid_jax.train import reliability
 from solid_jax.train import rows as rows_lib
 from solid_jax.train import writers
-from solid_jax.train.config import LOOP_FIELDS, TrainConfig
+from solid_jax.train.train_config import TrainConfig
 from solid_jax.train import semantic_tables
 from solid_jax.train import workdir as workdir_lib
 
@@ -91,8 +91,10 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
   )
 
 
-def _train_kwargs(config: TrainConfig) -> dict[str, Any]:
-  return {name: getattr(config, name) for name in LOOP_FIELDS}
+def loop_settings(config: TrainConfig) -> loop.LoopSettings:
+  """The loop settings of a run: the `TrainConfig` fields of the same names."""
+  names = [f.name for f in dataclasses.fields(loop.LoopSettings)]
+  return loop.LoopSettings(**{name: getattr(config, name) for name in names})
 
 
 def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
@@ -202,7 +204,7 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     seed=config.seed,
   )
   batches = sj_data.batches
-  kwargs = _train_kwargs(config)
+  settings = loop_settings(config)
   stage_results: dict[str, Any] = {}
 
   def run_stage(name, model_cfg, data, *, transform=None, codebook_init=None):
@@ -231,7 +233,7 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       transform=transform,
     )
     logging.info("%s: %s", name, model_cfg)
-    result, params = loop.train_stage(spec, data, **kwargs)
+    result, params = loop.train_stage(spec, data, settings)
     stage_results[name] = {k: v for k, v in result.items() if k != "history"}
     return params
 

@@ -16,9 +16,9 @@ import tempfile
 from typing import Any
 
 
-from solid_jax.train import config as config_lib
+from solid_jax.train import train_config as config_lib
 from solid_jax.train import writers
-from solid_jax.train.config import TrainConfig, config_differences
+from solid_jax.train.train_config import TrainConfig, config_differences
 
 
 RESULTS_FILE = "results.json"

@@ -12,7 +12,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 TINY_CONFIG = '''"""Tiny settings for launcher tests."""
 import dataclasses
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 
 def get_config():

@@ -7,7 +7,7 @@ from absl import flags
 import pytest
 
 from solid_jax.train import cli
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 
 CONFIGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 
@@ -51,7 +51,7 @@ def test_data_parallel_flag_reaches_the_training_loop():
   assert TrainConfig().data_parallel
   config = cli.config_from_flags(_parse("--data_parallel=false"), CONFIGS_DIR)
   assert config.data_parallel is False
-  assert stages._train_kwargs(config)["data_parallel"] is False
+  assert stages.loop_settings(config).data_parallel is False
   assert cli.config_from_flags(_parse("--nodata_parallel"), CONFIGS_DIR).data_parallel is False
 
 
@@ -81,7 +81,7 @@ def test_config_files_by_name_and_path(tmp_path):
   assert cli.config_from_flags(_parse("--config=quick"), CONFIGS_DIR).epochs == 5
   path = tmp_path / "mine.py"
   path.write_text(
-    "from solid_jax.train.config import TrainConfig\n"
+    "from solid_jax.train.train_config import TrainConfig\n"
     "def get_config():\n  return TrainConfig(method='static', dim=16)\n"
   )
   mine = cli.config_from_flags(_parse(f"--config={path}"), CONFIGS_DIR)

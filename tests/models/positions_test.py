@@ -125,7 +125,7 @@ def test_every_parameter_learns_through_apply_positions(head, generator):
     bce = jnp.where(
       live, jax.nn.softplus(-logits) * labels + jax.nn.softplus(logits) * (1 - labels), 0.0
     )
-    return jnp.sum(bce) / jnp.sum(live) + aux["aux_loss"]
+    return jnp.sum(bce) / jnp.sum(live, dtype=bce.dtype) + aux["aux_loss"]
 
   grads = jax.grad(loss)(params)
   trainable = model.trainable(params)

@@ -78,13 +78,15 @@ def train(workdir: str) -> dict:
   result, params = loop.train_stage(
     spec,
     data,
-    seed=0,
-    batch_size=50,
-    lr=1e-2,
-    eval_batch_size=256,
-    checkpoint_every_steps=5,
-    progress=False,
-    tensorboard=False,
+    loop.LoopSettings(
+      seed=0,
+      batch_size=50,
+      lr=1e-2,
+      eval_batch_size=256,
+      checkpoint_every_steps=5,
+      progress=False,
+      tensorboard=False,
+    ),
   )
   leaf = jax.tree.leaves(params)[0]
   return {

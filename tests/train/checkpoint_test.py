@@ -18,9 +18,10 @@ def _state(seed=0):
     "head": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "bias": jnp.zeros(2)},
   }
   tx = optax.adam(1e-2)
-  opt_state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
-  updates, opt_state = tx.update(grads, opt_state, params)
+  with jax.numpy_dtype_promotion("standard"):  # optax's Adam: decay ** int32 count
+    opt_state = tx.init(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
 
 

@@ -11,7 +11,7 @@ import solid_jax as sj
 from solid_jax.train import step as step_lib
 from solid_jax.train import optim as optim_lib
 from solid_jax.train import rows as rows_lib
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 from solid_jax.train.full_eval import FullEvaluator
 from tests.models.conftest import NUM_ITEMS, config, make_batch
 

@@ -13,7 +13,7 @@ import solid_jax as sj
 from solid_jax.train import loop
 from solid_jax.train import rescore
 from solid_jax.train import stages
-from solid_jax.train.config import TrainConfig, config_differences, parse_select_metric
+from solid_jax.train.train_config import TrainConfig, config_differences, parse_select_metric
 from tests.train.loop_test import Crash, _crashing_batches
 
 KWARGS = dict(seed=0, batch_size=16, eval_batch_size=128, progress=False, tensorboard=False)
@@ -77,7 +77,9 @@ def test_stopped_early_rule():
 
 
 def test_both_protocols_positions_and_per_user_files(toy, tmp_path):
-  result, _ = loop.train_stage(_spec(toy, tmp_path, 3), _data(toy), lr=1e-2, **KWARGS)
+  result, _ = loop.train_stage(
+    _spec(toy, tmp_path, 3), _data(toy), loop.LoopSettings(lr=1e-2, **KWARGS)
+  )
   assert set(result["valid"]) == set(sj.metrics.metric_names())
   assert set(result["test_full"]) == set(sj.metrics.full_metric_names())
   assert result["selection"] == {"split": "valid", "protocol": "full", "metric": "ndcg@10"}
@@ -98,11 +100,9 @@ def test_sampled_selection_and_one_protocol(toy, tmp_path):
   result, _ = loop.train_stage(
     _spec(toy, tmp_path, 2),
     _data(toy),
-    lr=1e-2,
-    select_metric="sampled:uauc",
-    eval_protocol="sampled",
-    save_scores=True,
-    **KWARGS,
+    loop.LoopSettings(
+      lr=1e-2, select_metric="sampled:uauc", eval_protocol="sampled", save_scores=True, **KWARGS
+    ),
   )
   assert "valid_full" not in result and "test_full" not in result
   assert result["selection"]["protocol"] == "sampled"
@@ -117,20 +117,30 @@ def test_sampled_selection_and_one_protocol(toy, tmp_path):
 def test_patience_stops_and_a_crashed_run_stops_at_the_same_epoch(toy, tmp_path):
   # lr so small that no epoch improves on the first: the run stops after 1 + patience epochs.
   kwargs = dict(KWARGS, lr=1e-12, patience=2)
-  whole, params_whole = loop.train_stage(_spec(toy, tmp_path / "whole", 10), _data(toy), **kwargs)
+  whole, params_whole = loop.train_stage(
+    _spec(toy, tmp_path / "whole", 10), _data(toy), loop.LoopSettings(**kwargs)
+  )
   assert whole["stop_reason"] == "patience" and whole["stopped_epoch"] == 3
   assert whole["epochs"] == 10
   spec = _spec(toy, tmp_path / "crash", 10)
   with pytest.raises(Crash):
-    loop.train_stage(spec, _data(toy, _crashing_batches(2, 1)), checkpoint_every_steps=1, **kwargs)
-  resumed, params_resumed = loop.train_stage(spec, _data(toy), checkpoint_every_steps=1, **kwargs)
+    loop.train_stage(
+      spec,
+      _data(toy, _crashing_batches(2, 1)),
+      loop.LoopSettings(checkpoint_every_steps=1, **kwargs),
+    )
+  resumed, params_resumed = loop.train_stage(
+    spec, _data(toy), loop.LoopSettings(checkpoint_every_steps=1, **kwargs)
+  )
   assert resumed["stopped_epoch"] == 3 and resumed["selected_epoch"] == whole["selected_epoch"]
   for a, b in zip(whole["history"], resumed["history"]):
     assert a["valid_full"] == b["valid_full"] and a["train_loss"] == b["train_loss"]
   jax.tree.map(np.testing.assert_array_equal, params_whole, params_resumed)
   # Killed after the stopping epoch was checkpointed but before result.json: no more training.
   os.remove(tmp_path / "whole" / loop.RESULT_FILE)
-  again, _ = loop.train_stage(_spec(toy, tmp_path / "whole", 10), _data(toy), **kwargs)
+  again, _ = loop.train_stage(
+    _spec(toy, tmp_path / "whole", 10), _data(toy), loop.LoopSettings(**kwargs)
+  )
   assert again["stopped_epoch"] == 3 and again["history"] == whole["history"]
 
 
@@ -155,18 +165,24 @@ def test_packed_training_trains_as_unpacked_and_resumes_exactly(toy, tmp_path):
     ),
   )
   assert spec("a").model.config.packable
-  plain, _ = loop.train_stage(spec("plain"), _data(toy), **kwargs)
-  packed, params = loop.train_stage(spec("packed"), _data(toy, sj.data.packed_batches), **kwargs)
+  plain, _ = loop.train_stage(spec("plain"), _data(toy), loop.LoopSettings(**kwargs))
+  packed, params = loop.train_stage(
+    spec("packed"), _data(toy, sj.data.packed_batches), loop.LoopSettings(**kwargs)
+  )
   # Without dropout a packed batch is the same computation in another layout.
   for a, b in zip(plain["history"], packed["history"]):
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     assert b["valid_full"]["ndcg@10"] == pytest.approx(a["valid_full"]["ndcg@10"], abs=1e-4)
   with pytest.raises(Crash):
     loop.train_stage(
-      spec("crash"), _data(toy, _packed_crashing(1, 2)), checkpoint_every_steps=1, **kwargs
+      spec("crash"),
+      _data(toy, _packed_crashing(1, 2)),
+      loop.LoopSettings(checkpoint_every_steps=1, **kwargs),
     )
   resumed, params_resumed = loop.train_stage(
-    spec("crash"), _data(toy, sj.data.packed_batches), checkpoint_every_steps=1, **kwargs
+    spec("crash"),
+    _data(toy, sj.data.packed_batches),
+    loop.LoopSettings(checkpoint_every_steps=1, **kwargs),
   )
   assert [r["train_loss"] for r in resumed["history"]] == [
     r["train_loss"] for r in packed["history"]

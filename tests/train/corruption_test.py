@@ -94,19 +94,25 @@ def test_a_changed_array_fails_the_checksum(tmp_path, monkeypatch):
 
 def test_the_loop_resumes_past_a_corrupted_checkpoint_and_ends_as_uninterrupted(toy, tmp_path):  # noqa: F811
   kwargs = dict(KWARGS, lr=1e-2)
-  whole, params_whole = loop.train_stage(_spec(toy, tmp_path / "whole", 3), _data(toy), **kwargs)
+  whole, params_whole = loop.train_stage(
+    _spec(toy, tmp_path / "whole", 3), _data(toy), loop.LoopSettings(**kwargs)
+  )
   spec = _spec(toy, tmp_path / "crashed", 3)
   # No prefetching: the crash then comes after two steps of epoch 3, each checkpointed (with
   # batches read ahead it would come before the epoch's first step).
   with pytest.raises(Crash):
     loop.train_stage(
-      spec, _data(toy, _crashing_batches(2, 2)), checkpoint_every_steps=1, prefetch=0, **kwargs
+      spec,
+      _data(toy, _crashing_batches(2, 2)),
+      loop.LoopSettings(checkpoint_every_steps=1, prefetch=0, **kwargs),
     )
   with checkpoint_lib.StageCheckpoints(spec.directory, read_only=True) as ckpts:
     latest, kept = ckpts.latest_step(), ckpts.all_steps()
   assert len(kept) == 2 and latest == 8, kept  # the mid-epoch latest and the best epoch end
   flip(os.path.join(spec.directory, str(latest)))
-  resumed, params = loop.train_stage(spec, _data(toy), checkpoint_every_steps=1, **kwargs)
+  resumed, params = loop.train_stage(
+    spec, _data(toy), loop.LoopSettings(checkpoint_every_steps=1, **kwargs)
+  )
   assert [r["train_loss"] for r in resumed["history"]] == [
     r["train_loss"] for r in whole["history"]
   ]

@@ -68,7 +68,7 @@ def _crashing_batches(epoch, after):
 
 
 def test_records_selection_and_retention(toy, tmp_path):
-  result, params = loop.train_stage(_spec(toy, tmp_path), _data(toy), **KWARGS)
+  result, params = loop.train_stage(_spec(toy, tmp_path), _data(toy), loop.LoopSettings(**KWARGS))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["epoch"] for l in lines] == [1, 2]
   for line in lines:
@@ -95,7 +95,7 @@ def test_records_selection_and_retention(toy, tmp_path):
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   # A finished stage is read back, not retrained (no data is touched).
-  again, again_params = loop.train_stage(_spec(toy, tmp_path), None, **KWARGS)
+  again, again_params = loop.train_stage(_spec(toy, tmp_path), None, loop.LoopSettings(**KWARGS))
   assert again == json.load(open(tmp_path / "result.json"))
   for a, b in zip(jax.tree.leaves(again_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
@@ -103,18 +103,22 @@ def test_records_selection_and_retention(toy, tmp_path):
 
 @pytest.mark.slow
 def test_resume_mid_epoch_is_exact(toy, tmp_path):
-  reference, _ = loop.train_stage(_spec(toy, tmp_path / "ref"), _data(toy), **KWARGS)
+  reference, _ = loop.train_stage(
+    _spec(toy, tmp_path / "ref"), _data(toy), loop.LoopSettings(**KWARGS)
+  )
   # The loop reads the batch iterator `prefetch` (2) batches ahead of the step, so an iterator that
   # fails after yielding 5 batches of epoch 2 stops the run after 3 steps of that epoch: one of them
   # ends on an even global step, so a mid-epoch checkpoint exists (18 steps per epoch here).
   crashed = _data(toy, batches=_crashing_batches(epoch=1, after=5))
   with pytest.raises(Crash):
-    loop.train_stage(_spec(toy, tmp_path / "run"), crashed, checkpoint_every_steps=2, **KWARGS)
+    loop.train_stage(
+      _spec(toy, tmp_path / "run"), crashed, loop.LoopSettings(checkpoint_every_steps=2, **KWARGS)
+    )
   with checkpoint.StageCheckpoints(tmp_path / "run", read_only=True) as ckpts:
     meta = ckpts.restore_meta(ckpts.latest_step())
   assert meta["epoch"] == 1 and meta["step_in_epoch"] > 0 and not meta["epoch_done"]
   resumed, _ = loop.train_stage(
-    _spec(toy, tmp_path / "run"), _data(toy), checkpoint_every_steps=2, **KWARGS
+    _spec(toy, tmp_path / "run"), _data(toy), loop.LoopSettings(checkpoint_every_steps=2, **KWARGS)
   )
   assert resumed["valid"] == reference["valid"] and resumed["test"] == reference["test"]
   assert [h["train_loss"] for h in resumed["history"]] == [
@@ -137,7 +141,9 @@ def test_non_finite_loss_stops_with_step_and_epoch(toy, tmp_path):
       yield batch
 
   with pytest.raises(loop.NonFiniteLossError) as error:
-    loop.train_stage(_spec(toy, tmp_path), _data(toy, batches=poisoned), **KWARGS)
+    loop.train_stage(
+      _spec(toy, tmp_path), _data(toy, batches=poisoned), loop.LoopSettings(**KWARGS)
+    )
   message = str(error.value)
   with checkpoint.StageCheckpoints(tmp_path, read_only=True) as ckpts:
     steps = ckpts.all_steps()

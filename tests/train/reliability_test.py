@@ -13,7 +13,7 @@ import solid_jax as sj
 from solid_jax.train import loop
 from solid_jax.train import reliability
 from solid_jax.train import stages
-from solid_jax.train.config import TrainConfig
+from solid_jax.train.train_config import TrainConfig
 from tests.train.convergence_test import KWARGS, _data, _spec
 
 
@@ -113,18 +113,20 @@ def test_a_signal_checkpoints_the_step_and_the_relaunch_ends_as_uninterrupted(
   toy, tmp_path, signum
 ):
   kwargs = dict(KWARGS, lr=1e-2)
-  whole, params_whole = loop.train_stage(_spec(toy, tmp_path / "whole", 3), _data(toy), **kwargs)
+  whole, params_whole = loop.train_stage(
+    _spec(toy, tmp_path / "whole", 3), _data(toy), loop.LoopSettings(**kwargs)
+  )
   spec = _spec(toy, tmp_path / "stopped", 3)
   before = signal.getsignal(signum)
   with pytest.raises(reliability.Preempted, match=signal.Signals(signum).name):
-    loop.train_stage(spec, _data(toy, _SignalAfter(1, 2, signum)), **kwargs)
+    loop.train_stage(spec, _data(toy, _SignalAfter(1, 2, signum)), loop.LoopSettings(**kwargs))
   assert signal.getsignal(signum) is before  # the handler is the loop's only while it trains
   with sj.train.checkpoint.StageCheckpoints(spec.directory, read_only=True) as ckpts:
     meta = ckpts.restore_meta(ckpts.latest_step())
   # Saved mid-epoch, at the first step boundary after the signal (batches are made ahead).
   assert meta["epoch"] == 1 and not meta["epoch_done"] and meta["step_in_epoch"] >= 1
   assert not os.path.exists(os.path.join(spec.directory, loop.RESULT_FILE))
-  resumed, params_resumed = loop.train_stage(spec, _data(toy), **kwargs)
+  resumed, params_resumed = loop.train_stage(spec, _data(toy), loop.LoopSettings(**kwargs))
   assert [r["train_loss"] for r in resumed["history"]] == [
     r["train_loss"] for r in whole["history"]
   ]

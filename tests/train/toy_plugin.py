@@ -17,8 +17,8 @@ class MeanPool(EmbeddingBackbone):
   def encode(
     self, seq_emb, items, target_vec=None, *, all_positions=False, segments=None, train=False
   ):
-    valid = (items != 0)[..., None]
-    return jnp.sum(seq_emb * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
+    valid = (items != 0)[..., None].astype(seq_emb.dtype)
+    return jnp.sum(seq_emb * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
 
 
 @HEADS.register("toy_scale", replace=True)

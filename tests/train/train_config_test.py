@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from solid_jax.train import config as config_lib
-from solid_jax.train.config import TrainConfig
+from solid_jax.train import train_config as config_lib
+from solid_jax.train.train_config import TrainConfig
 
 
 def test_defaults_are_the_spec_settings():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from solid_jax import configs as model_configs
+from solid_jax import model_config as model_configs
 from solid_jax.models.registry import BACKBONES, METHODS
 
 SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
@@ -75,28 +75,6 @@ SHARED_MODEL_FIELDS = (
   "dropout_embedding",
   "dropout_hidden",
   "dropout_attention",
-)
-# TrainConfig fields that are keyword arguments of `loop.train_stage` under the same name.
-LOOP_FIELDS = (
-  "seed",
-  "batch_size",
-  "lr",
-  "eval_batch_size",
-  "select_on",
-  "checkpoint_every_steps",
-  "check_every_steps",
-  "prefetch",
-  "progress",
-  "tensorboard",
-  "group_candidates",
-  "data_parallel",
-  "select_metric",
-  "eval_protocol",
-  "patience",
-  "weight_decay",
-  "grad_clip_norm",
-  "save_scores",
-  "stop_rule",
 )
 
 
