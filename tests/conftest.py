@@ -15,6 +15,7 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before jax reads it at import
 import jax  # noqa: E402
+
 # Every implicit promotion between dtypes (int * float, bfloat16 + float32, ...) is an error in
 # the tests, as in Equinox's suite: the library casts explicitly wherever it mixes dtypes.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
