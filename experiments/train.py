@@ -8,6 +8,13 @@ Flags override the fields of ``--config`` (a file in experiments/configs/, defau
 resumes from the latest checkpoint; a finished workdir is only reported. SIGTERM / SIGINT save a
 checkpoint at the next step boundary and exit with status 75 (relaunch to resume); a workdir
 another launch is using is refused. See experiments/README.md.
+
+Populations: ``--seeds=0,1,2`` (and ``--population=lr=1e-3,3e-3``) train every combination as
+one member of a population, in one vmapped step per stage, each member an ordinary run in
+``WORKDIR/seed_<s>[-lr_<lr>]`` (resumable, and readable alone); ``WORKDIR/population.json``
+lists them with their metrics:
+
+  python -m experiments.train --dataset=ml-100k --method=solid --workdir=/tmp/pop --seeds=0,1,2
 """
 
 import json
@@ -31,6 +38,18 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 
 cli.define_flags(FLAGS)
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_list(
+  "seeds",
+  None,
+  "train these seeds as one population (one vmapped step per stage); each member in "
+  "WORKDIR/seed_<s>; overrides --seed",
+)
+flags.DEFINE_string(
+  "population",
+  None,
+  "hyperparameter values of the population members, e.g. 'lr=1e-3,3e-3' (every combination "
+  "with --seeds; only lr may vary)",
+)
 
 
 def main(argv):
@@ -42,6 +61,13 @@ def main(argv):
   config = cli.config_from_flags(FLAGS, CONFIGS_DIR)
   logging.info("JAX %s on %s; config %s", jax.__version__, jax.devices(), config)
   try:
+    if FLAGS.seeds is not None or FLAGS.population is not None:
+      members = stages.population_members(config, FLAGS.workdir, FLAGS.seeds, FLAGS.population)
+      results = stages.run_population(*zip(*members))
+      path = stages.write_population(FLAGS.workdir, members, results)
+      print(stages.population_table(members, results))
+      print(f"population: {path}")
+      return
     results = stages.run_experiment(config, FLAGS.workdir)
   except reliability.Preempted as e:  # SIGTERM / SIGINT: checkpointed, relaunch to resume
     logging.warning("%s", e)

@@ -51,6 +51,8 @@ class FullEvaluator:
     mesh: split every user batch over this mesh (data parallelism); parameters replicated.
     by_length: encode the users in groups of similar history length, each cut to its width
       (False: every history over all L slots; the metrics are the same).
+    compiled: a dict shared between FullEvaluators of the same model, which then share their
+      compiled function (the model must be the same: the key is the tiling only).
   """
 
   def __init__(
@@ -62,6 +64,7 @@ class FullEvaluator:
     item_tile: int | None = None,
     mesh: Mesh | None = None,
     by_length: bool = True,
+    compiled: dict | None = None,
   ):
     self.model = model
     self.num_items = int(model.config.num_items)
@@ -94,7 +97,13 @@ class FullEvaluator:
       padded["mask"][rows.size :] = False
       shaped = {k: v.reshape((-1, batch) + v.shape[1:]) for k, v in padded.items()}
       self._parts.append((rows, evaluator_lib._place(shaped, mesh)))  # pylint: disable=protected-access
-    self._fn = self._build()
+    # Evaluators of the same model and tiling (validation and test, a population's members)
+    # share one compiled function through ``compiled``.
+    key = ("full", self.tile, self.num_tiles, self.num_items, self.factorised, mesh)
+    cache = {} if compiled is None else compiled
+    if key not in cache:
+      cache[key] = self._build()
+    self._fn = cache[key]
 
   def _build(self):
     model, tile, num_tiles, num_items = self.model, self.tile, self.num_tiles, self.num_items

@@ -439,7 +439,17 @@ class _Evaluation:
   metric: str
 
   @classmethod
-  def build(cls, spec: StageSpec, data: StageData, settings: LoopSettings, mesh) -> _Evaluation:
+  def build(
+    cls,
+    spec: StageSpec,
+    data: StageData,
+    settings: LoopSettings,
+    mesh,
+    *,
+    scorers: dict | None = None,
+) -> _Evaluation:
+    """``scorers``: compiled scorers shared with other stages of the same model (a population's
+    members), so that they compile once."""
     from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel
 
     protocol, metric = config_lib.parse_select_metric(settings.select_metric)
@@ -455,7 +465,7 @@ class _Evaluation:
         spec.name,
       )
       protocol, metric, with_sampled = "sampled", "uauc", True
-    scorers = {}
+    scorers = {} if scorers is None else scorers
 
     def sampled(split):
       if not with_sampled:
@@ -470,7 +480,9 @@ class _Evaluation:
       )
 
     def full(users):
-      return full_eval.FullEvaluator(spec.model, users, mesh=mesh) if with_full else None
+      if not with_full:
+        return None
+      return full_eval.FullEvaluator(spec.model, users, mesh=mesh, compiled=scorers)
 
     return cls(
       valid=sampled(data.valid),

@@ -35,6 +35,7 @@ checkpoint) and ends with the same metrics as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import shutil
@@ -97,6 +98,19 @@ def loop_settings(config: TrainConfig) -> loop.LoopSettings:
   return loop.LoopSettings(**{name: getattr(config, name) for name in names})
 
 
+@dataclasses.dataclass(frozen=True)
+class StageRequest:
+  """A stage an experiment asks to have trained (``_experiment`` yields these)."""
+
+  spec: loop.StageSpec
+  data: loop.StageData
+  settings: loop.LoopSettings
+
+
+# The order in which a population trains the stages its members ask for.
+_STAGE_ORDER = ("stage0", "stage1", "stage2", "main")
+
+
 def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
   """Runs (or resumes, or reads back) every stage of ``config.method`` in ``workdir``.
 
@@ -116,6 +130,166 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     Stage1MismatchError: ``--stage1_dir`` does not fit this run's data.
     loop.NonFiniteLossError: the loss became NaN/inf (checkpoints before it are kept).
   """
+  with _claimed(workdir) as workdir:
+    experiment = _experiment(config, workdir)
+    try:
+      request = next(experiment)
+      while True:
+        request = experiment.send(loop.train_stage(request.spec, request.data, request.settings))
+    except StopIteration as finished:
+      return finished.value
+
+
+def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict[str, Any]]:
+  """Runs several experiments that differ only by seed (and learning rate) as one population.
+
+  Every member is an ordinary run in its own workdir (the same files, resumable, and readable
+  by `run_experiment` alone); each stage trains all members that need it in one vmapped step
+  (`solid_jax.train.population`). Members whose earlier launches got further wait until the
+  others catch up, so a killed population relaunched with the same call ends as an
+  uninterrupted one.
+
+  Args:
+    configs: one TrainConfig per member (equal but for ``seed`` and ``lr``).
+    workdirs: one directory per member.
+
+  Returns:
+    The results dict of every member (`run_experiment`), in order.
+
+  Raises:
+    ValueError: the configurations differ in more than seed and learning rate, or two members
+      share a workdir. Otherwise as `run_experiment`.
+  """
+  from solid_jax.train import population  # pylint: disable=import-outside-toplevel
+
+  if len(configs) != len(workdirs):
+    raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
+  if len({os.path.abspath(w) for w in workdirs}) != len(workdirs):
+    raise ValueError(f"population members share a workdir: {workdirs}")
+  base = configs[0].to_dict()
+  for c in configs[1:]:
+    diff = sorted(k for k, v in c.to_dict().items() if v != base[k] and k not in ("seed", "lr"))
+    if diff:
+      raise ValueError(f"population members may differ in seed and lr only, not in {diff}")
+  with contextlib.ExitStack() as claims:
+    dirs = [claims.enter_context(_claimed(w)) for w in workdirs]
+    experiments = [_experiment(c, w) for c, w in zip(configs, dirs)]
+    results: list[Any] = [None] * len(configs)
+    requests: dict[int, StageRequest] = {}
+
+    def advance(i, answer=None):
+      try:
+        requests[i] = experiments[i].send(answer)
+      except StopIteration as finished:
+        results[i] = finished.value
+        requests.pop(i, None)
+
+    for i in range(len(experiments)):
+      advance(i)
+    while requests:
+      order = lambda name: _STAGE_ORDER.index(name) if name in _STAGE_ORDER else len(_STAGE_ORDER)
+      name = min((r.spec.name for r in requests.values()), key=order)
+      group = [i for i, r in requests.items() if r.spec.name == name]
+      members = [
+        population.Member(requests[i].spec, requests[i].data, requests[i].settings) for i in group
+      ]
+      for i, answer in zip(group, population.train_population(members)):
+        advance(i, answer)
+    return results
+
+
+POPULATION_FILE = "population.json"
+# TrainConfig fields a population spec (``--population``) may vary besides the seed.
+POPULATION_FIELDS = ("lr",)
+
+
+def parse_population(spec: str | None) -> dict[str, list[float]]:
+  """``"lr=1e-3,3e-3"`` -> ``{"lr": [0.001, 0.003]}`` (``;`` separates several fields)."""
+  out: dict[str, list[float]] = {}
+  for part in (spec or "").split(";"):
+    if not part.strip():
+      continue
+    name, sep, values = part.partition("=")
+    name = name.strip()
+    if not sep or name not in POPULATION_FIELDS:
+      raise ValueError(
+        f"--population={spec!r}: expected NAME=V1,V2,... with NAME in {POPULATION_FIELDS}"
+      )
+    try:
+      out[name] = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError as e:
+      raise ValueError(f"--population={spec!r}: {name} values must be numbers") from e
+    if not out[name]:
+      raise ValueError(f"--population={spec!r}: no values for {name}")
+  return out
+
+
+def population_members(
+  config: TrainConfig, workdir: str, seeds: list[str] | None, spec: str | None
+) -> list[tuple[TrainConfig, str]]:
+  """(config, workdir) of every member: each seed (default ``config.seed``) times every
+  combination of the ``--population`` values, in ``workdir/seed_<s>[-lr_<v>]``."""
+  seed_list = [int(s) for s in seeds] if seeds else [config.seed]
+  if len(set(seed_list)) != len(seed_list):
+    raise ValueError(f"--seeds lists a seed twice: {seeds}")
+  varied = parse_population(spec)
+  members = [(config, "")]
+  for name, values in varied.items():
+    members = [
+      (dataclasses.replace(c, **{name: v}), f"{tag}-{name}_{v:g}") for c, tag in members for v in values
+    ]
+  return [
+    (dataclasses.replace(c, seed=s), os.path.join(workdir, f"seed_{s}{tag}"))
+    for s in seed_list
+    for c, tag in members
+  ]
+
+
+def write_population(
+  workdir: str, members: list[tuple[TrainConfig, str]], results: list[dict[str, Any]]
+) -> str:
+  """Writes ``workdir/population.json``: one entry per member (seed, lr, its workdir, metrics)."""
+  entries = []
+  for (config, member_dir), result in zip(members, results):
+    entries.append(
+      {
+        "seed": config.seed,
+        "lr": config.lr,
+        "workdir": os.path.relpath(member_dir, workdir),
+        **{k: result[k] for k in ("valid", "test", "valid_full", "test_full") if k in result},
+        "selected_epoch": result["selected_epoch"],
+        "train_samples_per_s": result.get("train_samples_per_s"),
+      }
+    )
+  path = os.path.join(workdir, POPULATION_FILE)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    writers.write_json_atomic(path, {"method": members[0][0].method, "members": entries})
+  return path
+
+
+def population_table(members: list[tuple[TrainConfig, str]], results: list[dict[str, Any]]) -> str:
+  """One line per member (seed, lr, test metrics), then the mean +- std over the members."""
+  keys = [("test_full", "ndcg@10"), ("test_full", "hr@10"), ("test", "ndcg@10"), ("test", "uauc")]
+  keys = [k for k in keys if all(k[0] in r for r in results)]
+  head = ["seed", "lr"] + [f"{split}/{m}" for split, m in keys]
+  rows = [
+    [str(c.seed), f"{c.lr:g}"] + [f"{r[split][m]:.4f}" for split, m in keys]
+    for (c, _), r in zip(members, results)
+  ]
+  values = np.asarray([[r[split][m] for split, m in keys] for r in results], float)
+  rows.append(
+    ["mean", "+-std"]
+    + [f"{mu:.4f}+-{sd:.4f}" for mu, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])]
+  )
+  widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
+  return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in [head] + rows)
+
+
+@contextlib.contextmanager
+def _claimed(workdir: str):
+  """The prepared workdir, locked for this launch (one writer per workdir). A launch that fails
+  before writing anything leaves no empty workdir behind."""
   existed = os.path.isdir(workdir)
   workdir = workdir_lib.prepare_workdir(workdir)
   # One writer per workdir (process 0 of a multi-host run writes; the others only read).
@@ -124,12 +298,11 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     if lock is not None:
       lock.acquire()
     try:
-      return _run_experiment(config, workdir)
+      yield workdir
     finally:
       if lock is not None:
         lock.release()
   except BaseException:
-    # A launch that failed before writing anything leaves no empty workdir behind.
     if (
       not existed and os.path.isdir(workdir) and set(os.listdir(workdir)) <= {reliability.LOCK_FILE}
     ):
@@ -137,7 +310,9 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     raise
 
 
-def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
+def _experiment(config: TrainConfig, workdir: str):
+  """The stages of one run, as a generator: yields a `StageRequest` per stage to train, is sent
+  back its ``(result, params)``, and returns the results dict."""
   start = time.perf_counter()
   continued = workdir_lib.check_config(workdir, config, write=False)
   results_path = os.path.join(workdir, RESULTS_FILE)
@@ -233,13 +408,13 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       transform=transform,
     )
     logging.info("%s: %s", name, model_cfg)
-    result, params = loop.train_stage(spec, data, settings)
+    result, params = yield StageRequest(spec, data, settings)
     stage_results[name] = {k: v for k, v in result.items() if k != "history"}
     return params
 
   if not config.is_solid:
     label_table = ds.item_semantic
-    run_stage(
+    yield from run_stage(
       "main",
       config.model_config("main", num_items=ds.num_items, num_semantics=ds.num_semantics),
       _stage_data(splits, ds, label_table, batches, config),
@@ -247,7 +422,7 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     final = "main"
   else:
     if table is None:  # id semantics: stage 0, then k-means over its item embeddings
-      params0 = run_stage(
+      params0 = yield from run_stage(
         "stage0",
         config.model_config("stage0", num_items=ds.num_items, num_semantics=ds.num_semantics),
         _stage_data(splits, ds, ds.item_semantic, batches, config),
@@ -269,14 +444,14 @@ def _run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
       }
       stage_results["stage1"]["reused_from"] = os.path.abspath(config.stage1_dir)
     else:
-      params1 = run_stage(
+      params1 = yield from run_stage(
         "stage1",
         config.model_config("stage1", num_items=ds.num_items, num_semantics=num_semantics),
         data,
         transform=rows_lib.semantic_view,
       )
       metacode = np.asarray(models_lib.item_table(params1))
-    run_stage(
+    yield from run_stage(
       "stage2",
       config.model_config("stage2", num_items=ds.num_items, num_semantics=num_semantics),
       data,

@@ -94,15 +94,39 @@ def make_train_step(
     Position batches (``target``/``label`` [B, L, C], `solid_jax.data.position_rows`) go through
     ``model.apply_positions``: every real position scores its C candidates.
   """
+  pure = train_step_fn(model, tx, transform=transform, grouped=grouped)
+
+  def step_fn(params, opt_state, batch, step):
+    return pure(params, opt_state, batch, step, jax.random.key(seed))
+
+  return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+def train_step_fn(
+  model,
+  tx: optax.GradientTransformation,
+  *,
+  transform: BatchTransform | None = None,
+  grouped: bool = False,
+):
+  """The pure (not compiled) training step that `make_train_step` compiles.
+
+  Returns:
+    ``step_fn(params, opt_state, batch, step, key, lr=None) -> (params, opt_state, scalars)``:
+    as `make_train_step`'s, with the root key ``key`` (the per-step key is
+    ``fold_in(key, step)``) and, when ``lr`` (a float32 scalar) is given, the optimizer's updates
+    multiplied by it (``tx`` then built with learning rate 1). Written for one model; the
+    population step (`solid_jax.train.population`) vmaps it over stacked members.
+  """
   takes_key = _accepts(model.apply, "key")
   takes_train = _accepts(model.apply, "train")
 
-  def loss_fn(params, batch, step):
+  def loss_fn(params, batch, step, key):
     kwargs = {}
     if takes_train:
       kwargs["train"] = True
     if takes_key:
-      kwargs["key"] = jax.random.fold_in(jax.random.key(seed), step)
+      kwargs["key"] = jax.random.fold_in(key, step)
     # The row weights go in too: models mask padding rows out of their auxiliary losses.
     if grouped:
       history = {k: batch[k] for k in ("items", "semantics", "weight") if k in batch}
@@ -133,9 +157,13 @@ def make_train_step(
     aux_loss = jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
     return bce + aux_loss, (bce, aux)
 
-  def step_fn(params, opt_state, batch, step):
-    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step)
+  def step_fn(params, opt_state, batch, step, key, lr=None):
+    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, batch, step, key
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
+    if lr is not None:
+      updates = jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates)
     params = optax.apply_updates(params, updates)
     params = model.update_state(params, aux)
     if batch["label"].ndim == 3:  # candidates scored at real positions
@@ -145,4 +173,4 @@ def make_train_step(
     scalars = {**scalar_aux(aux), "loss": loss, "bce": bce, "weight": rows.astype(jnp.float32)}
     return params, opt_state, scalars
 
-  return jax.jit(step_fn, donate_argnums=(0, 1))
+  return step_fn
