@@ -447,7 +447,7 @@ class _Evaluation:
     mesh,
     *,
     scorers: dict | None = None,
-) -> _Evaluation:
+  ) -> _Evaluation:
     """``scorers``: compiled scorers shared with other stages of the same model (a population's
     members), so that they compile once."""
     from solid_jax.train import full_eval  # pylint: disable=import-outside-toplevel

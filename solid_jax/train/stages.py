@@ -236,7 +236,9 @@ def population_members(
   members = [(config, "")]
   for name, values in varied.items():
     members = [
-      (dataclasses.replace(c, **{name: v}), f"{tag}-{name}_{v:g}") for c, tag in members for v in values
+      (dataclasses.replace(c, **{name: v}), f"{tag}-{name}_{v:g}")
+      for c, tag in members
+      for v in values
     ]
   return [
     (dataclasses.replace(c, seed=s), os.path.join(workdir, f"seed_{s}{tag}"))
@@ -280,7 +282,10 @@ def population_table(members: list[tuple[TrainConfig, str]], results: list[dict[
   values = np.asarray([[r[split][m] for split, m in keys] for r in results], float)
   rows.append(
     ["mean", "+-std"]
-    + [f"{mu:.4f}+-{sd:.4f}" for mu, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])]
+    + [
+      f"{mu:.4f}+-{sd:.4f}"
+      for mu, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])
+    ]
   )
   widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
   return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in [head] + rows)

@@ -158,9 +158,7 @@ def train_step_fn(
     return bce + aux_loss, (bce, aux)
 
   def step_fn(params, opt_state, batch, step, key, lr=None):
-    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, batch, step, key
-    )
+    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     if lr is not None:
       updates = jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates)

@@ -86,7 +86,9 @@ def _assert_same_run(got, want, got_params=None, want_params=None):
     # zero up to rounding, and Adam turns that rounding noise into steps of size lr: it walks
     # differently in any two runs whose last bits differ, without changing any output.
     got_params, want_params = (_without_key_bias(p) for p in (got_params, want_params))
-    diff = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), got_params, want_params)
+    diff = jax.tree.map(
+      lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), got_params, want_params
+    )
     worst = max(jax.tree_util.tree_leaves_with_path(diff), key=lambda kv: kv[1])
     assert worst[1] < 2e-3, (jax.tree_util.keystr(worst[0]), worst[1])
 
