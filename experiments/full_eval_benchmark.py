@@ -79,7 +79,8 @@ def bench(name: str) -> list[dict]:
       "items": ds.num_items - 1,
       "dim": model_cfg.dim,
       "seq_len": model_cfg.seq_len,
-      "user_batch": int(np.asarray(evaluator._arrays["target"]).shape[1]),  # pylint: disable=protected-access
+      # Rows per device batch of the first length group (every group uses the same batch size).
+      "user_batch": int(np.asarray(evaluator._parts[0][1]["target"]).shape[1]),  # pylint: disable=protected-access
       "item_tile": evaluator.tile,
       "first_call_s": first,
       "seconds": times,
