@@ -97,7 +97,9 @@ run_step() {  # name, timeout seconds, command...
     rc=-1
     t0=$now t1=$now
   else
-    ((limit > left)) && limit=$left
+    # Tiny sizes (the CPU smoke test) are bounded by the whole budget only: a loaded CPU
+    # compiles slowly, and the per-step limits are sized for an accelerator.
+    if ((limit > left || tiny == 1)); then limit=$left; fi
     t0=$(date +%s)
     timeout --kill-after=5 "$limit" "$@" >"$out/$name.log" 2>&1
     rc=$?
