@@ -13,7 +13,6 @@ seconds per 1,000 users, and the peak RSS of the process.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 from benchmarks import synthetic
 from benchmarks import throughput
+from benchmarks import timing
 import solid_jax as sj
 from solid_jax.train import cli
 from solid_jax.train.full_eval import FullEvaluator
@@ -90,12 +90,7 @@ def measure(num_items: int, num_semantics: int, users: int, repeats: int) -> dic
 def main(argv):
   del argv
   record = measure(FLAGS.num_items, FLAGS.num_semantics, FLAGS.users, FLAGS.repeats)
-  text = json.dumps(record, indent=2)
-  if FLAGS.output:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-      f.write(text + "\n")
-  print(text)
+  timing.write_output(record, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ over the members, and ``speedup_vs_solo`` the total against N solo steps run one
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -45,9 +44,8 @@ def measure(sizes, *, batch_size=1020, num_items=1683, repeats=7, steps=3) -> di
   host = synthetic.make_batches(catalog, batch_size, max(sizes), seed=0)
   group = rows_lib.candidate_groups(host[0])
   grouped = [
-    rows_lib.to_groups(throughput.select(b, throughput.TRAIN_KEYS + ("user",)), group) for b in host
+    throughput.select(b, throughput.TRAIN_KEYS) for b in throughput.grouped_batches(host, group)
   ]
-  grouped = [throughput.select(b, throughput.TRAIN_KEYS) for b in grouped]
   params = model.init(jax.random.key(0))
   solo = throughput.TrainBench(model, params, host[:1], grouped=True)
   solo_ms = timing.summarize(solo.time(repeats=repeats, steps_per_repeat=steps))["median_ms"]
@@ -119,12 +117,7 @@ def main(argv):
     repeats=FLAGS.repeats,
     steps=FLAGS.steps,
   )
-  text = json.dumps(result, indent=2)
-  if FLAGS.output:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-      f.write(text + "\n")
-  print(text)
+  timing.write_output(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,11 @@ def mixed_precision(model, compute_dtype):
   return model._replace(apply=apply, generate=generate, score=score)
 
 
+def grouped_batches(host_batches: list[dict], group: int) -> list[dict]:
+  """Row batches -> candidate-group batches (`rows.to_groups`): one history per G rows."""
+  return [rows_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), group) for b in host_batches]
+
+
 def make_infer_fn(model) -> Callable:
   """The pure inference pass ``(params, batch) -> logits float32[B]`` (generate, then score)."""
 
@@ -219,9 +224,7 @@ class TrainBench:
         raise ValueError(
           "grouped=True needs batches made of whole groups of rows sharing a history"
         )
-      host_batches = [
-        rows_lib.to_groups(select(b, TRAIN_KEYS + ("user",)), self.group) for b in host_batches
-      ]
+      host_batches = grouped_batches(host_batches, self.group)
     self.batches = [jax.device_put(select(b, TRAIN_KEYS), self.device) for b in host_batches]
     self.step = jax.device_put(np.int32(0), self.device)
     self.compiled, self.info = compile_timed(

@@ -7,6 +7,8 @@ sample of the per-step time. The summary is the median and the 10th/90th percent
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Callable
 
@@ -86,3 +88,14 @@ def record(impl: str, phase: str, batch: int, step_ms, *, compile_s: float | Non
   out["samples_per_s_p90"] = batch / (stats["p10_ms"] / 1e3)
   out["compile_s"] = None if compile_s is None else float(compile_s)
   return out
+
+
+def write_output(document: dict, path: str = "") -> None:
+  """Prints a benchmark document as JSON and writes it to ``path`` (folders created; "" prints
+  only)."""
+  text = json.dumps(document, indent=2)
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text + "\n")
+  print(text)

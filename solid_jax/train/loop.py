@@ -335,6 +335,10 @@ class EpochState:
       eval_seconds=float(meta["eval_seconds"]),
     )
 
+  def next_epoch(self) -> None:
+    """Moves on to the next epoch (after its record is in ``history``)."""
+    self.epoch, self.step_in_epoch, self.running = self.epoch + 1, 0, _Running()
+
   def start_epoch(self) -> None:
     self.epoch_start, self.epoch_samples = time.perf_counter(), 0
 
@@ -506,6 +510,11 @@ class _Evaluation:
     if full is not None:
       out[split + "_full"] = full(params)
     return out
+
+  def selection(self, record: dict[str, Any]) -> float:
+    """The selection metric of an epoch record, as its checkpoint ranks it (-inf for NaN)."""
+    value = record[self.select_key][self.metric]
+    return value if math.isfinite(value) else -math.inf
 
   def stopped(self, history, settings: LoopSettings) -> bool:
     return stopped_early(
@@ -715,12 +724,11 @@ def train_stage(
       if bar is not None:
         bar.close()
       record = _end_epoch(state, seconds, params, evaluation, settings)
-      selection = record[evaluation.select_key][evaluation.metric]
-      save(True, selection=selection if math.isfinite(selection) else -math.inf)
+      save(True, selection=evaluation.selection(record))
       writer.write_epoch(record)
       if watch.should_stop(state.global_step) and state.epoch + 1 < spec.epochs:
         raise preempted()
-      state.epoch, state.step_in_epoch, state.running = state.epoch + 1, 0, _Running()
+      state.next_epoch()
     ckpts.wait()
   except BaseException:
     # Let saves already under way complete (they hold good states), then re-raise.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import time
 from typing import Any, Sequence
@@ -130,15 +129,12 @@ class _Runner:
     self.index, self.member = index, member
     self.spec, self.data, self.settings = member.spec, member.data, member.settings
     self.evaluation = evaluation
-    self.result = None
-    done = loop._read_back(self.spec, self.settings.patience)  # pylint: disable=protected-access
+    # (result, params) of a stage that finished before: read back, not trained.
+    self.read_back = loop._read_back(self.spec, self.settings.patience)  # pylint: disable=protected-access
     os.makedirs(self.spec.directory, exist_ok=True)
     params, opt_state = template
     meta = None
-    self.params_read_back = None
-    if done is not None:
-      self.result, params = done
-      self.params_read_back = params
+    if self.read_back is not None:
       self.ckpts = None
     else:
       self.ckpts = checkpoint_lib.StageCheckpoints(self.spec.directory)
@@ -164,7 +160,7 @@ class _Runner:
 
   @property
   def done(self) -> bool:
-    return self.result is not None or (
+    return self.read_back is not None or (
       self.state.epoch >= self.spec.epochs
       or self.evaluation.stopped(self.state.history, self.settings)
     )
@@ -220,16 +216,9 @@ class _Runner:
   def end_epoch(self, params, host_params, host_opt_state, seconds: float) -> None:
     """Evaluates the finished epoch, checkpoints it and moves on to the next one."""
     record = loop._end_epoch(self.state, seconds, params, self.evaluation, self.settings)  # pylint: disable=protected-access
-    selection = record[self.evaluation.select_key][self.evaluation.metric]
-    self.save(
-      host_params,
-      host_opt_state,
-      True,
-      selection=selection if math.isfinite(selection) else -math.inf,
-    )
+    self.save(host_params, host_opt_state, True, selection=self.evaluation.selection(record))
     self.writer.write_epoch(record)
-    self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
-    self.state.running = loop._Running()  # pylint: disable=protected-access
+    self.state.next_epoch()
     self.batches = self.plan = None
 
   def close(self) -> None:
@@ -396,8 +385,8 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
       r.close()
   out = []
   for r in runners:
-    if r.ckpts is None:
-      out.append((r.result, r.params_read_back))
+    if r.read_back is not None:
+      out.append(r.read_back)
       continue
     out.append(
       loop._finish(  # pylint: disable=protected-access

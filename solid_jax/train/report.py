@@ -1,8 +1,11 @@
-"""The text table of a launch (``summary_table``) and the selection label of a run."""
+"""The text tables of a launch (``summary_table``; ``population_table`` for a population) and the
+selection label of a run."""
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from typing import Any, Mapping
 
 
@@ -75,3 +78,24 @@ def _fmt(value, digits: int = 4) -> str:
   if value is None or (isinstance(value, float) and not math.isfinite(value)):
     return "n/a"
   return f"{value:.{digits}f}"
+
+
+def population_table(members: list[tuple[TrainConfig, str]], results: list[dict[str, Any]]) -> str:
+  """One line per member (seed, lr, test metrics), then the mean +- std over the members."""
+  keys = [("test_full", "ndcg@10"), ("test_full", "hr@10"), ("test", "ndcg@10"), ("test", "uauc")]
+  keys = [k for k in keys if all(k[0] in r for r in results)]
+  head = ["seed", "lr"] + [f"{split}/{m}" for split, m in keys]
+  rows = [
+    [str(c.seed), f"{c.lr:g}"] + [f"{r[split][m]:.4f}" for split, m in keys]
+    for (c, _), r in zip(members, results)
+  ]
+  values = np.asarray([[r[split][m] for split, m in keys] for r in results], float)
+  rows.append(
+    ["mean", "+-std"]
+    + [
+      f"{mu:.4f}+-{sd:.4f}"
+      for mu, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])
+    ]
+  )
+  widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
+  return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in [head] + rows)

@@ -51,6 +51,7 @@ import numpy as np
 from solid_jax import models as models_lib
 from solid_jax import semantics as semantics_lib
 from solid_jax.train import loop
+from solid_jax.train import population
 from solid_jax.train import reliability
 from solid_jax.train import rows as rows_lib
 from solid_jax.train import writers
@@ -59,7 +60,7 @@ from solid_jax.train import semantic_tables
 from solid_jax.train import workdir as workdir_lib
 
 # Re-exported: the names launchers and users reach for with ``run_experiment``.
-from solid_jax.train.report import selection_label, summary_table  # noqa: E402,F401
+from solid_jax.train.report import population_table, selection_label, summary_table  # noqa: E402,F401
 from solid_jax.train.semantic_tables import Stage1MismatchError, with_semantics  # noqa: E402,F401
 from solid_jax.train.workdir import CONFIG_FILE, DATASET_FILE, RESULTS_FILE  # noqa: E402,F401
 from solid_jax.train.workdir import DatasetError, WorkdirError, continues, load_data  # noqa: E402,F401
@@ -160,15 +161,15 @@ def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict
     ValueError: the configurations differ in more than seed and learning rate, or two members
       share a workdir. Otherwise as `run_experiment`.
   """
-  from solid_jax.train import population  # pylint: disable=import-outside-toplevel
-
   if len(configs) != len(workdirs):
     raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
   if len({os.path.abspath(w) for w in workdirs}) != len(workdirs):
     raise ValueError(f"population members share a workdir: {workdirs}")
   base = configs[0].to_dict()
   for c in configs[1:]:
-    diff = sorted(k for k, v in c.to_dict().items() if v != base[k] and k not in ("seed", "lr"))
+    diff = sorted(
+      k for k, v in c.to_dict().items() if v != base[k] and k not in population.MEMBER_FIELDS
+    )
     if diff:
       raise ValueError(f"population members may differ in seed and lr only, not in {diff}")
   with contextlib.ExitStack() as claims:
@@ -200,7 +201,7 @@ def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict
 
 POPULATION_FILE = "population.json"
 # TrainConfig fields a population spec (``--population``) may vary besides the seed.
-POPULATION_FIELDS = ("lr",)
+POPULATION_FIELDS = tuple(f for f in population.MEMBER_FIELDS if f != "seed")
 
 
 def parse_population(spec: str | None) -> dict[str, list[float]]:
@@ -268,27 +269,6 @@ def write_population(
     os.makedirs(workdir, exist_ok=True)
     writers.write_json_atomic(path, {"method": members[0][0].method, "members": entries})
   return path
-
-
-def population_table(members: list[tuple[TrainConfig, str]], results: list[dict[str, Any]]) -> str:
-  """One line per member (seed, lr, test metrics), then the mean +- std over the members."""
-  keys = [("test_full", "ndcg@10"), ("test_full", "hr@10"), ("test", "ndcg@10"), ("test", "uauc")]
-  keys = [k for k in keys if all(k[0] in r for r in results)]
-  head = ["seed", "lr"] + [f"{split}/{m}" for split, m in keys]
-  rows = [
-    [str(c.seed), f"{c.lr:g}"] + [f"{r[split][m]:.4f}" for split, m in keys]
-    for (c, _), r in zip(members, results)
-  ]
-  values = np.asarray([[r[split][m] for split, m in keys] for r in results], float)
-  rows.append(
-    ["mean", "+-std"]
-    + [
-      f"{mu:.4f}+-{sd:.4f}"
-      for mu, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])
-    ]
-  )
-  widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
-  return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in [head] + rows)
 
 
 @contextlib.contextmanager
