@@ -26,7 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
       | { grep -v '^WARNING: Location' || true; } >&2
   }
   pip_install "$torch_req"
-  pip_install -e "$repo[test,tensorboard,plot]"
+  pip_install -e "$repo[test,tensorboard,plot,bench]"
   # Data only: the wheel ships recbole/dataset_example/ml-100k; recbole itself is never imported.
   pip_install --no-deps "recbole==1.2.1"
   echo "$want" > "$stamp"

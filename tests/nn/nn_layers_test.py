@@ -150,6 +150,38 @@ def _layer(heads=2, ff=16, **kw):
   return layers.TransformerLayer(D, ff, heads, **kw)
 
 
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_masked_attention_is_flax_attention_with_zero_weights_for_empty_queries(broadcast):
+  kq, kk, kv, km, kd = jax.random.split(jax.random.key(3), 5)
+  b, q, k, h, d = 3, 4, 6, 2, 5
+  query, key, value = (jax.random.normal(x, (b, n, h, d)) for x, n in ((kq, q), (kk, k), (kv, k)))
+  mask = jax.random.bernoulli(km, 0.6, (b, 1, q, k)).at[..., 0].set(True)
+  want = flax_attention(query, key, value, mask)
+  got = layers.masked_attention(query, key, value, mask)
+  chex.assert_shape(got, (b, q, h, d))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Dropout on the weights: the same Bernoulli draws as Flax's.
+  kwargs = dict(dropout_rng=kd, dropout_rate=0.3, broadcast_dropout=broadcast, deterministic=False)
+  np.testing.assert_allclose(
+    layers.masked_attention(query, key, value, mask, **kwargs),
+    flax_attention(query, key, value, mask, **kwargs),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  # A query with no key: zero weights, output 0, finite gradients.
+  empty = mask.at[0, :, 1, :].set(False)
+  out = layers.masked_attention(query, key, value, empty)
+  np.testing.assert_array_equal(out[0, 1], 0.0)
+  grads = jax.grad(lambda qq: layers.masked_attention(qq, key, value, empty).sum())(query)
+  assert np.isfinite(np.asarray(grads)).all()
+
+
+def flax_attention(query, key, value, mask, **kwargs):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  return nn.dot_product_attention(query, key, value, mask=mask, **kwargs)
+
+
 def test_transformer_layer_matches_numpy_post_norm():
   rng = np.random.default_rng(3)
   b, steps, heads = 3, 5, 2
