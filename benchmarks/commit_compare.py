@@ -2,9 +2,8 @@ r"""Speed of this tree against another commit, measured in one run: SOLID train 
 
   python -m benchmarks.commit_compare --baseline=2654a16 --output=docs/perf/commit_compare.json
 
-The baseline is checked out into a temporary git worktree. Each round runs one subprocess per tree
-(baseline, then this tree, alternating which goes first), and each subprocess times, on the same
-synthetic batches, for SASRec + SOLID (DUET generators, ml-100k sizes):
+The baseline is checked out into a temporary git worktree. A worker runs inside each tree and
+builds, on the same synthetic batches, for SASRec + SOLID (DUET generators, ml-100k sizes):
 
 - ``train_rows``: the jitted train step over B single rows;
 - ``train_grouped``: the step over B/G candidate groups (one history, G candidates), as training
@@ -12,10 +11,17 @@ synthetic batches, for SASRec + SOLID (DUET generators, ml-100k sizes):
 - ``infer_rows``: ``model.apply`` over B rows;
 - ``infer_grouped``: ``generate`` once per history, then ``score`` of its G candidates.
 
-Every case reports the median step time of its timed repeats; the JSON holds the per-round medians,
-their median over rounds, and ``ratio = baseline_ms / this_ms`` (above 1: this tree is faster).
-Only public API present in both trees is used (``sj.make_model``, ``sj.train.make_optimizer``,
-``sj.train.make_train_step``).
+``--mode=exported`` (default): each worker exports its cases with ``jax.export`` (programs and
+arguments); this process compiles both trees' programs and times them repeat by repeat, in turn
+(``rounds * repeats`` repeats per case and tree, alternating which goes first), so both see the
+same machine state; the JSON adds the quartiles of the paired per-repeat ratios. An A/A run
+(``--baseline=HEAD`` on a clean tree) gives the method's own error. ``--mode=processes``: one
+subprocess per tree and round times its cases itself (train steps carrying their state), medians
+over rounds; on a noisy machine single rounds move by up to 30%.
+
+Every case reports medians of ms per call and ``ratio = baseline_ms / this_ms`` (above 1: this tree
+is faster). Only public API present in both trees is used (``sj.make_model``,
+``sj.train.make_optimizer``, ``sj.train.make_train_step``).
 """
 
 from __future__ import annotations
