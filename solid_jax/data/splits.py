@@ -29,6 +29,7 @@ from solid_jax.data.errors import DataError
 
 ROW_KEYS = ("user", "items", "semantics", "target", "target_semantic", "label")
 _STREAM_TRAIN, _STREAM_VALID, _STREAM_TEST, _STREAM_POSITIONS, _STREAM_CLOZE = 1, 2, 3, 4, 5
+_STREAM_FULL_SAMPLE = 6
 _MAX_REJECTION_ROUNDS = 64
 
 
@@ -405,13 +406,19 @@ def cloze_rows(
   }
 
 
-def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[str, np.ndarray]:
+def full_ranking_users(
+  ds: Dataset, splits: dict[str, Any], split: str, *, sample: int = 0
+) -> dict[str, np.ndarray]:
   """The users of a split for full-catalogue ranking (SPEC section 3b), one row per user.
 
   Args:
     ds: the Dataset.
     splits: output of `make_splits`.
     split: "valid" or "test".
+    sample: > 0: a fixed random sample of this many users (all when the split has fewer), in
+      the split's user order, drawn from ``splits["meta"]["seed"]`` on a stream of its own, so
+      valid and test sample the same users; 0: every user. Memory and time are then those of the
+      sample (``seen`` is as wide as the longest history among the sampled users).
 
   Returns:
     ``user`` int32[U], ``items`` / ``semantics`` int32[U, L] (the history, as in the sampled
@@ -424,7 +431,13 @@ def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
   rows = splits[split]
   group = 1 + splits["meta"]["eval_negatives"]
-  users = np.asarray(rows["user"])[::group]
+  index = np.arange(0, len(rows["user"]), group)
+  if 0 < sample < index.size:
+    rng = np.random.default_rng([splits["meta"]["seed"], _STREAM_FULL_SAMPLE])
+    index = index[np.sort(rng.choice(index.size, sample, replace=False))]
+  elif sample < 0:
+    raise ValueError(f"sample must be >= 0, got {sample}")
+  users = np.asarray(rows["user"])[index]
   start, n = ds.seq_offsets[users], ds.seq_lengths[users]
   before = n - (2 if split == "valid" else 1)  # events before the target
   width = max(1, int(before.max())) if users.size else 1
@@ -433,9 +446,9 @@ def full_ranking_users(ds: Dataset, splits: dict[str, Any], split: str) -> dict[
   seen = np.where(valid, ds.seq_items[np.where(valid, start[:, None] + cols, 0)], 0)
   return {
     "user": users.astype(np.int32),
-    "items": np.asarray(rows["items"])[::group],
-    "semantics": np.asarray(rows["semantics"])[::group],
-    "target": np.asarray(rows["target"])[::group],
-    "target_semantic": np.asarray(rows["target_semantic"])[::group],
+    "items": np.asarray(rows["items"])[index],
+    "semantics": np.asarray(rows["semantics"])[index],
+    "target": np.asarray(rows["target"])[index],
+    "target_semantic": np.asarray(rows["target_semantic"])[index],
     "seen": seen.astype(np.int32),
   }

@@ -81,7 +81,9 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
   full = {}
   if config.eval_protocol in ("full", "both"):
     full = {
-      f"{split}_full": with_semantics(sj_data.full_ranking_users(ds, splits, split), table)
+      f"{split}_full": with_semantics(
+        sj_data.full_ranking_users(ds, splits, split, sample=config.full_eval_users), table
+      )
       for split in ("valid", "test")
     }
   return loop.StageData(

@@ -221,6 +221,12 @@ class TrainConfig:
     "eval_negatives), the full catalogue, or both",
     choices=EVAL_PROTOCOLS,
   )
+  full_eval_users: int = _field(
+    0,
+    "rank the full catalogue for a fixed random sample of this many users of "
+    "each split (the same users in valid and test and in every epoch, drawn "
+    "from --seed); 0 = every user",
+  )
   patience: int = _field(
     0,
     "stop a stage after this many epochs without improvement of the "
@@ -332,8 +338,8 @@ class TrainConfig:
         "or cloze, "
         f"not objective={self.objective!r}"
       )
-    for name in ("patience", "sasrec_layers", "num_heads", "ff_dim"):
-      if getattr(self, name) < (0 if name == "patience" else 1):
+    for name in ("patience", "full_eval_users", "sasrec_layers", "num_heads", "ff_dim"):
+      if getattr(self, name) < (0 if name in ("patience", "full_eval_users") else 1):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")
     for name in ("weight_decay", "grad_clip_norm"):
       if getattr(self, name) < 0:

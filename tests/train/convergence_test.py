@@ -222,6 +222,30 @@ def test_full_ranking_users_exclude_the_past_only(toy):
       np.testing.assert_array_equal(seen[seen != 0], seq[: len(seq) - before])
 
 
+def test_full_ranking_sample_is_a_fixed_subset_shared_by_valid_and_test(toy):
+  ds, splits = toy
+  full = {s: sj.data.full_ranking_users(ds, splits, s) for s in ("valid", "test")}
+  part = {s: sj.data.full_ranking_users(ds, splits, s, sample=7) for s in ("valid", "test")}
+  np.testing.assert_array_equal(part["valid"]["user"], part["test"]["user"])
+  users = part["valid"]["user"]
+  assert users.size == 7 and np.all(np.diff(users) > 0)  # distinct, in the split's order
+  for s in ("valid", "test"):
+    rows = np.searchsorted(full[s]["user"], part[s]["user"])
+    for key in ("items", "semantics", "target", "target_semantic"):
+      np.testing.assert_array_equal(part[s][key], full[s][key][rows])
+    width = part[s]["seen"].shape[1]  # as wide as the longest sampled history
+    np.testing.assert_array_equal(part[s]["seen"], full[s]["seen"][rows, :width])
+    assert (full[s]["seen"][rows, width:] == 0).all()
+  again = sj.data.full_ranking_users(ds, splits, "valid", sample=7)
+  np.testing.assert_array_equal(again["user"], users)
+  everyone = sj.data.full_ranking_users(ds, splits, "valid", sample=10**6)
+  np.testing.assert_array_equal(everyone["user"], full["valid"]["user"])
+  with pytest.raises(ValueError, match="sample"):
+    sj.data.full_ranking_users(ds, splits, "valid", sample=-1)
+  with pytest.raises(ValueError, match="full_eval_users"):
+    TrainConfig(full_eval_users=-1)
+
+
 def test_config_checks_of_the_new_options():
   assert parse_select_metric("full:ndcg@10") == ("full", "ndcg@10")
   assert parse_select_metric("sampled:uauc") == ("sampled", "uauc")
