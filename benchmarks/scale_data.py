@@ -183,9 +183,12 @@ def write(profile: Profile, output_dir: str, *, name: str, seed: int = 0) -> dic
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("profile", "electronics", list(PROFILES), "which sizes")
-flags.DEFINE_string("output_dir", "", "folder to write (created)")
-flags.DEFINE_integer("seed", 0, "seed of every draw")
+
+
+def _define_flags():  # only when run as a script: importers define their own
+  flags.DEFINE_enum("profile", "electronics", list(PROFILES), "which sizes")
+  flags.DEFINE_string("output_dir", "", "folder to write (created)")
+  flags.DEFINE_integer("seed", 0, "seed of every draw")
 
 
 def main(argv):
@@ -197,4 +200,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -197,6 +197,7 @@ class TrainBench:
     compute_dtype: None or jnp.bfloat16 (see `mixed_precision`).
     device: target device (default: the first device).
     grouped: the grouped step (see above).
+    embedding_optimizer: the item table's update (`solid_jax.train.optim.make_optimizer`).
   """
 
   def __init__(
@@ -209,10 +210,13 @@ class TrainBench:
     compute_dtype=None,
     device=None,
     grouped: bool = False,
+    embedding_optimizer: str = "adam",
   ):
     self.device = device or jax.devices()[0]
     run_model = mixed_precision(model, compute_dtype)
-    tx = optim_lib.make_optimizer(model, params, learning_rate)
+    tx = optim_lib.make_optimizer(
+      model, params, learning_rate, embedding_optimizer=embedding_optimizer
+    )
     self.jitted = step_lib.make_train_step(run_model, tx, grouped=grouped)
     self.params = jax.device_put(jax.tree_util.tree_map(jnp.array, params), self.device)
     self.opt_state = jax.device_put(tx.init(self.params), self.device)

@@ -262,6 +262,7 @@ class LoopSettings:
     patience: stop after this many epochs without improvement (0: off), see `stopped_early`.
     weight_decay: AdamW's decoupled weight decay (0: Adam).
     grad_clip_norm: global-norm gradient clipping (0: off).
+    embedding_optimizer, embedding_lr: the update of the item table (`optim.make_optimizer`).
     save_scores: also save the raw sampled candidate scores of the selected epoch.
     stop_rule: what counts as an improvement: "select" (the selection metric) or "any" (any
       metric of the selection protocol).
@@ -284,6 +285,8 @@ class LoopSettings:
   patience: int = 0
   weight_decay: float = 0.0
   grad_clip_norm: float = 0.0
+  embedding_optimizer: str = "adam"
+  embedding_lr: float = 0.0
   save_scores: bool = False
   stop_rule: str = "select"
 
@@ -618,6 +621,8 @@ def train_stage(
     settings.lr,
     weight_decay=settings.weight_decay,
     clip_norm=settings.grad_clip_norm,
+    embedding_optimizer=settings.embedding_optimizer,
+    embedding_lr=settings.embedding_lr,
   )
   opt_state = tx.init(params)
   if mesh is not None:

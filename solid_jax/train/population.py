@@ -259,6 +259,8 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
     1.0 if scale_lr else lrs[0],
     weight_decay=settings0.weight_decay,
     clip_norm=settings0.grad_clip_norm,
+    embedding_optimizer=settings0.embedding_optimizer,
+    embedding_lr=settings0.embedding_lr,
   )
   scorers = {}
   runners = []

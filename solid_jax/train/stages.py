@@ -114,12 +114,16 @@ class StageRequest:
 _STAGE_ORDER = ("stage0", "stage1", "stage2", "main")
 
 
-def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
+def run_experiment(
+  config: TrainConfig, workdir: str, *, train_stage=loop.train_stage
+) -> dict[str, Any]:
   """Runs (or resumes, or reads back) every stage of ``config.method`` in ``workdir``.
 
   Args:
     config: the run's configuration.
     workdir: its directory (created if missing).
+    train_stage: ``(spec, data, settings) -> (result, params)``, called once per stage in order
+      (default ``loop.train_stage``; a wrapper can time or watch each stage).
 
   Returns:
     The results dict, as written to ``DIR/results.json``: "valid" and "test" metric dicts of the
@@ -138,7 +142,7 @@ def run_experiment(config: TrainConfig, workdir: str) -> dict[str, Any]:
     try:
       request = next(experiment)
       while True:
-        request = experiment.send(loop.train_stage(request.spec, request.data, request.settings))
+        request = experiment.send(train_stage(request.spec, request.data, request.settings))
     except StopIteration as finished:
       return finished.value
 

@@ -8,6 +8,7 @@ aux["aux_loss"]``; padding rows of the last batch have weight 0.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from solid_jax.train import optim as optim_lib
 from solid_jax.train import rows as rows_lib
 from solid_jax.train.rows import Batch, BatchTransform
 
@@ -118,6 +120,88 @@ def train_step_fn(
     multiplied by it (``tx`` then built with learning rate 1). Written for one model; the
     population step (`solid_jax.train.population`) vmaps it over stacked members.
   """
+  if isinstance(tx, optim_lib.RowWiseOptimizer):
+    return _rowwise_step_fn(model, tx, transform=transform, grouped=grouped)
+  loss_fn = _loss_fn(model, transform, grouped)
+
+  def step_fn(params, opt_state, batch, step, key, lr=None):
+    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if lr is not None:
+      updates = jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates)
+    params = optax.apply_updates(params, updates)
+    params = model.update_state(params, aux)
+    return params, opt_state, _scalars(batch, grouped, loss, bce, aux)
+
+  return step_fn
+
+
+def _scalars(batch, grouped, loss, bce, aux):
+  if batch["label"].ndim == 3:  # candidates scored at real positions
+    rows = jnp.sum(_position_weights(batch)) * batch["label"].shape[2]
+  else:
+    rows = jnp.sum(batch["weight"]) * (batch["label"].shape[1] if grouped else 1)
+  return {**scalar_aux(aux), "loss": loss, "bce": bce, "weight": rows.astype(jnp.float32)}
+
+
+def _rowwise_step_fn(model, tx, *, transform, grouped):
+  """The step with the item table updated row-wise (``optim.RowWiseOptimizer``).
+
+  The batch's table ids (``items`` and ``target``, after ``transform``, plus the padding id 0)
+  are made unique, ``uniq`` int32[K] with K = 1 + the number of ids (unused slots hold the
+  out-of-range id N); the loss is that of a copy of the model whose item table has K rows,
+  ``table[uniq]``, on the batch with every id replaced by its index in ``uniq`` (0 stays 0).
+  Its gradient is float[K, d]: only those rows of the table and of its moments are read and
+  written, and the cost of the table's update scales with K, not with N.
+  """
+  from solid_jax import models as models_lib  # pylint: disable=import-outside-toplevel
+
+  if model.config.cloze:
+    raise ValueError("embedding_optimizer='rowwise_adam' does not take cloze models")
+  path = tx.table_path
+  row_models: dict[int, Any] = {}
+
+  def step_fn(params, opt_state, batch, step, key, lr=None):
+    view = transform(batch) if transform is not None else batch
+    ids = jnp.concatenate(
+      [jnp.zeros((1,), jnp.int32)]
+      + [jnp.asarray(view[k], jnp.int32).reshape(-1) for k in ("items", "target")]
+    )
+    rest, table = optim_lib.split_path(params, path)
+    n = table.shape[0]
+    uniq = jnp.unique(ids, size=ids.size, fill_value=n)
+    remapped = {
+      **view,
+      **{
+        k: jnp.searchsorted(uniq, jnp.asarray(view[k], jnp.int32)).astype(jnp.int32)
+        for k in ("items", "target")
+      },
+    }
+    k = int(ids.size)
+    if k not in row_models:
+      row_models[k] = models_lib.make_model(dataclasses.replace(model.config, num_items=k))
+    loss_fn = _loss_fn(row_models[k], None, grouped)
+
+    def loss_rows(rest, rows):
+      return loss_fn(optim_lib.merge_path(rest, path, rows), remapped, step, key)
+
+    rows = table.at[uniq].get(mode="fill", fill_value=0)
+    (loss, (bce, aux)), (g_rest, g_rows) = jax.value_and_grad(
+      loss_rows, argnums=(0, 1), has_aux=True
+    )(rest, rows)
+    updates, opt_state = tx.update(g_rest, opt_state, rest)
+    if lr is not None:
+      updates = jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates)
+    rest = optax.apply_updates(rest, updates)
+    table, rows_state = tx.update_rows(table, opt_state["rows"], uniq, g_rows, lr)
+    params = model.update_state(optim_lib.merge_path(rest, path, table), aux)
+    return params, {**opt_state, "rows": rows_state}, _scalars(batch, grouped, loss, bce, aux)
+
+  return step_fn
+
+
+def _loss_fn(model, transform, grouped):
+  """``loss_fn(params, batch, step, key) -> (loss, (bce, aux))`` of one training batch."""
   takes_key = _accepts(model.apply, "key")
   takes_train = _accepts(model.apply, "train")
 
@@ -157,18 +241,4 @@ def train_step_fn(
     aux_loss = jnp.asarray(aux.get("aux_loss", 0.0), jnp.float32)
     return bce + aux_loss, (bce, aux)
 
-  def step_fn(params, opt_state, batch, step, key, lr=None):
-    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    if lr is not None:
-      updates = jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates)
-    params = optax.apply_updates(params, updates)
-    params = model.update_state(params, aux)
-    if batch["label"].ndim == 3:  # candidates scored at real positions
-      rows = jnp.sum(_position_weights(batch)) * batch["label"].shape[2]
-    else:
-      rows = jnp.sum(batch["weight"]) * (batch["label"].shape[1] if grouped else 1)
-    scalars = {**scalar_aux(aux), "loss": loss, "bce": bce, "weight": rows.astype(jnp.float32)}
-    return params, opt_state, scalars
-
-  return step_fn
+  return loss_fn

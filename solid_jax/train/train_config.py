@@ -19,6 +19,7 @@ SELECT_ON = ("valid", "test")
 EVAL_PROTOCOLS = ("sampled", "full", "both")
 OBJECTIVES = ("rows", "positions", "cloze")
 STOP_RULES = ("select", "any")
+EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "sgd", "rowwise_adam")  # optim.EMBEDDING_OPTIMIZERS
 
 # Fields that change how a run is carried out or displayed, not what it computes (metrics, records
 # and checkpoints' contents are the same): they may differ between a launch and a relaunch on the
@@ -259,6 +260,14 @@ class TrainConfig:
     "histories). Stages whose model cannot take packed rows (GRU4Rec, "
     "the dynamic heads) train unpacked",
   )
+  embedding_optimizer: str = _field(
+    "adam",
+    "update of the item embedding table: adam (dense, as every other leaf), adagrad or "
+    "sgd (optax, dense), rowwise_adam (only the rows a batch looks up are read and "
+    "written: the cost scales with the batch, not the catalogue)",
+    choices=EMBEDDING_OPTIMIZERS,
+  )
+  embedding_lr: float = _field(0.0, "learning rate of the item table (0: --lr); not with adam")
   weight_decay: float = _field(
     0.0, "decoupled weight decay (AdamW) on the trainable parameters; 0 = Adam"
   )
@@ -308,6 +317,12 @@ class TrainConfig:
     check("eval_protocol", EVAL_PROTOCOLS)
     check("objective", OBJECTIVES)
     check("stop_rule", STOP_RULES)
+    check("embedding_optimizer", EMBEDDING_OPTIMIZERS)
+    if self.embedding_lr < 0 or (self.embedding_lr and self.embedding_optimizer == "adam"):
+      raise ValueError(
+        f"TrainConfig.embedding_lr={self.embedding_lr} must be >= 0, and 0 with "
+        "embedding_optimizer='adam'"
+      )
     protocol, _ = parse_select_metric(self.select_metric)
     if self.eval_protocol not in (protocol, "both"):
       raise ValueError(
