@@ -253,6 +253,11 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
   inits = [
     jax.jit(m.spec.init)(jax.random.fold_in(jax.random.key(m.settings.seed), 0)) for m in members
   ]
+  if scale_lr and settings0.embedding_lr:
+    raise ValueError(
+      "a population of several learning rates takes no --embedding_lr (the members' "
+      "learning rates scale every update, the item table's included)"
+    )
   tx = optim_lib.make_optimizer(
     model,
     inits[0],
