@@ -62,7 +62,10 @@ def test_one_rowwise_step_is_one_dense_adam_step(grouped, transform):
   batch = _batch(0, 1, S if transform is not None else 60)
   if grouped:
     batch = rows_lib.to_groups(
-      {k: np.repeat(v[:4], 4, axis=0) if k in ("items", "semantics") else v for k, v in batch.items()}
+      {
+        k: np.repeat(v[:4], 4, axis=0) if k in ("items", "semantics") else v
+        for k, v in batch.items()
+      }
       | {"weight": np.ones(16, np.float32)},
       4,
     )
@@ -97,8 +100,10 @@ def test_rowwise_adam_moves_only_the_rows_of_the_batch_and_matches_numpy_lazy_ad
   only_first = np.setdiff1d(np.unique(np.r_[first["items"].ravel(), first["target"]]), [0])
   # Rows of the first batch only: untouched by the second step (dense Adam keeps moving them).
   np.testing.assert_array_equal(table(p2)[only_first], table(p1)[only_first])
-  untouched = np.setdiff1d(np.arange(N), np.r_[first["items"].ravel(), first["target"],
-                                                 second["items"].ravel(), second["target"]])
+  untouched = np.setdiff1d(
+    np.arange(N),
+    np.r_[first["items"].ravel(), first["target"], second["items"].ravel(), second["target"]],
+  )
   np.testing.assert_array_equal(table(p2)[untouched], table(params)[untouched])
   dstep = _step(model, dense)
   d1, do1, _ = dstep(params, dense.init(params), first, 0)
@@ -176,7 +181,9 @@ def test_option_checks():
   with pytest.raises(ValueError, match="embedding_lr"):
     optim_lib.make_optimizer(model, params, LR, embedding_lr=0.1)
   with pytest.raises(ValueError, match="weight decay"):
-    optim_lib.make_optimizer(model, params, LR, weight_decay=0.1, embedding_optimizer="rowwise_adam")
+    optim_lib.make_optimizer(
+      model, params, LR, weight_decay=0.1, embedding_optimizer="rowwise_adam"
+    )
   with pytest.raises(ValueError, match="cloze"):
     cloze = _model(backbone="bert4rec", head="static", cloze=True)
     tx = optim_lib.make_optimizer(
