@@ -41,15 +41,18 @@ from benchmarks import scale_data
 from benchmarks import timing
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("profile", "electronics", list(scale_data.PROFILES), "data set sizes")
-flags.DEFINE_string("data_dir", "", "the RecBole folder (generated there when missing)")
-flags.DEFINE_string("workdir", "", "run directory (default: a temporary folder)")
-flags.DEFINE_integer("batch_size", 1024, "training rows per step")
-flags.DEFINE_integer("full_eval_users", 10_000, "users of the full-catalogue sample")
-flags.DEFINE_integer("dim", 32, "embedding width d")
-flags.DEFINE_string("backbone", "sasrec", "backbone")
-flags.DEFINE_string("embedding_optimizer", "", "TrainConfig.embedding_optimizer (empty: default)")
-flags.DEFINE_string("output", "", "JSON file to write")
+
+
+def _define_flags():  # only when run as a script: importers (the tests) define their own
+  flags.DEFINE_enum("profile", "electronics", list(scale_data.PROFILES), "data set sizes")
+  flags.DEFINE_string("data_dir", "", "the RecBole folder (generated there when missing)")
+  flags.DEFINE_string("workdir", "", "run directory (default: a temporary folder)")
+  flags.DEFINE_integer("batch_size", 1024, "training rows per step")
+  flags.DEFINE_integer("full_eval_users", 10_000, "users of the full-catalogue sample")
+  flags.DEFINE_integer("dim", 32, "embedding width d")
+  flags.DEFINE_string("backbone", "sasrec", "backbone")
+  flags.DEFINE_string("embedding_optimizer", "", "TrainConfig.embedding_optimizer (empty: default)")
+  flags.DEFINE_string("output", "", "JSON file to write")
 
 
 def _reset_peak() -> bool:
@@ -200,4 +203,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
