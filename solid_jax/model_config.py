@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 GENERATORS = ("duet", "apg")
-CODEBOOK_MODES = ("straight_through", "frozen", "ema")
+CODEBOOK_MODES = ("straight_through", "frozen", "ema", "none")
+CLIPS = ("hard", "soft")
+QUANTIZE_SPACES = ("sequence", "embedding")
+SOLID_BRANCHES = ("both", "item", "semantic")
 EMBEDDINGS = ("tanh_dense", "layer_norm")
 TARGET_TOWERS = ("mlp", "embedding")
 ACTIVATIONS = ("", "relu", "gelu")
@@ -43,17 +46,30 @@ class ModelConfig:
     dim: embedding width d.
     codebook: for ``head="solid"``: ``"straight_through"`` (trainable codebook,
       straight-through gradient, commitment loss), ``"frozen"`` (the authors'
-      behaviour) or ``"ema"`` (EMA codebook updates with dead-code revival).
+      behaviour), ``"ema"`` (EMA codebook updates with dead-code revival, anchored to the
+      metacode by ``ema_prior``) or ``"none"`` (the ablation without a codebook: the item branch
+      reads its query unquantised, and the consistency loss pulls the semantic branch towards it).
     num_codes: codebook size; ``None`` means ``num_semantics`` (the metacode
       table, padding row included).
     codebook_hidden: width of the decoder after the codebook (d -> hidden -> d).
     apg_rank: K of the APG low-rank factorisation.
-    clip_t: t, the item-branch weights are clipped to [-t, t].
+    clip_t: t, the item-branch weights are bounded by t.
+    clip: how: ``"hard"`` (the paper's ``clip(x, -t, t)``; zero gradient outside the band) or
+      ``"soft"`` (``t * tanh(x / t)``: the same bound, a gradient everywhere).
+    quantize_space: what the codebook quantises: ``"sequence"`` (the authors': the item branch's
+      sequence embedding ``tanh((E[items] + P) Ws + bs)``) or ``"embedding"`` (the item table's
+      rows ``E[items]`` themselves, the space the stage-1 metacode, a semantic item table, lives
+      in).
+    solid_branches: ``"both"`` (SOLID), or one branch alone for the ablations: ``"item"`` (W =
+      the bounded item-branch weights) or ``"semantic"`` (W = the semantic-branch weights).
     consistency_weight: lambda of the stage-2 consistency loss.
     commitment_weight: beta of the straight-through commitment loss.
     ema_decay: decay of the EMA codebook statistics.
     ema_dead_steps: in ``ema`` mode, a code selected by no query for this many
       consecutive training steps is re-seeded from a random current query.
+    ema_prior: in ``ema`` mode, the pseudo-count that anchors every code to its initial value (the
+      metacode), in units of a code's uniform share of the assignments
+      (``nn.codebook.ema_update``); 0: no anchor.
     paper_compat: freeze the generators' final projections at their
       ``fmod(randn, 2)`` init, as the authors' code does by accident.
     num_heads, ff_dim: transformer settings of SASRec and BERT4Rec.
@@ -99,10 +115,14 @@ class ModelConfig:
   codebook_hidden: int = 64
   apg_rank: int = 16
   clip_t: float = 0.01
+  clip: str = "hard"
+  quantize_space: str = "sequence"
+  solid_branches: str = "both"
   consistency_weight: float = 0.1
   commitment_weight: float = 0.25
   ema_decay: float = 0.99
   ema_dead_steps: int = 100
+  ema_prior: float = 1.0
   paper_compat: bool = False
   num_heads: int = 4
   ff_dim: int = 128
@@ -132,6 +152,18 @@ class ModelConfig:
     check("head", self.head, heads.names())
     check("generator", self.generator, GENERATORS)
     check("codebook", self.codebook, CODEBOOK_MODES)
+    check("clip", self.clip, CLIPS)
+    check("quantize_space", self.quantize_space, QUANTIZE_SPACES)
+    check("solid_branches", self.solid_branches, SOLID_BRANCHES)
+    if not self.clip_t > 0:
+      raise ValueError(f"ModelConfig.clip_t={self.clip_t} must be > 0")
+    if self.ema_prior < 0 or not 0.0 <= self.ema_decay < 1.0 or self.ema_dead_steps < 1:
+      raise ValueError(
+        f"ModelConfig: ema_prior={self.ema_prior} must be >= 0, ema_decay={self.ema_decay} in "
+        f"[0, 1), ema_dead_steps={self.ema_dead_steps} >= 1"
+      )
+    if self.num_codes is not None and self.num_codes < 2:
+      raise ValueError(f"ModelConfig.num_codes={self.num_codes}: needs padding 0 and >= 1 code")
     if self.num_items < 2:
       raise ValueError(f"ModelConfig.num_items={self.num_items}: needs padding 0 and >= 1 item")
     check("embedding", self.embedding, EMBEDDINGS)

@@ -196,6 +196,25 @@ def cluster_items(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 50
   return np.concatenate([[0], compact.reshape(-1) + 1]).astype(np.int32)
 
 
+def shuffled_labels(table: np.ndarray, *, seed: int = 0) -> np.ndarray:
+  """A control table: the ids of ``table`` dealt to the items in a random order.
+
+  The result has the same number of classes C and the same class sizes as ``table``, but an
+  item's id says nothing about the item: the control that shows whether a SOLID model gains from
+  the semantics or from having C ids at all.
+
+  Args:
+    table: int32[num_items], 0 at index 0.
+    seed: seed of the permutation (``np.random.default_rng([seed, 0x5E3A])``).
+
+  Returns:
+    int32[num_items]: 0 at index 0, a permutation of ``table[1:]`` elsewhere.
+  """
+  table = np.asarray(table, np.int32)
+  rng = np.random.default_rng([int(seed), 0x5E3A])
+  return np.concatenate([[0], rng.permutation(table[1:])]).astype(np.int32)
+
+
 # --------------------------------------------------------------------------- tables with provenance
 
 

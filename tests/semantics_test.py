@@ -164,3 +164,13 @@ def test_clip_features_of_scientific_mm_subset_cluster(shared_data):
   purity = majority / (ds.num_items - 1)
   chance = np.bincount(by_category[1:]).max() / (ds.num_items - 1)
   assert purity > chance + 0.1
+
+
+def test_shuffled_labels_keep_the_classes_and_their_sizes_but_not_the_items():
+  table = np.asarray([0] + [1] * 30 + [2] * 10 + [3] * 5, np.int32)
+  shuffled = semantics.shuffled_labels(table, seed=0)
+  assert shuffled[0] == 0 and shuffled.dtype == np.int32
+  np.testing.assert_array_equal(np.bincount(shuffled), np.bincount(table))
+  assert np.mean(shuffled[1:] != table[1:]) > 0.3
+  np.testing.assert_array_equal(shuffled, semantics.shuffled_labels(table, seed=0))
+  assert not np.array_equal(shuffled, semantics.shuffled_labels(table, seed=1))

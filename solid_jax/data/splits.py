@@ -244,15 +244,27 @@ def make_splits(
   return out
 
 
-def resample_train(ds: Dataset, splits: dict[str, Any], epoch: int) -> dict[str, np.ndarray]:
+def _stream_entropy(seed: int, purpose: int, stream: int | None, epoch: int) -> list[int]:
+  """The entropy of a numpy generator: (seed, purpose[, stream], epoch)."""
+  parts = [int(seed), purpose] + ([] if stream is None else [int(stream)])
+  return parts + [int(epoch)]
+
+
+def resample_train(
+  ds: Dataset, splits: dict[str, Any], epoch: int, *, stream: int | None = None
+) -> dict[str, np.ndarray]:
   """Training rows of `epoch`: the fixed positives with fresh negatives.
 
-  A pure function of (data, splits["meta"]["seed"], epoch); epoch 0 equals splits["train"].
+  A pure function of (data, splits["meta"]["seed"], stream, epoch); without a ``stream``, epoch 0
+  equals splits["train"].
 
   Args:
     ds: the Dataset the splits were made from.
     splits: output of `make_splits` (only "meta" is read).
     epoch: epoch number (>= 0).
+    stream: a non-negative integer naming a random stream of its own (e.g. one per training
+      stage, `solid_jax.train.streams`): its negatives share nothing with those of another
+      stream, epoch 0 included. None: the splits' own stream.
 
   Returns:
     dict of numpy arrays as splits["train"] (P * (1 + train_negatives) rows).
@@ -265,7 +277,7 @@ def resample_train(ds: Dataset, splits: dict[str, Any], epoch: int) -> dict[str,
     )
   positions = meta["train_positions"]
   users = np.searchsorted(ds.seq_offsets, positions, side="right") - 1
-  rng = np.random.default_rng([meta["seed"], _STREAM_TRAIN, int(epoch)])
+  rng = np.random.default_rng(_stream_entropy(meta["seed"], _STREAM_TRAIN, stream, epoch))
   negatives = sample_negatives(
     rng, users, meta["train_negatives"], meta["seen_offsets"], meta["seen_items"], ds.num_items
   )
@@ -275,7 +287,12 @@ def resample_train(ds: Dataset, splits: dict[str, Any], epoch: int) -> dict[str,
 
 
 def position_rows(
-  ds: Dataset, splits: dict[str, Any], epoch: int, *, negatives: int | None = None
+  ds: Dataset,
+  splits: dict[str, Any],
+  epoch: int,
+  *,
+  negatives: int | None = None,
+  stream: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Training rows of `epoch` for training on every position (SASRec's next-item objective).
 
@@ -292,6 +309,7 @@ def position_rows(
     splits: output of `make_splits` (only "meta" is read).
     epoch: epoch number.
     negatives: negatives per position (default: the splits' ``train_negatives``).
+    stream: a random stream of its own, as `resample_train`'s.
 
   Returns:
     ``user`` int32[N], ``items`` / ``semantics`` int32[N, L], ``target`` / ``target_semantic``
@@ -315,7 +333,7 @@ def position_rows(
   row = np.repeat(np.arange(row_users.size), counts)[keep]
   col = (index_in_user - np.maximum(count - length, 0))[keep]
   pos, pos_users = positions[keep], users[keep]
-  rng = np.random.default_rng([meta["seed"], _STREAM_POSITIONS, int(epoch)])
+  rng = np.random.default_rng(_stream_entropy(meta["seed"], _STREAM_POSITIONS, stream, epoch))
   negs = sample_negatives(rng, pos_users, k, meta["seen_offsets"], meta["seen_items"], ds.num_items)
   n = row_users.size
   items = np.zeros((n, length), np.int32)
@@ -335,7 +353,13 @@ def position_rows(
 
 
 def cloze_rows(
-  ds: Dataset, splits: dict[str, Any], epoch: int, *, mask_rate: float, negatives: int | None = None
+  ds: Dataset,
+  splits: dict[str, Any],
+  epoch: int,
+  *,
+  mask_rate: float,
+  negatives: int | None = None,
+  stream: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Training rows of `epoch` for the cloze (masked item) objective of BERT4Rec.
 
@@ -352,6 +376,7 @@ def cloze_rows(
     epoch: epoch number.
     mask_rate: probability that a position is masked, in (0, 1].
     negatives: negatives per masked position (default: the splits' ``train_negatives``).
+    stream: a random stream of its own, as `resample_train`'s.
 
   Returns:
     ``user`` int32[N], ``items`` int32[N, L] (masked), ``semantics`` int32[N, L] (0 at masked
@@ -378,7 +403,7 @@ def cloze_rows(
   row = np.repeat(np.arange(n), lengths)
   col = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
   original = ds.seq_items[np.repeat(start, lengths) + col]
-  rng = np.random.default_rng([meta["seed"], _STREAM_CLOZE, int(epoch)])
+  rng = np.random.default_rng(_stream_entropy(meta["seed"], _STREAM_CLOZE, stream, epoch))
   masked = rng.random(original.size) < mask_rate
   # Rows where nothing was drawn get one masked position, chosen uniformly.
   none = np.flatnonzero(np.bincount(row, weights=masked, minlength=n) == 0)

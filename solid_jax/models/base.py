@@ -133,6 +133,11 @@ class Backbone(nn.Module):
     """The target tower: int[...] -> float[..., d]."""
     raise NotImplementedError
 
+  def lookup(self, items: Array) -> Array:
+    """The item table's rows themselves: int[...] -> float[..., d] (what SOLID's codebook
+    quantises with ``quantize_space="embedding"``)."""
+    raise NotImplementedError(f"{type(self).__name__} has no item table to look up")
+
   def encode(
     self,
     seq_emb: Array,
@@ -200,6 +205,9 @@ class EmbeddingBackbone(Backbone):
       x = self.embedding_norm(x)
     return self.embedding_dropout(x, deterministic=not train)
 
+  def lookup(self, items):
+    return self.item_embedding(items)
+
   def tower(self, target):
     e = self.item_embedding(target)
     return e if self.cfg.target_tower == "embedding" else self.target_trans(e)
@@ -224,6 +232,12 @@ class Head(nn.Module):
   # Whether packed rows (several users per row) may be trained: only heads whose weights do not
   # pool over the whole row.
   packable: ClassVar[bool] = False
+
+  @classmethod
+  def reads_item_rows(cls, cfg: ModelConfig) -> bool:
+    """Whether ``generate`` takes the item table's rows (``Backbone.lookup``) instead of the
+    backbone's sequence embeddings (``Backbone.embed``) as ``seq_emb``."""
+    return False
 
   @classmethod
   def validate(cls, cfg: ModelConfig) -> None:

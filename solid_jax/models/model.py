@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from solid_jax.model_config import ModelConfig
 from solid_jax.models.recommender import PACKING_KEYS, Recommender, example_batch
 from solid_jax.models.registry import BACKBONES, HEADS
+from solid_jax.nn import codebook as codebook_lib
 
 Array = jax.Array
 Params = dict
@@ -99,14 +100,17 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       raise ValueError("codebook_init is only meaningful for head='solid'")
     params = module.init({"params": key}, example_batch(cfg))["params"]
     params = jax.tree.map(jnp.asarray, dict(params))
-    if codebook_init is not None:
+    if codebook_init is not None and cfg.codebook != "none":  # "none": no codebook to set
       codes = jnp.asarray(codebook_init, jnp.float32)
       want = params["head"]["codebook"]["codes"].shape
       if codes.shape != want:
         raise ValueError(f"codebook table has shape {codes.shape}; expected {want}")
       table = {"codes": codes}
       if cfg.codebook == "ema":
-        table["ema"] = {**params["head"]["codebook"]["ema"], "sum": codes}
+        table["ema"] = {
+          **params["head"]["codebook"]["ema"],
+          **codebook_lib.ema_statistics(codes),
+        }
       params["head"] = {**params["head"], "codebook": table}
     return params
 

@@ -66,7 +66,11 @@ class Recommender(nn.Module):
     if not HEADS[self.cfg.head].dynamic:
       return self.head.generate(None, batch)
     with jax.named_scope("backbone"):
-      seq_emb = self.backbone.embed(jnp.asarray(batch["items"]), train=train)
+      items = jnp.asarray(batch["items"])
+      if HEADS[self.cfg.head].reads_item_rows(self.cfg):
+        seq_emb = self.backbone.lookup(items)
+      else:
+        seq_emb = self.backbone.embed(items, train=train)
     return self.head.generate(seq_emb, batch, all_positions=all_positions, key=key, train=train)
 
   def head_input(

@@ -1,7 +1,9 @@
 """SOLID's head: an item branch and a semantic branch, each a ``Generator``, combined as
 ``W = clip(W_item, -t, t) + W_sem``, with a vector-quantisation codebook on the item branch.
 
-  quant = codebook(seq_emb)                          (nearest code among rows 1..C-1; 0 at padding)
+  quant = codebook(seq_emb)                          (nearest code among rows 1..C-1; 0 at padding;
+                                                      seq_emb = E[items] with quantize_space=
+                                                      "embedding"; unquantised with codebook="none")
   dec   = leaky_relu(quant D0 + d0, 0.1) D1 + d1     (``decoder``)
   sem   = tanh((E_sem[semantics] + P_sem) Wss + bss) (``semantic_embedding``, ``_position_``,
                                                       ``semantic_seq_trans``)
@@ -29,9 +31,29 @@ from solid_jax.nn import layers
 Array = jax.Array
 
 
-def combine(item_weights, semantic_weights, t: float):
-  """SOLID's ``clip(item, -t, t) + semantic``, leaf by leaf (weights, biases, APG cores)."""
-  return jax.tree.map(lambda a, b: jnp.clip(a, -t, t) + b, item_weights, semantic_weights)
+def bound(x: Array, t: float, clip: str = "hard") -> Array:
+  """The item branch's bound: ``clip(x, -t, t)`` ("hard", the paper's) or ``t * tanh(x / t)``
+  ("soft": the same range, a non-zero gradient everywhere, about x near 0)."""
+  if clip == "soft":
+    return t * jnp.tanh(x / t)
+  return jnp.clip(x, -t, t)
+
+
+def combine(item_weights, semantic_weights, t: float, clip: str = "hard", branches: str = "both"):
+  """SOLID's ``bound(item, t) + semantic``, leaf by leaf (weights, biases, APG cores); with
+  ``branches="item"`` / ``"semantic"`` one term alone (the ablations)."""
+  if branches == "semantic":
+    return semantic_weights
+  if branches == "item":
+    return jax.tree.map(lambda a: bound(a, t, clip), item_weights)
+  return jax.tree.map(lambda a, b: bound(a, t, clip) + b, item_weights, semantic_weights)
+
+
+def unquantised(q: Array) -> dict:
+  """The codebook's ``info`` without a codebook (``codebook="none"``): the query stands for its
+  code (``selected = sg(q)``, the consistency target) and there are no codebook losses."""
+  zero = jnp.zeros((), jnp.float32)
+  return {"selected": jax.lax.stop_gradient(q), "codebook_loss": zero, "commitment_loss": zero}
 
 
 def masked_mse(a: Array, b: Array, mask: Array) -> Array:
@@ -47,8 +69,11 @@ class SolidHead(Head):
   ``generate(seq_emb, batch)`` reads ``batch["items"]``, ``batch["semantics"]`` int[B, L] and an
   optional ``batch["weight"]`` float[B] (row weights of the losses). ``aux`` holds
   ``"aux_loss"``, the unweighted ``"consistency_loss"``, ``"codebook_loss"``,
-  ``"commitment_loss"``, ``"codebook/perplexity"``, ``"codebook/usage"`` and, in ``ema`` mode,
-  ``"codebook_state"`` (the new ``codebook`` subtree, for ``update_state``).
+  ``"commitment_loss"``, ``"codebook/counts"`` float32[C] (this batch's selections),
+  ``"codebook/perplexity"``, ``"codebook/usage"`` (none of the three with ``codebook="none"``)
+  and, in ``ema`` mode, ``"codebook_state"`` (the new ``codebook`` subtree, for
+  ``update_state``). The options of the ablations (``clip``, ``quantize_space``,
+  ``solid_branches``, ``codebook="none"``) are described in `solid_jax.ModelConfig`.
   """
 
   @classmethod
@@ -57,6 +82,10 @@ class SolidHead(Head):
       raise ValueError(
         f"ModelConfig.num_semantics={cfg.num_semantics}: head='solid' needs >= 1 semantic id"
       )
+
+  @classmethod
+  def reads_item_rows(cls, cfg):
+    return cfg.quantize_space == "embedding"
 
   @classmethod
   def frozen(cls, cfg, path):
@@ -82,9 +111,10 @@ class SolidHead(Head):
       cfg.seq_len, d, embedding_init=layers.xavier_uniform()
     )
     self.semantic_seq_trans = nn.Dense(d, kernel_init=layers.xavier_uniform())
-    self.codebook = codebook_lib.Codebook(
-      cfg.codebook_size, d, cfg.codebook, cfg.ema_decay, cfg.ema_dead_steps
-    )
+    if cfg.codebook != "none":
+      self.codebook = codebook_lib.Codebook(
+        cfg.codebook_size, d, cfg.codebook, cfg.ema_decay, cfg.ema_dead_steps, cfg.ema_prior
+      )
     self.decoder = layers.MLP((cfg.codebook_hidden, d), ("leaky_relu", None))
     self.shared = DynamicLayers(specs, kind, cfg.apg_rank)
 
@@ -96,7 +126,10 @@ class SolidHead(Head):
     if "weight" in batch:
       mask = mask * jnp.asarray(batch["weight"], jnp.float32)[:, None]
     with jax.named_scope("codebook"):
-      quant, info = self.codebook(seq_emb, mask, key=key)
+      if cfg.codebook == "none":
+        quant, info = seq_emb, unquantised(seq_emb)
+      else:
+        quant, info = self.codebook(seq_emb, mask, key=key)
     with jax.named_scope("decoder"):
       decoded = self.decoder(quant)
     with jax.named_scope("semantic_embedding"):
@@ -112,7 +145,7 @@ class SolidHead(Head):
       all_positions=all_positions,
     )
     with jax.named_scope("combine"):
-      weights = combine(w_item, w_sem, cfg.clip_t)
+      weights = combine(w_item, w_sem, cfg.clip_t, cfg.clip, cfg.solid_branches)
     consistency = masked_mse(sem, info["selected"], mask)
     aux = {
       "aux_loss": cfg.consistency_weight * consistency
@@ -121,9 +154,13 @@ class SolidHead(Head):
       "consistency_loss": consistency,
       "codebook_loss": info["codebook_loss"],
       "commitment_loss": info["commitment_loss"],
-      "codebook/perplexity": info["perplexity"],
-      "codebook/usage": info["usage"],
     }
+    if cfg.codebook != "none":
+      # This batch's selection counts ("codebook/counts" float32[C]; summed over a whole split
+      # by `solid_jax.train.evaluator.codebook_usage`) and their per-batch summaries.
+      aux["codebook/counts"] = info["counts"]
+      aux["codebook/perplexity"] = info["perplexity"]
+      aux["codebook/usage"] = info["usage"]
     if cfg.codebook == "ema":
       aux["codebook_state"] = info["state"]
     return weights, aux

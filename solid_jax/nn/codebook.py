@@ -11,11 +11,12 @@ Modes (``MODES``):
 - ``"straight_through"``: ``q + stop_gradient(c - q)``; the codebook is trained by the codebook loss
   ``mean((sg(q) - c)^2)`` and the query pulled by the commitment loss ``mean((q - sg(c))^2)``.
 - ``"ema"``: straight-through gradient and commitment loss for the query; the codes are exponential
-  moving averages of their assigned queries (not trained by gradient). Statistics live in
-  ``params["ema"]`` and are threaded functionally: ``quantize`` returns the new codebook subtree in
-  ``info["state"]``; the caller writes it back (``Model.update_state``). A code selected by no query
-  for ``dead_steps`` consecutive steps is re-seeded from a random current query; the randomness
-  comes from the ``key`` argument, or when it is None from ``fold_in(key(ema["seed"]),
+  moving averages of their assigned queries (not trained by gradient), anchored to their initial
+  table (the semantic metacode) by a pseudo-count (`ema_update` gives the equations). Statistics
+  live in ``params["ema"]`` and are threaded functionally: ``quantize`` returns the new codebook
+  subtree in ``info["state"]``; the caller writes it back (``Model.update_state``). A code selected
+  by no query for ``dead_steps`` consecutive steps is re-seeded from a random current query; the
+  randomness comes from the ``key`` argument, or when it is None from ``fold_in(key(ema["seed"]),
   ema["step"])``.
 
 ``Codebook`` is the Flax module over the same functions: it owns the subtree ``{"codes"(,
@@ -65,8 +66,8 @@ def init(
 
   Returns:
     ``{"codes": float32[C, D]}`` and, in ``ema`` mode, ``"ema": {"count": [C], "sum": [C, D],
-    "unused": [C], "step": [], "seed": []}`` (float32 everywhere so that ``jax.grad`` accepts the
-    tree).
+    "prior": [C, D], "unused": [C], "step": [], "seed": []}`` (`ema_init`; float32 everywhere so
+    that ``jax.grad`` accepts the tree).
   """
   if mode not in MODES:
     raise ValueError(f"codebook mode {mode!r}; expected one of {MODES}")
@@ -83,14 +84,33 @@ def init(
   return params
 
 
-def ema_init(key: Array, codes: Array) -> Params:
-  """The EMA statistics of a fresh codebook ``codes: [C, D]``: count 1, sum = codes, a seed."""
+def ema_statistics(codes: Array) -> Params:
+  """The EMA statistics of a codebook that starts at ``codes: float[C, D]``.
+
+  Every code 1..C-1 starts with the uniform share ``count = 1 / (C - 1)`` of the assignments and
+  ``sum = count * code`` (its moving mean is the code itself); ``prior`` is the table the codes are
+  anchored to (`ema_update`). Row 0 (padding) has count 0.
+
+  Returns:
+    ``{"count": float32[C], "sum": float32[C, D], "prior": float32[C, D], "unused": float32[C],
+    "step": float32[]}``.
+  """
+  codes = jnp.asarray(codes, jnp.float32)
   num_codes = codes.shape[0]
+  share = jnp.where(jnp.arange(num_codes) > 0, 1.0 / max(num_codes - 1, 1), 0.0)
   return {
-    "count": jnp.ones((num_codes,), jnp.float32),
-    "sum": codes,
+    "count": share.astype(jnp.float32),
+    "sum": codes * share[:, None],
+    "prior": codes,
     "unused": jnp.zeros((num_codes,), jnp.float32),
     "step": jnp.zeros((), jnp.float32),
+  }
+
+
+def ema_init(key: Array, codes: Array) -> Params:
+  """The EMA subtree of a fresh codebook ``codes: [C, D]``: `ema_statistics` and a revival seed."""
+  return {
+    **ema_statistics(codes),
     "seed": jax.random.randint(key, (), 0, 2**24).astype(jnp.float32),
   }
 
@@ -143,11 +163,20 @@ def usage_stats(index: Array, mask: Array, num_codes: int) -> tuple[Array, Array
   """
   counts = jax.ops.segment_sum(mask.reshape(-1), index.reshape(-1), num_segments=num_codes)
   counts = counts.at[0].set(0.0)
+  perplexity, usage = summarize_counts(counts)
+  return counts, perplexity, usage
+
+
+def summarize_counts(counts: Array) -> tuple[Array, Array]:
+  """``(perplexity, usage)`` of selection counts float[C] (row 0, padding, ignored): perplexity
+  ``exp(-sum p log p)`` of the frequencies of codes 1..C-1, usage the fraction of them selected at
+  least once. Counts summed over a whole split give that split's figures."""
+  counts = jnp.asarray(counts, jnp.float32)[1:]
   total = jnp.sum(counts)
   p = counts / jnp.maximum(total, 1e-12)
   entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-  usage = jnp.sum(counts[1:] > 0) / max(num_codes - 1, 1)
-  return counts, jnp.exp(entropy), usage.astype(jnp.float32)
+  usage = jnp.sum(counts > 0) / max(counts.shape[0], 1)
+  return jnp.exp(entropy), usage.astype(jnp.float32)
 
 
 def _masked_mean(sq: Array, mask: Array) -> Array:
@@ -164,6 +193,7 @@ def quantize(
   mode: str,
   decay: float = 0.99,
   dead_steps: int = 100,
+  prior: float = 1.0,
   key: Array | None = None,
 ) -> tuple[Array, dict]:
   """Quantises queries to their nearest codes.
@@ -175,6 +205,7 @@ def quantize(
     mode: one of ``MODES``.
     decay: EMA decay (``ema`` mode).
     dead_steps: EMA dead-code revival threshold in steps (``ema`` mode).
+    prior: the pseudo-count of the initial table (``ema`` mode), see `ema_update`.
     key: optional PRNG key for the revival (``ema`` mode); see the module docstring.
 
   Returns:
@@ -216,7 +247,14 @@ def quantize(
   }
   if mode == "ema":
     info["state"] = ema_update(
-      params, jax.lax.stop_gradient(q), index, mask, decay=decay, dead_steps=dead_steps, key=key
+      params,
+      jax.lax.stop_gradient(q),
+      index,
+      mask,
+      decay=decay,
+      dead_steps=dead_steps,
+      prior=prior,
+      key=key,
     )
   return out, info
 
@@ -229,22 +267,36 @@ def ema_update(
   *,
   decay: float,
   dead_steps: int,
+  prior: float = 1.0,
   key: Array | None = None,
 ) -> Params:
   """One EMA step of the codebook with dead-code revival (row 0 untouched).
 
-  ``count <- decay*count + (1-decay)*n_k``, ``sum <- decay*sum + (1-decay)*sum_{i: k(i)=k} m_i
-  q_i``, ``codes = sum / smoothed(count)`` (Laplace smoothing, ``EMA_EPS``). Codes unused for
-  ``dead_steps`` consecutive steps are re-seeded from a random valid query (count 1, sum = that
-  query).
+  The statistics are shares of the step's assignments, so they do not depend on how many rows
+  carry a history: a batch of candidate groups (each history once) and the same histories as
+  single rows (each history once per candidate) give the same update. With ``m_i`` the weight of
+  valid position i, ``N = sum_i m_i``, ``mu = 1 / (C - 1)`` and ``P`` the initial table (``prior``
+  in the statistics, the semantic metacode in SOLID)::
+
+    count_k <- decay * count_k + (1 - decay) * sum_{i: k(i)=k} m_i / N
+    sum_k   <- decay * sum_k   + (1 - decay) * sum_{i: k(i)=k} m_i q_i / N
+    code_k   = (sum_k + prior * mu * P_k) / (count_k + prior * mu)
+
+  ``prior`` is a pseudo-count in units of a code's uniform share ``mu`` of the assignments: the
+  initial code weighs as much as ``prior`` times the recent queries of a code chosen at the uniform
+  rate, and it never decays (``prior = 0``: the codes are the moving means of their queries; the
+  denominator is then kept above ``EMA_EPS``). A step without valid positions changes nothing but
+  the step counter. Codes unused for ``dead_steps`` consecutive steps are re-seeded from a random
+  valid query ``f``: code, ``P_k`` and moving mean become ``f`` (count ``mu``).
 
   Args:
-    params: the codebook subtree with ``"ema"``.
+    params: the codebook subtree with ``"ema"`` (`ema_init`).
     q: float[B, L, D] queries (no gradient needed).
     index: int[B, L] their selected codes.
     mask: float[B, L] position weights.
     decay: EMA decay.
     dead_steps: revival threshold.
+    prior: the pseudo-count of the initial table, >= 0.
     key: PRNG key for the revival; None derives it from ``ema["seed"]`` and ``ema["step"]``.
 
   Returns:
@@ -252,30 +304,33 @@ def ema_update(
   """
   ema = params["ema"]
   num_codes, dim = params["codes"].shape
+  mu = 1.0 / max(num_codes - 1, 1)
   flat_q = q.reshape(-1, dim)
   flat_m = mask.reshape(-1)
   flat_i = index.reshape(-1)
-  n_k = jax.ops.segment_sum(flat_m, flat_i, num_segments=num_codes)
-  s_k = jax.ops.segment_sum(flat_q * flat_m[:, None], flat_i, num_segments=num_codes)
-  count = decay * ema["count"] + (1.0 - decay) * n_k
-  total = jnp.sum(count)
-  smoothed = (count + EMA_EPS) / (total + num_codes * EMA_EPS) * total
-  summed = decay * ema["sum"] + (1.0 - decay) * s_k
-  codes = summed / smoothed[:, None]
-  unused = jnp.where(n_k > 0, 0.0, ema["unused"] + 1.0)
+  total = jnp.sum(flat_m)
+  any_valid = total > 0
+  scale = 1.0 / jnp.maximum(total, 1e-12)
+  share = jax.ops.segment_sum(flat_m, flat_i, num_segments=num_codes) * scale
+  s_k = jax.ops.segment_sum(flat_q * flat_m[:, None], flat_i, num_segments=num_codes) * scale
+  count = jnp.where(any_valid, decay * ema["count"] + (1.0 - decay) * share, ema["count"])
+  summed = jnp.where(any_valid, decay * ema["sum"] + (1.0 - decay) * s_k, ema["sum"])
+  anchor = prior * mu
+  codes = (summed + anchor * ema["prior"]) / jnp.maximum(count + anchor, EMA_EPS)[:, None]
+  unused = jnp.where(share > 0, 0.0, ema["unused"] + 1.0)
 
   if key is None:
     key = jax.random.fold_in(
       jax.random.key(ema["seed"].astype(jnp.uint32)), ema["step"].astype(jnp.uint32)
     )
-  any_valid = jnp.sum(flat_m) > 0
   dead = (unused >= dead_steps) & any_valid & (jnp.arange(num_codes) > 0)
   logits = jnp.where(flat_m > 0, 0.0, -jnp.inf)
   pick = jax.random.categorical(key, jnp.where(any_valid, logits, 0.0), shape=(num_codes,))
   fresh = jnp.take(flat_q, pick, axis=0)
   codes = jnp.where(dead[:, None], fresh, codes)
-  summed = jnp.where(dead[:, None], fresh, summed)
-  count = jnp.where(dead, 1.0, count)
+  summed = jnp.where(dead[:, None], fresh * mu, summed)
+  anchored = jnp.where(dead[:, None], fresh, ema["prior"])
+  count = jnp.where(dead, mu, count)
   unused = jnp.where(dead, 0.0, unused)
 
   old = params["codes"]
@@ -283,6 +338,7 @@ def ema_update(
   new_ema = {
     "count": jnp.where(first[:, 0], ema["count"], count),
     "sum": jnp.where(first, ema["sum"], summed),
+    "prior": jnp.where(first, ema["prior"], anchored),
     "unused": jnp.where(first[:, 0], ema["unused"], unused),
     "step": ema["step"] + 1.0,
     "seed": ema["seed"],
@@ -299,7 +355,8 @@ class Codebook(nn.Module):
 
   Attributes:
     num_codes: C, including the padding row 0. dim: D. mode: one of ``MODES``.
-    decay: EMA decay. dead_steps: EMA revival threshold.
+    decay: EMA decay. dead_steps: EMA revival threshold. prior: the pseudo-count of the initial
+    table (`ema_update`).
   """
 
   num_codes: int
@@ -307,6 +364,7 @@ class Codebook(nn.Module):
   mode: str = "straight_through"
   decay: float = 0.99
   dead_steps: int = 100
+  prior: float = 1.0
 
   def setup(self):
     self.codes = self.param(
@@ -321,7 +379,14 @@ class Codebook(nn.Module):
   def __call__(self, q: Array, mask: Array, *, key: Array | None = None) -> tuple[Array, dict]:
     """``quantize(tables, q float[B, L, D], mask float[B, L])``: see ``quantize``."""
     return quantize(
-      self.tables(), q, mask, mode=self.mode, decay=self.decay, dead_steps=self.dead_steps, key=key
+      self.tables(),
+      q,
+      mask,
+      mode=self.mode,
+      decay=self.decay,
+      dead_steps=self.dead_steps,
+      prior=self.prior,
+      key=key,
     )
 
 

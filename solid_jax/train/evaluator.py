@@ -222,3 +222,53 @@ class Evaluator:
 
   def __call__(self, params) -> dict[str, float]:
     return self.metrics_of(self.host_scores(params))
+
+
+class CodebookUsage:
+  """The codebook's selections over a whole split: ``usage(params) -> {"perplexity", "usage",
+  "codes_used", "positions"}``.
+
+  Every distinct history of the split (one per candidate group) is run through ``model.apply``
+  once and its ``aux["codebook/counts"]`` summed (padding positions and padding rows weigh 0);
+  ``nn.codebook.summarize_counts`` of the sums gives the split's perplexity and usage, which per
+  batch are far noisier (a batch of a few hundred histories may miss most codes, or see one).
+
+  Args:
+    model: a Model whose ``apply`` returns ``"codebook/counts"`` (SOLID with a codebook).
+    split: the split's rows (``items``, ``semantics``, ``target``, ``target_semantic``, ...).
+    batch_size: histories per batch.
+    transform: optional batch rewrite (as the evaluators').
+  """
+
+  def __init__(self, model, split, batch_size: int, *, transform: BatchTransform | None = None):
+    g = rows_lib.candidate_groups(split) or 1
+    rows = {k: np.asarray(split[k])[::g] for k in rows_lib.MODEL_KEYS if k in split}
+    n = len(rows["items"])
+    rows["weight"] = np.ones(n, np.float32)
+    size = int(max(1, min(batch_size, n)))
+    padded, _ = rows_lib.pad_rows(rows, size)
+    padded["weight"][n:] = 0.0
+    self._batches = jax.device_put(
+      {k: v.reshape((-1, size) + v.shape[1:]) for k, v in padded.items()}
+    )
+
+    def counts(params, batches):
+      def one(batch):
+        _, aux = model.apply(params, rows_lib.model_batch(batch, transform, with_weight=True))
+        return aux["codebook/counts"]
+
+      return jnp.sum(jax.lax.map(one, batches), axis=0)
+
+    self._counts = jax.jit(counts)
+
+  def __call__(self, params) -> dict[str, float]:
+    from solid_jax.nn import codebook as codebook_lib  # pylint: disable=import-outside-toplevel
+
+    counts = self._counts(params, self._batches)
+    perplexity, usage = codebook_lib.summarize_counts(counts)
+    return {
+      "perplexity": float(perplexity),
+      "usage": float(usage),
+      "codes_used": int(np.sum(np.asarray(counts)[1:] > 0)),
+      "positions": float(np.sum(np.asarray(counts)[1:])),
+    }

@@ -11,8 +11,11 @@ are split the same way (``solid_jax.parallel``). The batches, the number of step
 those of a one-device run; only the order of floating-point sums differs. With several processes
 every process iterates over the same global batches and feeds the rows of its own devices.
 
-Determinism and resume: the training rows of an epoch are a pure function of (seed, epoch), the
-batch order a pure function of (seed, epoch, step) and per-step keys ``fold_in(key(seed), step)``.
+Determinism and resume: every random draw of a stage comes from a stream of its own
+(`solid_jax.train.streams`: one per seed, stage name and purpose): the initialisation from
+``streams.key(seed, stage, "init")``, the batch order of an epoch from ``(seed, stage, "batches",
+epoch)``, the per-step keys ``fold_in(streams.key(seed, stage, "dropout"), step)``; the training rows
+of an epoch (negatives) are the `StageData`'s pure function of the epoch.
 A checkpoint stores the parameters, the optimizer state, the position (epoch, step within the
 epoch) and the running sums of the epoch, so a run restarted from any checkpoint computes exactly
 what the uninterrupted run computes after it.
@@ -39,6 +42,7 @@ from solid_jax.train import step as step_lib
 from solid_jax.train import evaluator as evaluator_lib
 from solid_jax.train import optim as optim_lib
 from solid_jax.train import rows as rows_lib
+from solid_jax.train import streams
 from solid_jax.train import writers
 
 try:
@@ -444,6 +448,8 @@ class _Evaluation:
   select_key: str  # the record entry that selects ("valid", "valid_full", ...)
   protocol: str
   metric: str
+  # evaluator_lib.CodebookUsage of "valid" and "test" for models with a codebook, else None.
+  codebook: dict[str, Any] | None = None
 
   @classmethod
   def build(
@@ -491,6 +497,15 @@ class _Evaluation:
         return None
       return full_eval.FullEvaluator(spec.model, users, mesh=mesh, compiled=scorers)
 
+    codebook = None
+    if _reports_codebook(spec.model):
+      codebook = {
+        split: evaluator_lib.CodebookUsage(
+          spec.model, rows, settings.eval_batch_size, transform=spec.transform
+        )
+        for split, rows in (("valid", data.valid), ("test", data.test))
+      }
+
     return cls(
       valid=sampled(data.valid),
       test=sampled(data.test),
@@ -499,6 +514,7 @@ class _Evaluation:
       select_key=settings.select_on + ("_full" if protocol == "full" else ""),
       protocol=protocol,
       metric=metric,
+      codebook=codebook,
     )
 
   def of(self, split: str) -> tuple[Any, Any]:
@@ -512,7 +528,14 @@ class _Evaluation:
       out[split] = sampled(params)
     if full is not None:
       out[split + "_full"] = full(params)
+    out.update(self.codebook_usage(split, params))
     return out
+
+  def codebook_usage(self, split: str, params) -> dict[str, dict[str, float]]:
+    """``{split + "_codebook": CodebookUsage}`` of a model with a codebook, else ``{}``."""
+    if self.codebook is None:
+      return {}
+    return {split + "_codebook": self.codebook[split](params)}
 
   def selection(self, record: dict[str, Any]) -> float:
     """The selection metric of an epoch record, as its checkpoint ranks it (-inf for NaN)."""
@@ -529,14 +552,14 @@ class _StepFunctions:
   """The compiled train steps of a stage, one per batch kind (rows / candidate groups), built on
   first use; sharded over the mesh when there is one."""
 
-  def __init__(self, spec: StageSpec, tx, seed: int, mesh):
-    self.spec, self.tx, self.seed, self.mesh = spec, tx, seed, mesh
+  def __init__(self, spec: StageSpec, tx, key, mesh):
+    self.spec, self.tx, self.key, self.mesh = spec, tx, key, mesh
     self.fns = {}
 
   def __call__(self, grouped: bool):
     if grouped not in self.fns:
       fn = step_lib.make_train_step(
-        self.spec.model, self.tx, seed=self.seed, transform=self.spec.transform, grouped=grouped
+        self.spec.model, self.tx, key=self.key, transform=self.spec.transform, grouped=grouped
       )
       # The sharded step jits the loop's pure step with the batch split and the rest replicated.
       self.fns[grouped] = (
@@ -614,7 +637,7 @@ def train_stage(
   primary = jax.process_index() == 0  # the process that writes the records and the result
   os.makedirs(spec.directory, exist_ok=True)
   # One compiled init instead of many small eager dispatches.
-  params = jax.jit(spec.init)(jax.random.fold_in(jax.random.key(settings.seed), 0))
+  params = jax.jit(spec.init)(streams.key(settings.seed, spec.name, "init"))
   tx = optim_lib.make_optimizer(
     spec.model,
     params,
@@ -635,7 +658,7 @@ def train_stage(
     )
     # Replicated before a restore, so that Orbax restores straight into the replicated layout.
     params, opt_state = parallel.replicate((params, opt_state), mesh)
-  step_fns = _StepFunctions(spec, tx, settings.seed, mesh)
+  step_fns = _StepFunctions(spec, tx, streams.key(settings.seed, spec.name, "dropout"), mesh)
   evaluation = _Evaluation.build(spec, data, settings, mesh)
 
   def step_arg(step):
@@ -681,7 +704,7 @@ def train_stage(
       batches = data.batches(
         plan.units,
         plan.unit_batch,
-        seed=settings.seed,
+        seed=streams.numpy_seed(settings.seed, spec.name, "batches"),
         epoch=state.epoch,
         shuffle=True,
         start_step=state.step_in_epoch,
@@ -783,9 +806,11 @@ def _finish(spec, state, params, ckpts, evaluation, settings, mesh, primary):
   stop_reason = "patience" if evaluation.stopped(history, settings) else "max_epochs"
   params = ckpts.restore_params(best["step"], params)
   ckpts.close()
-  final = {k: best[k] for k in ("valid", "valid_full") if k in best}
+  final = {k: best[k] for k in ("valid", "valid_full", "valid_codebook") if k in best}
   if settings.select_on == "test":
-    final.update({k: best[k] for k in ("test", "test_full") if k in best})
+    final.update({k: best[k] for k in ("test", "test_full", "test_codebook") if k in best})
+  else:
+    final.update(evaluation.codebook_usage("test", params))
   for split in ("valid", "test"):
     # Every process evaluates (the scorers are collective over the mesh); process 0 writes.
     sampled, full = evaluation.of(split)
@@ -872,6 +897,19 @@ def write_per_user(path: str, rows: dict[str, np.ndarray]) -> None:
   tmp = path + ".tmp.npz"
   np.savez(tmp, **rows)
   os.replace(tmp, path)
+
+
+def _reports_codebook(model) -> bool:
+  """Whether ``model.apply`` returns ``"codebook/counts"`` (traced abstractly, nothing runs)."""
+  from solid_jax.models.recommender import example_batch  # pylint: disable=import-outside-toplevel
+
+  try:
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    batch = example_batch(model.config)
+    _, aux = jax.eval_shape(model.apply, params, batch)
+  except Exception:  # pylint: disable=broad-except
+    return False  # a plugin model this probe cannot trace: no codebook report
+  return "codebook/counts" in aux
 
 
 def _finite(x: float) -> float:

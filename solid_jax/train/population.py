@@ -36,6 +36,7 @@ from solid_jax.train import loop
 from solid_jax.train import optim as optim_lib
 from solid_jax.train import reliability
 from solid_jax.train import step as step_lib
+from solid_jax.train import streams
 from solid_jax.train import writers
 
 # LoopSettings fields that may differ between the members of a population.
@@ -64,7 +65,7 @@ def make_population_step(model, tx, *, transform=None, grouped: bool = False, sc
   Returns:
     ``step(params, opt_state, batch, step, key, lr, active) -> (params, opt_state, scalars)``,
     every argument stacked on a leading member axis [N]: ``step`` int32[N] global steps,
-    ``key`` the members' root keys (``jax.random.key(seed)``), ``lr`` float32[N], ``active``
+    ``key`` the members' root keys (their ``"dropout"`` streams), ``lr`` float32[N], ``active``
     bool[N] (inactive members keep their parameters and optimizer state). ``scalars`` are those
     of `step.make_train_step`, float32[N] each. ``params`` and ``opt_state`` are donated.
   """
@@ -189,7 +190,7 @@ class _Runner:
         self.data.batches(
           self.plan.units,
           self.plan.unit_batch,
-          seed=self.settings.seed,
+          seed=streams.numpy_seed(self.settings.seed, self.spec.name, "batches"),
           epoch=self.state.epoch,
           shuffle=True,
           start_step=self.state.step_in_epoch,
@@ -250,9 +251,7 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
   primary = jax.process_index() == 0
   lrs = [m.settings.lr for m in members]
   scale_lr = len(set(lrs)) > 1
-  inits = [
-    jax.jit(m.spec.init)(jax.random.fold_in(jax.random.key(m.settings.seed), 0)) for m in members
-  ]
+  inits = [jax.jit(m.spec.init)(streams.key(m.settings.seed, m.spec.name, "init")) for m in members]
   if scale_lr and settings0.embedding_lr:
     raise ValueError(
       "a population of several learning rates takes no --embedding_lr (the members' "
@@ -276,7 +275,7 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
   opt_state = stack([r.opt_state for r in runners])
   for r in runners:
     r.params = r.opt_state = None  # the stacked copies are the live ones
-  keys = jnp.stack([jax.random.key(m.settings.seed) for m in members])
+  keys = jnp.stack([streams.key(m.settings.seed, m.spec.name, "dropout") for m in members])
   lr_arg = jnp.asarray(lrs, jnp.float32)
   step_fns: dict[bool, Any] = {}
   watch = reliability.PreemptionWatch(sync_every=settings0.check_every_steps)

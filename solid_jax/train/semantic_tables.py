@@ -14,6 +14,7 @@ from solid_jax import models as models_lib
 from solid_jax import semantics as semantics_lib
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import loop
+from solid_jax.train import streams
 from solid_jax.train.train_config import TrainConfig
 
 
@@ -55,6 +56,9 @@ def semantic_provenance(config: TrainConfig, ds) -> dict[str, Any]:
   }
   if config.semantics == "labels":
     out["labels"] = ds.semantic_source
+  elif config.semantics == "random":
+    out["labels"] = ds.semantic_source
+    out["algorithm"] = "the labels dealt to the items in a random order (semantics.shuffled_labels)"
   else:
     out.update(
       k=num_clusters(config, ds),
@@ -82,9 +86,11 @@ def check_semantic_source(config: TrainConfig, ds) -> None:
   """Errors that would otherwise surface only after training (missing features, bad k)."""
   if not config.is_solid:
     return
-  if config.semantics == "labels":
+  if config.semantics in ("labels", "random"):
     if config.num_clusters:
-      raise ValueError("--num_clusters applies to k-means semantics only, not --semantics=labels")
+      raise ValueError(
+        f"--num_clusters applies to k-means semantics only, not --semantics={config.semantics}"
+      )
     return
   need = [p for p in semantics_lib.KMEANS_SOURCES[config.semantics] if p != "id"]
   have = semantics_lib.dataset_vectors(ds)
@@ -160,3 +166,27 @@ def load_metacode(stage1_dir: str) -> np.ndarray:
   finally:
     ckpts.close()
   return np.asarray(models_lib.item_table(params))
+
+
+def codebook_table(metacode: np.ndarray, config: TrainConfig) -> np.ndarray:
+  """Stage 2's initial codebook: the metacode float[C, d] itself, or with ``num_codes = K < C``
+  row 0 (padding) and the k-means centroids of its rows 1..C-1 in ``K - 1`` clusters (the
+  ``"codebook"`` stream of stage 2).
+
+  Raises:
+    ValueError: ``num_codes`` exceeds the metacode's rows (no table of more distinct codes can be
+      made from it).
+  """
+  rows = metacode.shape[0]
+  k = config.num_codes
+  if not k or k == rows:
+    return metacode
+  if k > rows:
+    raise ValueError(
+      f"--num_codes={k} exceeds the stage-1 metacode's {rows} rows (the semantic vocabulary with "
+      "padding); a codebook initialised from it has at most that many codes"
+    )
+  from solid_jax.nn import codebook as codebook_lib  # pylint: disable=import-outside-toplevel
+
+  key = streams.key(config.seed, "stage2", "codebook")
+  return np.asarray(codebook_lib.kmeans_init(key, metacode[1:], k, iters=config.kmeans_iters))

@@ -57,6 +57,7 @@ from solid_jax.train import rows as rows_lib
 from solid_jax.train import writers
 from solid_jax.train.train_config import TrainConfig
 from solid_jax.train import semantic_tables
+from solid_jax.train import streams
 from solid_jax.train import workdir as workdir_lib
 
 # Re-exported: the names launchers and users reach for with ``run_experiment``.
@@ -67,15 +68,18 @@ from solid_jax.train.workdir import DatasetError, WorkdirError, continues, load_
 
 
 def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> loop.StageData:
+  """The evaluation rows of a run and ``train_rows(epoch, *, stage)`` (each stage draws its
+  negatives from a stream of its own, `streams`; ``run_stage`` binds the stage)."""
   from solid_jax import data as sj_data  # pylint: disable=import-outside-toplevel
 
-  def train_rows(epoch):
+  def train_rows(epoch, *, stage):
+    stream = streams.numpy_seed(config.seed, stage, "negatives")
     if config.objective == "positions":
-      rows = sj_data.position_rows(ds, splits, epoch)
+      rows = sj_data.position_rows(ds, splits, epoch, stream=stream)
     elif config.objective == "cloze":
-      rows = sj_data.cloze_rows(ds, splits, epoch, mask_rate=config.mask_rate)
+      rows = sj_data.cloze_rows(ds, splits, epoch, mask_rate=config.mask_rate, stream=stream)
     else:
-      rows = splits["train"] if epoch == 0 else sj_data.resample_train(ds, splits, epoch)
+      rows = sj_data.resample_train(ds, splits, epoch, stream=stream)
     return with_semantics(rows, table)
 
   full = {}
@@ -87,7 +91,7 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
       for split in ("valid", "test")
     }
   return loop.StageData(
-    train_rows=train_rows,
+    train_rows=train_rows,  # bound to its stage by `run_stage`
     valid=with_semantics(splits["valid"], table),
     test=with_semantics(splits["test"], table),
     batches=batches,
@@ -109,6 +113,10 @@ class StageRequest:
   data: loop.StageData
   settings: loop.LoopSettings
 
+
+# The metric entries of a stage result that a run's results carry: sampled, full-catalogue and
+# (models with a codebook) the codebook's usage over the split.
+RESULT_SPLITS = ("valid", "test", "valid_full", "test_full", "valid_codebook", "test_codebook")
 
 # The order in which a population trains the stages its members ask for.
 _STAGE_ORDER = ("stage0", "stage1", "stage2", "main")
@@ -339,6 +347,8 @@ def _experiment(config: TrainConfig, workdir: str):
       new_table = True
     elif config.semantics == "labels":
       table, new_table = ds.item_semantic, True
+    elif config.semantics == "random":
+      table, new_table = semantics_lib.shuffled_labels(ds.item_semantic, seed=config.seed), True
     elif not config.needs_stage0:
       t0 = time.perf_counter()
       table, new_table = semantic_tables.kmeans_table(config, ds, None), True
@@ -375,6 +385,7 @@ def _experiment(config: TrainConfig, workdir: str):
 
   def run_stage(name, model_cfg, data, *, transform=None, codebook_init=None):
     model = sj.make_model(model_cfg)
+    data = dataclasses.replace(data, train_rows=functools.partial(data.train_rows, stage=name))
     if config.pack_sequences:
       if model_cfg.packable and transform is None:
         data = dataclasses.replace(data, batches=sj_data.packed_batches)
@@ -446,7 +457,7 @@ def _experiment(config: TrainConfig, workdir: str):
       "stage2",
       config.model_config("stage2", num_items=ds.num_items, num_semantics=num_semantics),
       data,
-      codebook_init=metacode,
+      codebook_init=semantic_tables.codebook_table(metacode, config),
     )
     final = "stage2"
 
@@ -456,7 +467,7 @@ def _experiment(config: TrainConfig, workdir: str):
     "final_stage": final,
     "selection": selection_label(config),
     "selected_epoch": main["selected_epoch"],
-    **{k: main[k] for k in ("valid", "test", "valid_full", "test_full") if k in main},
+    **{k: main[k] for k in RESULT_SPLITS if k in main},
     "stopped_epoch": main["stopped_epoch"],
     "stop_reason": main["stop_reason"],
     "stages": stage_results,

@@ -71,6 +71,7 @@ def make_train_step(
   tx: optax.GradientTransformation,
   *,
   seed: int = 0,
+  key: jax.Array | None = None,
   transform: BatchTransform | None = None,
   grouped: bool = False,
 ):
@@ -80,7 +81,9 @@ def make_train_step(
     model: a ``solid_jax`` Model (``apply``, ``update_state``).
     tx: the optimizer (from ``make_optimizer``).
     seed: root of the per-step keys ``fold_in(key(seed), step)`` (passed to ``apply`` as ``key``
-      when the model takes one).
+      when the model takes one), unless ``key`` is given.
+    key: the root key itself (the training loop passes its stage's ``"dropout"`` stream,
+      `solid_jax.train.streams`).
     transform: optional batch rewrite applied inside the step (``semantic_view`` for stage 1).
     grouped: batches are candidate groups (``to_groups``): ``target``, ``target_semantic`` and
       ``label`` are [B, G] and one history serves G candidates. ``apply`` is vmapped over the
@@ -98,8 +101,10 @@ def make_train_step(
   """
   pure = train_step_fn(model, tx, transform=transform, grouped=grouped)
 
+  root = jax.random.key(seed) if key is None else key
+
   def step_fn(params, opt_state, batch, step):
-    return pure(params, opt_state, batch, step, jax.random.key(seed))
+    return pure(params, opt_state, batch, step, root)
 
   return jax.jit(step_fn, donate_argnums=(0, 1))
 

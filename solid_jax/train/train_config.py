@@ -14,7 +14,7 @@ from typing import Any
 from solid_jax import model_config as model_configs
 from solid_jax.models.registry import BACKBONES, METHODS
 
-SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image")
+SEMANTIC_SOURCES = ("labels", "id", "text", "image", "text_image", "id_text_image", "random")
 SELECT_ON = ("valid", "test")
 EVAL_PROTOCOLS = ("sampled", "full", "both")
 OBJECTIVES = ("rows", "positions", "cloze")
@@ -65,6 +65,7 @@ SHARED_MODEL_FIELDS = (
   "num_heads",
   "ff_dim",
   "sasrec_layers",
+  "bert_layers",
   "causal",
   "ff_activation",
   "embedding",
@@ -76,6 +77,22 @@ SHARED_MODEL_FIELDS = (
   "dropout_embedding",
   "dropout_hidden",
   "dropout_attention",
+)
+
+
+# TrainConfig fields passed unchanged to the ModelConfig of SOLID's stage 2.
+SOLID_MODEL_FIELDS = (
+  "codebook",
+  "codebook_hidden",
+  "clip_t",
+  "clip",
+  "quantize_space",
+  "solid_branches",
+  "consistency_weight",
+  "commitment_weight",
+  "ema_decay",
+  "ema_dead_steps",
+  "ema_prior",
 )
 
 
@@ -113,13 +130,50 @@ class TrainConfig:
   )
   dim: int = _field(32, "embedding width d")
   codebook: str = _field(
-    "straight_through", "SOLID codebook mode", choices=model_configs.CODEBOOK_MODES
+    "straight_through",
+    "SOLID codebook mode: straight_through (trainable codes, straight-through gradient, "
+    "commitment loss), frozen (the authors'), ema (moving means anchored to the metacode) or "
+    "none (no codebook: the item branch unquantised)",
+    choices=model_configs.CODEBOOK_MODES,
+  )
+  num_codes: int = _field(
+    0,
+    "SOLID codebook size incl. the padding row; 0 = the metacode's rows (the semantic "
+    "vocabulary); fewer: k-means of the metacode's rows into num_codes - 1 codes",
   )
   codebook_hidden: int = _field(64, "width of the decoder after the codebook")
   consistency_weight: float = _field(0.1, "lambda, weight of the stage-2 consistency loss")
   commitment_weight: float = _field(0.25, "beta, straight-through commitment loss weight")
-  clip_t: float = _field(0.01, "t, the item-branch weights are clipped to [-t, t]")
+  clip_t: float = _field(0.01, "t, the bound of the item-branch weights")
+  clip: str = _field(
+    "hard",
+    "bound of the item-branch weights: hard (clip(x, -t, t), the paper's) or soft "
+    "(t * tanh(x / t))",
+    choices=model_configs.CLIPS,
+  )
+  quantize_space: str = _field(
+    "sequence",
+    "what SOLID's codebook quantises: sequence (the item branch's sequence embedding "
+    "tanh((E + P) Ws + bs), the authors') or embedding (the item table's rows E, the space the "
+    "stage-1 metacode lives in)",
+    choices=model_configs.QUANTIZE_SPACES,
+  )
+  solid_branches: str = _field(
+    "both",
+    "SOLID's branches: both, or item / semantic alone (ablations)",
+    choices=model_configs.SOLID_BRANCHES,
+  )
   ema_decay: float = _field(0.99, "decay of the EMA codebook statistics (codebook=ema)")
+  ema_dead_steps: int = _field(
+    100,
+    "codebook=ema: a code chosen by no query for this many consecutive steps is re-seeded "
+    "from a random query",
+  )
+  ema_prior: float = _field(
+    1.0,
+    "codebook=ema: pseudo-count anchoring every code to its metacode row, in units of a code's "
+    "uniform share of the assignments (0 = none)",
+  )
   apg_rank: int = _field(16, "K of the APG low-rank cores")
   paper_compat: bool = _field(
     False, "freeze the generators' final projections at their init, as the authors' code does"
@@ -127,6 +181,8 @@ class TrainConfig:
   num_heads: int = _field(4, "attention heads of SASRec / BERT4Rec")
   ff_dim: int = _field(128, "feed-forward width of the transformer")
   sasrec_layers: int = _field(1, "transformer blocks of SASRec")
+  bert_layers: int = _field(2, "bidirectional transformer layers of BERT4Rec")
+  din_hidden: str = _field("128,64", "comma-separated widths of DIN's dynamic classifier")
   causal: bool = _field(False, "causal self-attention in SASRec (needed by --objective=positions)")
   ff_activation: str = _field(
     "",
@@ -169,7 +225,8 @@ class TrainConfig:
     "labels",
     "where semantic ids come from: the dataset's category labels, "
     "or k-means over id embeddings (stage 0), CLIP text/image features or "
-    "concatenations",
+    "concatenations, or random (the labels dealt to the items in a random order: the same "
+    "number and sizes of classes, no meaning; the control of the ablations)",
     choices=SEMANTIC_SOURCES,
   )
   num_clusters: int = _field(
@@ -353,7 +410,22 @@ class TrainConfig:
         "or cloze, "
         f"not objective={self.objective!r}"
       )
-    for name in ("patience", "full_eval_users", "sasrec_layers", "num_heads", "ff_dim"):
+    try:
+      widths = self.din_widths
+    except ValueError:
+      widths = ()
+    if not widths or min(widths) < 1:
+      raise ValueError(f"TrainConfig.din_hidden={self.din_hidden!r}: expected widths like '128,64'")
+    if self.num_codes == 1 or self.num_codes < 0:
+      raise ValueError(f"TrainConfig.num_codes={self.num_codes}: 0 (the metacode's size) or >= 2")
+    for name in (
+      "patience",
+      "full_eval_users",
+      "sasrec_layers",
+      "bert_layers",
+      "num_heads",
+      "ff_dim",
+    ):
       if getattr(self, name) < (0 if name in ("patience", "full_eval_users") else 1):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")
     for name in ("weight_decay", "grad_clip_norm"):
@@ -382,6 +454,11 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
 
   # -- derived ------------------------------------------------------------------------------------
+
+  @property
+  def din_widths(self) -> tuple[int, ...]:
+    """``din_hidden`` as a tuple of ints."""
+    return tuple(int(w) for w in self.din_hidden.split(",") if w.strip())
 
   @property
   def is_solid(self) -> bool:
@@ -427,6 +504,7 @@ class TrainConfig:
       The frozen model configuration.
     """
     common = {name: getattr(self, name) for name in SHARED_MODEL_FIELDS}
+    common["din_hidden"] = self.din_widths
     if stage == "stage0":
       return model_configs.ModelConfig(
         head="duet", num_items=num_items, num_semantics=num_semantics, **common
@@ -441,12 +519,8 @@ class TrainConfig:
         generator=self.generator,
         num_items=num_items,
         num_semantics=num_semantics,
-        codebook=self.codebook,
-        codebook_hidden=self.codebook_hidden,
-        clip_t=self.clip_t,
-        consistency_weight=self.consistency_weight,
-        commitment_weight=self.commitment_weight,
-        ema_decay=self.ema_decay,
+        num_codes=self.num_codes or None,
+        **{name: getattr(self, name) for name in SOLID_MODEL_FIELDS},
         **common,
       )
     if stage == "main":

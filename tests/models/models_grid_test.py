@@ -48,6 +48,7 @@ NO_GRAD = {
     "head/codebook/codes",
     "head/codebook/ema/count",
     "head/codebook/ema/sum",
+    "head/codebook/ema/prior",
     "head/codebook/ema/unused",
     "head/codebook/ema/step",
     "head/codebook/ema/seed",
@@ -84,6 +85,7 @@ def test_shapes_and_dtypes(backbone, head, generator, mode):
       "consistency_loss",
       "codebook_loss",
       "commitment_loss",
+      "codebook/counts",
       "codebook/perplexity",
       "codebook/usage",
     }

@@ -124,36 +124,98 @@ def test_frozen_passes_no_gradient_to_query_or_codes():
   np.testing.assert_array_equal(g_codes["codes"], 0.0)
 
 
-def _numpy_ema(state, codes, q, idx, mask, decay):
+def _numpy_ema(state, codes, q, idx, mask, decay, prior=1.0):
+  """The EMA step in float64: shares of the step's assignments, the prior a pseudo-count."""
   n_k = np.zeros(C)
   s_k = np.zeros((C, D))
   for qi, ki, mi in zip(q.reshape(-1, D), idx.reshape(-1), mask.reshape(-1)):
     n_k[ki] += mi
     s_k[ki] += mi * qi
-  count = decay * state["count"] + (1 - decay) * n_k
-  total = count.sum()
-  smoothed = (count + codebook.EMA_EPS) / (total + C * codebook.EMA_EPS) * total
-  summed = decay * state["sum"] + (1 - decay) * s_k
-  new = summed / smoothed[:, None]
+  total = n_k.sum()
+  count = decay * state["count"] + (1 - decay) * n_k / total
+  summed = decay * state["sum"] + (1 - decay) * s_k / total
+  mu = 1.0 / (C - 1)
+  with np.errstate(invalid="ignore", divide="ignore"):  # row 0 (count 0) is replaced below
+    new = (summed + prior * mu * state["prior"]) / (count + prior * mu)[:, None]
   new[0] = codes[0]
   count[0], summed[0] = state["count"][0], state["sum"][0]
   return new, count, summed, n_k
 
 
-def test_ema_update_matches_numpy():
+@pytest.mark.parametrize("prior", [0.0, 1.0, 4.0])
+def test_ema_update_matches_numpy(prior):
   q, mask = _queries(10, b=6)
   params = codebook.init(jax.random.key(1), C, D, mode="ema", table=_table(11))
-  _, info = _quantize(params, q, mask, "ema")
+  _, info = codebook.quantize(params, q, mask, mode="ema", decay=0.9, dead_steps=3, prior=prior)
   state = info["state"]
   ema = jax.tree.map(lambda a: np.asarray(a, np.float64), params["ema"])
   idx = np.asarray(info["index"])
-  want, count, summed, _ = _numpy_ema(ema, _table(11).astype(np.float64), q, idx, mask, 0.9)
-  np.testing.assert_allclose(state["codes"], want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(state["ema"]["count"], count, rtol=1e-6)
+  want, count, summed, _ = _numpy_ema(
+    ema, _table(11).astype(np.float64), q, idx, mask, 0.9, prior=prior
+  )
+  np.testing.assert_allclose(state["codes"], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(state["ema"]["count"], count, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(state["ema"]["sum"], summed, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(state["ema"]["prior"], params["ema"]["prior"])
   assert float(state["ema"]["step"]) == 1.0
   assert float(state["ema"]["seed"]) == float(params["ema"]["seed"])
   chex.assert_trees_all_equal_structs(state, params)
+
+
+def test_fresh_ema_statistics_reproduce_their_table():
+  params = codebook.init(jax.random.key(1), C, D, mode="ema", table=_table(11))
+  ema = params["ema"]
+  np.testing.assert_allclose(np.asarray(ema["count"]).sum(), 1.0, rtol=1e-6)
+  assert float(ema["count"][0]) == 0.0
+  means = np.asarray(ema["sum"])[1:] / np.asarray(ema["count"])[1:, None]
+  np.testing.assert_allclose(means, _table(11)[1:], rtol=1e-5)
+  np.testing.assert_array_equal(ema["prior"], _table(11))
+
+
+def test_ema_update_is_the_same_for_candidate_groups_and_single_rows():
+  """A batch of histories, and the same histories each repeated G times (one row per candidate,
+  as a batch of single rows holds them), update the statistics identically."""
+  q, mask = _queries(20, b=5)
+  params = codebook.init(jax.random.key(4), C, D, mode="ema", table=_table(21))
+  weight = np.asarray([1.0, 1.0, 0.5, 1.0, 0.0], np.float32)  # row weights (0: padding row)
+  grouped = _quantize(params, q, mask * weight[:, None], "ema")[1]["state"]
+  g = 5
+  rows_q, rows_mask = np.repeat(q, g, axis=0), np.repeat(mask * weight[:, None], g, axis=0)
+  single = _quantize(params, rows_q, rows_mask, "ema")[1]["state"]
+  chex.assert_trees_all_close(grouped, single, rtol=1e-5, atol=1e-6)
+
+
+def test_the_metacode_prior_is_not_washed_out():
+  """Queries that all sit at one point x, in equal shares on every code: after many steps each
+  code settles at (x + prior * P_k) / (1 + prior), never at x alone while prior > 0."""
+  table = _table(30)
+  params = codebook.init(jax.random.key(5), C, D, mode="ema", table=table)
+  x = np.full((D,), 3.0, np.float32)
+  # One query per code 1..C-1, each placed at that code (so it selects it) but with the same
+  # moving-mean target x fed through ema_update directly.
+  index = np.arange(1, C, dtype=np.int32)[None, :]
+  q = np.broadcast_to(x, (1, C - 1, D))
+  mask = np.ones((1, C - 1), np.float32)
+  update = jax.jit(functools.partial(codebook.ema_update, decay=0.9, dead_steps=10_000, prior=1.0))
+  for _ in range(300):
+    params = update(params, q, index, mask)
+  want = (x[None, :] + table[1:]) / 2.0
+  np.testing.assert_allclose(params["codes"][1:], want, rtol=1e-4, atol=1e-4)
+  # Without the prior the codes become the moving mean, x.
+  bare = codebook.init(jax.random.key(5), C, D, mode="ema", table=table)
+  update0 = jax.jit(functools.partial(codebook.ema_update, decay=0.9, dead_steps=10_000, prior=0.0))
+  for _ in range(300):
+    bare = update0(bare, q, index, mask)
+  np.testing.assert_allclose(bare["codes"][1:], np.broadcast_to(x, (C - 1, D)), rtol=1e-4)
+
+
+def test_an_empty_batch_leaves_the_ema_statistics_alone():
+  q, _ = _queries(22)
+  params = codebook.init(jax.random.key(6), C, D, mode="ema", table=_table(23))
+  state = _quantize(params, q, np.zeros(q.shape[:2], np.float32), "ema")[1]["state"]
+  for name in ("count", "sum", "prior"):
+    np.testing.assert_array_equal(state["ema"][name], params["ema"][name])
+  np.testing.assert_allclose(state["codes"], params["codes"], rtol=1e-5, atol=1e-6)
 
 
 def test_ema_dead_code_revival_reseeds_from_valid_queries():
@@ -172,7 +234,8 @@ def test_ema_dead_code_revival_reseeds_from_valid_queries():
   assert unused_history[2][5] == 0.0
   new5 = np.asarray(params["codes"][5])
   assert np.min(np.abs(valid_q - new5).sum(-1)) < 1e-6
-  assert float(params["ema"]["count"][5]) == 1.0
+  assert float(params["ema"]["count"][5]) == pytest.approx(1.0 / (C - 1))
+  np.testing.assert_array_equal(params["ema"]["prior"][5], new5)  # the anchor moves with it
   np.testing.assert_array_equal(params["codes"][0], table[0])  # row 0 never changes
   # The same state and queries give the same revival (randomness from the seed and the step).
   again = _quantize(info["state"], q, mask, "ema")[1]["state"]

@@ -1,0 +1,537 @@
+r"""The SOLID verdict: converged runs over data sets, backbones and ablations -> docs/RESULTS.md.
+
+  python -m experiments.verdict --workdir_root=runs/verdict                 # train what is missing
+  python -m experiments.verdict --workdir_root=runs/verdict --tiers=i       # one tier
+  python -m experiments.verdict --workdir_root=runs/verdict --report_only   # tables only
+
+Every cell of the report (a group: data set, backbone, settings; a row: a method or an ablation)
+trains its seeds as one population (``stages.run_population``: one vmapped step, every member an
+ordinary workdir ``ROOT/<group>/<row>/seed_<s>``), each stage until its validation full NDCG@10
+stops improving (``--patience``) or ``--max_epochs``. A killed sweep relaunched with the same
+command resumes the population under way from its checkpoints and reads finished cells back, so
+the sweep can run across several sittings; cells run in the priority order of ``GROUPS`` (tier i
+first, cheapest data set first), and the report marks a partial sweep as partial.
+
+Report, per group: full-catalogue metrics first (test NDCG@10, HR@10, NDCG@20), then the SOLID
+paper's sampled ones (AUC, UAUC, NDCG@10, HR@10), mean +- sample std over seeds; the codebook's
+usage over the test split; the selected epochs, wall time and training samples/s. Every SOLID row
+is compared with its base (the generator it is built on, and the static head) by a paired
+randomisation test over test users on per-user full NDCG@10 (each user's value averaged over the
+seeds; `rescore.paired_permutation_test`); the verdict is a win or a loss only when p < 0.05 and
+the difference of the means exceeds the seed spread sqrt(std_a^2 + std_b^2), a tie otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from solid_jax.train import checkpoint
+from solid_jax.train import rescore
+from solid_jax.train import stages
+from solid_jax.train.train_config import TrainConfig
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALPHA = 0.05
+
+
+def define_flags() -> None:
+  """The launcher's flags (defined only when run as a program)."""
+  flags.DEFINE_string("workdir_root", os.path.join(REPO, "runs", "verdict"), "parent of the runs")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every cell (one population)")
+  flags.DEFINE_list("tiers", [], "only these tiers (i, ii, iii, iv); empty = all")
+  flags.DEFINE_list("groups", [], "only these groups (names as in GROUPS); empty = all")
+  flags.DEFINE_integer("max_epochs", 100, "epoch limit of every stage")
+  flags.DEFINE_integer("patience", 5, "stop a stage after this many epochs without improvement")
+  flags.DEFINE_float("hours", 0.0, "stop starting new cells after this many hours (0 = no limit)")
+  flags.DEFINE_bool("report_only", False, "do not train; write the report from finished cells")
+  flags.DEFINE_string("output", os.path.join(REPO, "docs", "RESULTS.md"), "the report")
+
+
+# ---------------------------------------------------------------------------------------- the cells
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A row of a table: a method with TrainConfig overrides (``base``: the rows it is tested
+  against)."""
+
+  label: str
+  method: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  base: tuple[str, ...] = ()
+
+
+ROWS: dict[str, Row] = {
+  "static": Row("static", "static"),
+  "duet": Row("DUET", "duet"),
+  "apg": Row("APG", "apg"),
+  "solid": Row("SOLID (DUET)", "solid", base=("duet", "static")),
+  "solid_apg": Row("SOLID-APG", "solid_apg", base=("apg", "static")),
+  # Ablations of SOLID (DUET); each is tested against SOLID itself.
+  "no_codebook": Row("SOLID, no codebook", "solid", {"codebook": "none"}, ("solid",)),
+  "no_semantic": Row("SOLID, item branch only", "solid", {"solid_branches": "item"}, ("solid",)),
+  "no_item": Row(
+    "SOLID, semantic branch only", "solid", {"solid_branches": "semantic"}, ("solid",)
+  ),
+  "soft_clip": Row("SOLID, soft clip", "solid", {"clip": "soft"}, ("solid",)),
+  **{
+    f"t_{t:g}": Row(f"SOLID, t = {t:g}", "solid", {"clip_t": t}, ("solid",))
+    for t in (0.001, 0.1, 1.0)
+  },
+  "frozen": Row("SOLID, frozen codebook", "solid", {"codebook": "frozen"}, ("solid",)),
+  "ema": Row("SOLID, EMA codebook", "solid", {"codebook": "ema"}, ("solid",)),
+  "embedding_space": Row(
+    "SOLID, quantise the item rows", "solid", {"quantize_space": "embedding"}, ("solid",)
+  ),
+  "paper_compat": Row("SOLID, paper-compat", "solid", {"paper_compat": True}, ("solid",)),
+  # Where the semantic ids come from (the group's own source is the "solid" row).
+  "sem_labels": Row(
+    "SOLID, semantics = categories", "solid", {"semantics": "labels", "num_clusters": 0}, ("solid",)
+  ),
+  "sem_id": Row("SOLID, semantics = k-means(id)", "solid", {"semantics": "id"}, ("solid",)),
+  "sem_text_image": Row(
+    "SOLID, semantics = k-means(text + image)", "solid", {"semantics": "text_image"}, ("solid",)
+  ),
+  "sem_random": Row(
+    "SOLID, semantics = random ids (same C and class sizes)",
+    "solid",
+    {"semantics": "random", "num_clusters": 0},
+    ("solid",),
+  ),
+}
+
+MAIN_ROWS = ("static", "duet", "apg", "solid", "solid_apg")
+ABLATION_ROWS = (
+  "solid",
+  "no_codebook",
+  "no_semantic",
+  "no_item",
+  "soft_clip",
+  "t_0.001",
+  "t_0.1",
+  "t_1",
+  "frozen",
+  "ema",
+  "embedding_space",
+  "paper_compat",
+  "sem_id",
+  "sem_random",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """A table: one data set, backbone and setting, and its rows."""
+
+  name: str
+  tier: str
+  title: str
+  dataset: str
+  rows: tuple[str, ...]
+  backbone: str = "sasrec"
+  config: str = ""  # a config file (experiments/configs) the settings start from; "" = defaults
+  semantics: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"semantics": "labels"})
+  # A group whose rows serve as this group's bases where it has none of its own (the baselines
+  # of one data set do not depend on the semantics).
+  baselines_from: str = ""
+
+
+SCIMM_CLIP = {"semantics": "text_image", "num_clusters": 24}
+SCIMM_CAT = {"semantics": "labels", "category_depth": 2}
+
+# In priority order: a partial sweep covers tier i on the cheapest data sets first.
+GROUPS: tuple[Group, ...] = (
+  Group(
+    "i_scimm_clip",
+    "i",
+    "Scientific (mm subset), SASRec; semantics = k-means (k = 24) of CLIP text + image",
+    "scientific_mm_subset",
+    MAIN_ROWS,
+    semantics=SCIMM_CLIP,
+  ),
+  Group(
+    "i_scimm_cat",
+    "i",
+    "Scientific (mm subset), SASRec; semantics = category path at depth 2",
+    "scientific_mm_subset",
+    ("solid", "solid_apg"),
+    semantics=SCIMM_CAT,
+    baselines_from="i_scimm_clip",
+  ),
+  Group("i_office", "i", "Office, SASRec; semantics = category path", "office", MAIN_ROWS),
+  Group("i_ml100k", "i", "MovieLens-100K, SASRec; semantics = first genre", "ml-100k", MAIN_ROWS),
+  Group(
+    "i_instruments", "i", "Instruments, SASRec; semantics = text codes", "instruments", MAIN_ROWS
+  ),
+  Group("i_beauty", "i", "Beauty, SASRec; semantics = first attribute", "beauty", MAIN_ROWS),
+  Group("i_sports", "i", "Sports, SASRec; semantics = first attribute", "sports", MAIN_ROWS),
+  *(
+    Group(
+      f"ii_{name}",
+      "ii",
+      f"{title}, calibrated SASRec (S3-Rec's settings)",
+      name,
+      ("static", "duet", "solid"),
+      config="s3rec_sasrec",
+    )
+    for name, title in (("beauty", "Beauty"), ("sports", "Sports"), ("lastfm", "LastFM"))
+  ),
+  *(
+    Group(
+      f"iii_{backbone}_{key}",
+      "iii",
+      f"{title}, {label}",
+      dataset,
+      ("static", "duet", "solid"),
+      backbone=backbone,
+      semantics=semantics,
+    )
+    for backbone, label in (("gru4rec", "GRU4Rec"), ("din", "DIN"), ("bert4rec", "BERT4Rec"))
+    for key, title, dataset, semantics in (
+      ("ml100k", "MovieLens-100K", "ml-100k", {"semantics": "labels"}),
+      ("scimm", "Scientific (mm subset)", "scientific_mm_subset", SCIMM_CLIP),
+      ("beauty", "Beauty", "beauty", {"semantics": "labels"}),
+    )
+  ),
+  Group(
+    "iv_scimm",
+    "iv",
+    "Ablations: Scientific (mm subset), SASRec, k-means CLIP semantics",
+    "scientific_mm_subset",
+    ABLATION_ROWS + ("sem_labels",),
+    semantics=SCIMM_CLIP,
+  ),
+  Group(
+    "iv_beauty",
+    "iv",
+    "Ablations: Beauty, SASRec, first-attribute semantics",
+    "beauty",
+    ABLATION_ROWS,
+  ),
+)
+
+
+def cell_config(group: Group, row_key: str, *, max_epochs: int, patience: int) -> TrainConfig:
+  """The TrainConfig of a cell (seed 0; a population replaces the seed)."""
+  row = ROWS[row_key]
+  if group.config:
+    from solid_jax.train import cli  # pylint: disable=import-outside-toplevel
+
+    base = cli.load_config_file(group.config, os.path.join(REPO, "experiments", "configs"))
+    base = dataclasses.replace(base, patience=max(base.patience, patience))
+  else:
+    base = TrainConfig(
+      epochs=max_epochs,
+      patience=patience,
+      select_metric="full:ndcg@10",
+      eval_protocol="both",
+    )
+  config = dataclasses.replace(
+    base,
+    dataset=group.dataset,
+    backbone=group.backbone,
+    method=row.method,
+    seed=0,
+    progress=False,
+    tensorboard=False,
+  )
+  if config.is_solid:
+    config = dataclasses.replace(config, **group.semantics)
+  return dataclasses.replace(config, **row.overrides)
+
+
+def cell_dir(root: str, group: Group, row_key: str) -> str:
+  return os.path.join(root, group.name, row_key)
+
+
+def run_cell(root: str, group: Group, row_key: str, seeds: Sequence[int], **limits) -> None:
+  """Trains (or resumes) the cell's seeds as one population; finished members are read back."""
+  config = cell_config(group, row_key, **limits)
+  members = stages.population_members(
+    config, cell_dir(root, group, row_key), [str(s) for s in seeds], None
+  )
+  start = time.perf_counter()
+  results = stages.run_population([c for c, _ in members], [w for _, w in members])
+  stages.write_population(cell_dir(root, group, row_key), members, results)
+  logging.info(
+    "%s / %s: %d seeds in %.1f min",
+    group.name,
+    row_key,
+    len(seeds),
+    (time.perf_counter() - start) / 60,
+  )
+
+
+# ------------------------------------------------------------------------------------- the report
+
+FULL = ("ndcg@10", "hr@10", "ndcg@20")
+SAMPLED = ("auc", "uauc", "ndcg@10", "hr@10")
+
+
+def read_cell(root: str, group: Group, row_key: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+  """The finished members of a cell: their results.json, with ``"workdir"`` added."""
+  out = []
+  for s in seeds:
+    workdir = os.path.join(cell_dir(root, group, row_key), f"seed_{s}")
+    path = os.path.join(workdir, stages.RESULTS_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append({**json.load(f), "workdir": workdir})
+  return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (nan with fewer than 2 values)."""
+  values = [v for v in values if v is not None and math.isfinite(v)]
+  if not values:
+    return math.nan, math.nan
+  mean = float(np.mean(values))
+  return mean, float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def per_user_pooled(members: Sequence[Mapping[str, Any]], metric: str = "full/ndcg@10"):
+  """(users int[U], metric float[U] averaged over the members) of the users every member has."""
+  tables = [rescore.load_per_user(m["workdir"], "test") for m in members]
+  user_key = metric.split("/")[0] + "/user"
+  common = tables[0][user_key]
+  for t in tables[1:]:
+    common = np.intersect1d(common, t[user_key])
+  values = []
+  for t in tables:
+    order = np.argsort(t[user_key])
+    pos = order[np.searchsorted(t[user_key], common, sorter=order)]
+    values.append(np.asarray(t[metric], np.float64)[pos])
+  return common, np.mean(values, axis=0)
+
+
+def compare(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Row a against row b on test full NDCG@10: means, seed spread, paired test, verdict."""
+  (ma, sa), (mb, sb) = (mean_std([r["test_full"]["ndcg@10"] for r in rows]) for rows in (a, b))
+  users_a, va = per_user_pooled(a)
+  users_b, vb = per_user_pooled(b)
+  users = np.intersect1d(users_a, users_b)
+  test = rescore.paired_permutation_test(
+    va[np.searchsorted(users_a, users)], vb[np.searchsorted(users_b, users)]
+  )
+  spread = math.sqrt(sa * sa + sb * sb) if math.isfinite(sa) and math.isfinite(sb) else math.nan
+  diff = ma - mb
+  if min(len(a), len(b)) < 2 or not math.isfinite(spread):
+    verdict = "undecided (< 2 seeds)"
+  elif test["p_value"] < ALPHA and abs(diff) > spread:
+    verdict = "win" if diff > 0 else "loss"
+  else:
+    verdict = "tie"
+  return {
+    "diff": diff,
+    "spread": spread,
+    "p": test["p_value"],
+    "users": test["users"],
+    "verdict": verdict,
+  }
+
+
+def _cell(ms: tuple[float, float], digits: int = 4) -> str:
+  mean, std = ms
+  if not math.isfinite(mean):
+    return "–"
+  return f"{mean:.{digits}f}" if not math.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _epochs(r: Mapping[str, Any]) -> str:
+  parts = []
+  for name, stage in r.get("stages", {}).items():
+    parts.append(f"{name.replace('stage', 's')}:{stage['selected_epoch']}/{stage['stopped_epoch']}")
+  return " ".join(parts)
+
+
+def table(group: Group, cells: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+  lines = [
+    "| row | n | full NDCG@10 | full HR@10 | full NDCG@20 | AUC | UAUC | NDCG@10 | HR@10 "
+    "| codebook: codes used, perplexity (test) | selected/stopped epoch per stage (seed 0) "
+    "| train min | samples/s (final stage) |",
+    "|---|---:|---|---|---|---|---|---|---|---|---|---:|---:|",
+  ]
+  for key in group.rows:
+    rows = cells.get(key) or []
+    if not rows:
+      lines.append(f"| {ROWS[key].label} | 0 | pending |" + " |" * 10)
+      continue
+    full = [_cell(mean_std([r["test_full"][m] for r in rows])) for m in FULL]
+    sampled = [_cell(mean_std([r["test"][m] for r in rows])) for m in SAMPLED]
+    usage = "–"
+    if "test_codebook" in rows[0]:
+      used = mean_std([r["test_codebook"]["codes_used"] for r in rows])
+      ppl = mean_std([r["test_codebook"]["perplexity"] for r in rows])
+      usage = f"{used[0]:.1f}, {ppl[0]:.1f}"
+    minutes = mean_std([r["train_seconds"] / 60 for r in rows])[0]
+    rate = mean_std([r.get("train_samples_per_s") for r in rows])[0]
+    lines.append(
+      "| "
+      + " | ".join(
+        [ROWS[key].label, str(len(rows)), *full, *sampled, usage, _epochs(rows[0])]
+        + [f"{minutes:.1f}", f"{rate:,.0f}" if math.isfinite(rate) else "–"]
+      )
+      + " |"
+    )
+  return lines
+
+
+def comparisons(group: Group, cells: Mapping[str, Mapping[str, list]]) -> list[dict[str, Any]]:
+  """Every row of ``group`` against each of its bases (``cells``: group name -> row -> runs)."""
+  own, out = cells[group.name], []
+  for key in group.rows:
+    for base in ROWS[key].base:
+      base_runs = own.get(base) or cells.get(group.baselines_from, {}).get(base)
+      if own.get(key) and base_runs:
+        out.append({"group": group, "row": key, "base": base, **compare(own[key], base_runs)})
+  return out
+
+
+def summary(all_comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Counts of wins / ties / losses per kind of comparison, with the groups of each."""
+  lines = []
+  kinds: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for c in all_comparisons:
+    kinds.setdefault((c["row"], c["base"]), []).append(c)
+  for (row, base), items in kinds.items():
+    by = {v: [c["group"].name for c in items if c["verdict"] == v] for v in ("win", "tie", "loss")}
+    lines.append(
+      f"- **{ROWS[row].label} vs {ROWS[base].label}**: "
+      + "; ".join(f"{len(by[v])} {v}{'s' if len(by[v]) != 1 else ''}" for v in by)
+      + "".join(f" ({v}: {', '.join(by[v])})" for v in by if by[v] and v != "tie")
+    )
+  return lines or ["- no finished pair of cells yet"]
+
+
+def render(root: str, groups: Sequence[Group], seeds: Sequence[int], args: str) -> str:
+  cells = {g.name: {k: read_cell(root, g, k, seeds) for k in g.rows} for g in groups}
+  total = sum(len(g.rows) for g in groups)
+  done = sum(1 for g in groups for k in g.rows if len(cells[g.name][k]) == len(seeds))
+  found = [c for g in groups for c in comparisons(g, cells)]
+  lines = [
+    "# The SOLID verdict" + ("" if done == total else f" (PARTIAL: {done} of {total} cells)"),
+    "",
+    "<!-- Generated file; do not edit by hand. -->",
+    "",
+    f"Generated by `python -m experiments.verdict {args}` from the repository root, with "
+    "`../shared/data` beside it. The sweep resumes where it stopped; cells still training or "
+    "not started are marked *pending*.",
+    "",
+    "## Summary",
+    "",
+    "A verdict compares test full-catalogue NDCG@10 over the test users: a **win** or a **loss** "
+    f"needs both a paired randomisation test p < {ALPHA} (per-user NDCG@10 averaged over the seeds, "
+    "10,000 sign patterns) and a difference of the seed means larger than the seed spread "
+    "sqrt(std_a² + std_b²); anything else is a **tie**.",
+    "",
+    *summary(found),
+    "",
+    "## Protocol",
+    "",
+    "Leave-last-out by time (validation = second-to-last event, test = last). Every stage trains "
+    "with Adam (lr 1e-3, batch 1,024 rows, 4 negatives per positive resampled every epoch) until "
+    "its validation full-catalogue NDCG@10 has not improved for `--patience` epochs (stage 1, "
+    "which ranks semantic ids, selects on sampled UAUC), and keeps its best epoch. Tier i is the "
+    "SOLID paper's setting: d = 32, L = 10, the authors' embedding and towers, 2 head layers, "
+    "λ = 0.1, t = 0.01 (hard clip), straight-through codebook initialised from the stage-1 "
+    "metacode. Metrics: full-catalogue ranking over every item but the user's history "
+    "(`sj.metrics.evaluate_full`) first, then the paper's sampled protocol (99 fixed negatives). "
+    "Cells: mean ± sample std over the seeds (n = finished seeds); *codebook* = codes chosen at "
+    "least once and the perplexity of the choices over every test history; *train min* = "
+    "training wall time of all stages per seed; a cell's seeds train as one population (one "
+    "vmapped step), so wall time and samples/s are those of the population's step divided among "
+    "its members' records as the loop times them.",
+    "",
+  ]
+  for tier in ("i", "ii", "iii", "iv"):
+    in_tier = [g for g in groups if g.tier == tier]
+    if not in_tier:
+      continue
+    lines += [f"## Tier {tier}", ""]
+    for g in in_tier:
+      note = f" (bases: the rows of {g.baselines_from})" if g.baselines_from else ""
+      lines += [f"### {g.title}{note}", "", *table(g, cells[g.name]), ""]
+      rows = [c for c in found if c["group"] is g]
+      if rows:
+        lines += [
+          "| comparison | Δ full NDCG@10 | seed spread | p | users | verdict |",
+          "|---|---:|---:|---:|---:|---|",
+        ]
+        for c in rows:
+          lines.append(
+            f"| {ROWS[c['row']].label} vs {ROWS[c['base']].label} | {c['diff']:+.4f} | "
+            f"{c['spread']:.4f} | {c['p']:.4f} | {c['users']:,} | {c['verdict']} |"
+          )
+        lines.append("")
+  return "\n".join(lines)
+
+
+def keep_published(report: str, path: str) -> str:
+  """The report with the published-baselines block of ``path`` (experiments/published.py's)."""
+  from experiments import published  # pylint: disable=import-outside-toplevel
+
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if published.START in old and published.END in old:
+      block = published.START + old.split(published.START, 1)[1].split(published.END, 1)[0]
+      report = report.rstrip("\n") + "\n\n" + block + published.END + "\n"
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  checkpoint.quiet_orbax_logging()
+  seeds = [int(s) for s in FLAGS.seeds]
+  groups = [
+    g
+    for g in GROUPS
+    if (not FLAGS.tiers or g.tier in FLAGS.tiers) and (not FLAGS.groups or g.name in FLAGS.groups)
+  ]
+  args = " ".join(
+    f"--{name}={','.join(v) if isinstance(v, list) else v}"
+    for name, v in (
+      ("seeds", FLAGS.seeds),
+      ("max_epochs", FLAGS.max_epochs),
+      ("patience", FLAGS.patience),
+    )
+  )
+  limits = {"max_epochs": FLAGS.max_epochs, "patience": FLAGS.patience}
+  start = time.time()
+
+  def write_report():
+    report = keep_published(render(FLAGS.workdir_root, GROUPS, seeds, args), FLAGS.output)
+    with open(FLAGS.output, "w") as f:
+      f.write(report)
+
+  if not FLAGS.report_only:
+    for g in groups:
+      for key in g.rows:
+        if len(read_cell(FLAGS.workdir_root, g, key, seeds)) == len(seeds):
+          continue
+        if FLAGS.hours and time.time() - start > FLAGS.hours * 3600:
+          logging.info("--hours=%s reached; stopping before %s / %s", FLAGS.hours, g.name, key)
+          write_report()
+          return
+        run_cell(FLAGS.workdir_root, g, key, seeds, **limits)
+        write_report()  # after every cell, so that a stop keeps what finished
+  write_report()
+  print(open(FLAGS.output).read())
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
