@@ -8,7 +8,7 @@ Every (backbone, data set, seed) trains in its own workdir under ``--workdir_roo
 killed sweep resumes where it stopped, finished runs are read back. Runs go seed by seed over the
 data sets, so a partial sweep covers every row early. The report replaces the "published
 baselines" section of ``docs/RESULTS.md`` (between its markers; the rest of the file is left as
-``experiments.results`` wrote it) and says which cells are still partial.
+``experiments.verdict`` wrote it) and says which cells are still partial.
 
 Published figures (S3-Rec, CIKM 2020, Table 2 / the logs of its public repository; SASRec, GRU4Rec
 and BERT4Rec baselines; leave-one-out; sampled = 99 random negatives the user never interacted

@@ -24,6 +24,7 @@ the difference of the means exceeds the seed spread sqrt(std_a^2 + std_b^2), a t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -73,62 +74,52 @@ class Row:
   base: tuple[str, ...] = ()
 
 
+# The ablations of SOLID: (key, label, TrainConfig overrides); each is run with both generators
+# and tested against SOLID with the same generator.
+ABLATIONS = (
+  ("no_codebook", "no codebook", {"codebook": "none"}),
+  ("no_semantic", "item branch only", {"solid_branches": "item"}),
+  ("no_item", "semantic branch only", {"solid_branches": "semantic"}),
+  ("soft_clip", "soft clip", {"clip": "soft"}),
+  ("t_0.001", "t = 0.001", {"clip_t": 0.001}),
+  ("t_0.1", "t = 0.1", {"clip_t": 0.1}),
+  ("t_1", "t = 1", {"clip_t": 1.0}),
+  ("frozen", "frozen codebook", {"codebook": "frozen"}),
+  ("ema", "EMA codebook", {"codebook": "ema"}),
+  ("embedding_space", "quantise the item rows", {"quantize_space": "embedding"}),
+  ("paper_compat", "paper-compat", {"paper_compat": True}),
+  ("sem_labels", "semantics = categories", {"semantics": "labels", "num_clusters": 0}),
+  ("sem_id", "semantics = k-means(id)", {"semantics": "id"}),
+  ("sem_text_image", "semantics = k-means(text + image)", {"semantics": "text_image"}),
+  (
+    "sem_random",
+    "semantics = random ids (same C and class sizes)",
+    {"semantics": "random", "num_clusters": 0},
+  ),
+)
+
 ROWS: dict[str, Row] = {
   "static": Row("static", "static"),
   "duet": Row("DUET", "duet"),
   "apg": Row("APG", "apg"),
   "solid": Row("SOLID (DUET)", "solid", base=("duet", "static")),
   "solid_apg": Row("SOLID-APG", "solid_apg", base=("apg", "static")),
-  # Ablations of SOLID (DUET); each is tested against SOLID itself.
-  "no_codebook": Row("SOLID, no codebook", "solid", {"codebook": "none"}, ("solid",)),
-  "no_semantic": Row("SOLID, item branch only", "solid", {"solid_branches": "item"}, ("solid",)),
-  "no_item": Row(
-    "SOLID, semantic branch only", "solid", {"solid_branches": "semantic"}, ("solid",)
-  ),
-  "soft_clip": Row("SOLID, soft clip", "solid", {"clip": "soft"}, ("solid",)),
   **{
-    f"t_{t:g}": Row(f"SOLID, t = {t:g}", "solid", {"clip_t": t}, ("solid",))
-    for t in (0.001, 0.1, 1.0)
+    f"{key}{suffix}": Row(f"{label}, {what}", method, overrides, (method,))
+    for key, what, overrides in ABLATIONS
+    for suffix, label, method in (("", "SOLID", "solid"), ("_apg", "SOLID-APG", "solid_apg"))
   },
-  "frozen": Row("SOLID, frozen codebook", "solid", {"codebook": "frozen"}, ("solid",)),
-  "ema": Row("SOLID, EMA codebook", "solid", {"codebook": "ema"}, ("solid",)),
-  "embedding_space": Row(
-    "SOLID, quantise the item rows", "solid", {"quantize_space": "embedding"}, ("solid",)
-  ),
-  "paper_compat": Row("SOLID, paper-compat", "solid", {"paper_compat": True}, ("solid",)),
-  # Where the semantic ids come from (the group's own source is the "solid" row).
-  "sem_labels": Row(
-    "SOLID, semantics = categories", "solid", {"semantics": "labels", "num_clusters": 0}, ("solid",)
-  ),
-  "sem_id": Row("SOLID, semantics = k-means(id)", "solid", {"semantics": "id"}, ("solid",)),
-  "sem_text_image": Row(
-    "SOLID, semantics = k-means(text + image)", "solid", {"semantics": "text_image"}, ("solid",)
-  ),
-  "sem_random": Row(
-    "SOLID, semantics = random ids (same C and class sizes)",
-    "solid",
-    {"semantics": "random", "num_clusters": 0},
-    ("solid",),
-  ),
 }
 
 MAIN_ROWS = ("static", "duet", "apg", "solid", "solid_apg")
-ABLATION_ROWS = (
-  "solid",
-  "no_codebook",
-  "no_semantic",
-  "no_item",
-  "soft_clip",
-  "t_0.001",
-  "t_0.1",
-  "t_1",
-  "frozen",
-  "ema",
-  "embedding_space",
-  "paper_compat",
-  "sem_id",
-  "sem_random",
-)
+# The ablation keys of every data set ("sem_labels" / "sem_text_image" where the group's own
+# semantics are another source and the data has that one).
+ABLATION_KEYS = tuple(k for k, _, _ in ABLATIONS if k not in ("sem_labels", "sem_text_image"))
+
+
+def ablation_rows(*extra: str) -> tuple[str, ...]:
+  """The main rows and every ablation with both generators."""
+  return MAIN_ROWS + tuple(f"{k}{s}" for k in ABLATION_KEYS + extra for s in ("", "_apg"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +134,6 @@ class Group:
   backbone: str = "sasrec"
   config: str = ""  # a config file (experiments/configs) the settings start from; "" = defaults
   semantics: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"semantics": "labels"})
-  # A group whose rows serve as this group's bases where it has none of its own (the baselines
-  # of one data set do not depend on the semantics).
-  baselines_from: str = ""
 
 
 SCIMM_CLIP = {"semantics": "text_image", "num_clusters": 24}
@@ -166,9 +154,8 @@ GROUPS: tuple[Group, ...] = (
     "i",
     "Scientific (mm subset), SASRec; semantics = category path at depth 2",
     "scientific_mm_subset",
-    ("solid", "solid_apg"),
+    MAIN_ROWS,
     semantics=SCIMM_CAT,
-    baselines_from="i_scimm_clip",
   ),
   Group("i_office", "i", "Office, SASRec; semantics = category path", "office", MAIN_ROWS),
   Group("i_ml100k", "i", "MovieLens-100K, SASRec; semantics = first genre", "ml-100k", MAIN_ROWS),
@@ -210,7 +197,7 @@ GROUPS: tuple[Group, ...] = (
     "iv",
     "Ablations: Scientific (mm subset), SASRec, k-means CLIP semantics",
     "scientific_mm_subset",
-    ABLATION_ROWS + ("sem_labels",),
+    ablation_rows("sem_labels"),
     semantics=SCIMM_CLIP,
   ),
   Group(
@@ -218,7 +205,7 @@ GROUPS: tuple[Group, ...] = (
     "iv",
     "Ablations: Beauty, SASRec, first-attribute semantics",
     "beauty",
-    ABLATION_ROWS,
+    ablation_rows(),
   ),
 )
 
@@ -253,7 +240,13 @@ def cell_config(group: Group, row_key: str, *, max_epochs: int, patience: int) -
 
 
 def cell_dir(root: str, group: Group, row_key: str) -> str:
-  return os.path.join(root, group.name, row_key)
+  """``ROOT/<dataset>/<row>-<digest>``: the digest names the cell's configuration, so cells of
+  several groups that train the same thing (a data set's baselines, which do not depend on the
+  semantics; tier i's SOLID rows that the ablations compare against) share one directory."""
+  config = cell_config(group, row_key, max_epochs=0, patience=0).to_dict()
+  settings = {k: v for k, v in config.items() if k not in ("epochs", "patience", "seed")}
+  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(root, group.dataset.replace("/", "_"), f"{row_key}-{digest}")
 
 
 def run_cell(root: str, group: Group, row_key: str, seeds: Sequence[int], **limits) -> None:
@@ -388,14 +381,13 @@ def table(group: Group, cells: Mapping[str, list[dict[str, Any]]]) -> list[str]:
   return lines
 
 
-def comparisons(group: Group, cells: Mapping[str, Mapping[str, list]]) -> list[dict[str, Any]]:
-  """Every row of ``group`` against each of its bases (``cells``: group name -> row -> runs)."""
-  own, out = cells[group.name], []
+def comparisons(group: Group, cells: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+  """Every row of ``group`` against each of its bases (``cells``: row -> finished runs)."""
+  out = []
   for key in group.rows:
     for base in ROWS[key].base:
-      base_runs = own.get(base) or cells.get(group.baselines_from, {}).get(base)
-      if own.get(key) and base_runs:
-        out.append({"group": group, "row": key, "base": base, **compare(own[key], base_runs)})
+      if cells.get(key) and cells.get(base):
+        out.append({"group": group, "row": key, "base": base, **compare(cells[key], cells[base])})
   return out
 
 
@@ -417,9 +409,16 @@ def summary(all_comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def render(root: str, groups: Sequence[Group], seeds: Sequence[int], args: str) -> str:
   cells = {g.name: {k: read_cell(root, g, k, seeds) for k in g.rows} for g in groups}
-  total = sum(len(g.rows) for g in groups)
-  done = sum(1 for g in groups for k in g.rows if len(cells[g.name][k]) == len(seeds))
-  found = [c for g in groups for c in comparisons(g, cells)]
+  dirs = {cell_dir(root, g, k): cells[g.name][k] for g in groups for k in g.rows}
+  total = len(dirs)
+  done = sum(1 for runs in dirs.values() if len(runs) == len(seeds))
+  found = [c for g in groups for c in comparisons(g, cells[g.name])]
+  # A pair of cells shared by several groups (tier i's SOLID and its bases, which the ablation
+  # tables repeat) counts once in the summary.
+  unique = {
+    (cell_dir(root, c["group"], c["row"]), cell_dir(root, c["group"], c["base"])): c
+    for c in reversed(found)
+  }
   lines = [
     "# The SOLID verdict" + ("" if done == total else f" (PARTIAL: {done} of {total} cells)"),
     "",
@@ -436,7 +435,7 @@ def render(root: str, groups: Sequence[Group], seeds: Sequence[int], args: str) 
     "10,000 sign patterns) and a difference of the seed means larger than the seed spread "
     "sqrt(std_a² + std_b²); anything else is a **tie**.",
     "",
-    *summary(found),
+    *summary(list(reversed(unique.values()))),
     "",
     "## Protocol",
     "",
@@ -461,8 +460,7 @@ def render(root: str, groups: Sequence[Group], seeds: Sequence[int], args: str) 
       continue
     lines += [f"## Tier {tier}", ""]
     for g in in_tier:
-      note = f" (bases: the rows of {g.baselines_from})" if g.baselines_from else ""
-      lines += [f"### {g.title}{note}", "", *table(g, cells[g.name]), ""]
+      lines += [f"### {g.title}", "", *table(g, cells[g.name]), ""]
       rows = [c for c in found if c["group"] is g]
       if rows:
         lines += [

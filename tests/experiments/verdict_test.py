@@ -1,0 +1,103 @@
+"""The verdict sweep: every cell is a valid run; the report's tables, paired tests and verdicts."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from experiments import verdict
+from solid_jax.train import loop
+from solid_jax.train.train_config import TrainConfig
+
+
+def test_every_cell_is_a_valid_configuration_with_its_bases_in_its_group():
+  names = set()
+  for group in verdict.GROUPS:
+    assert group.name not in names
+    names.add(group.name)
+    for row in group.rows:
+      config = verdict.cell_config(group, row, max_epochs=100, patience=5)
+      assert config.dataset == group.dataset and config.backbone == group.backbone
+      assert config.patience >= 5 and config.eval_protocol in ("full", "both")
+      assert set(verdict.ROWS[row].base) <= set(group.rows), (group.name, row)
+  # Tier i first: a partial sweep is already useful.
+  tiers = [g.tier for g in verdict.GROUPS]
+  assert tiers == sorted(tiers, key=["i", "ii", "iii", "iv"].index)
+
+
+def test_cells_that_train_the_same_thing_share_a_directory():
+  by_name = {g.name: g for g in verdict.GROUPS}
+  clip, cat, ablations = by_name["i_scimm_clip"], by_name["i_scimm_cat"], by_name["iv_scimm"]
+  # The baselines do not depend on the semantics; SOLID does.
+  assert verdict.cell_dir("R", clip, "duet") == verdict.cell_dir("R", cat, "duet")
+  assert verdict.cell_dir("R", clip, "solid") != verdict.cell_dir("R", cat, "solid")
+  # The ablations compare against tier i's own SOLID run.
+  assert verdict.cell_dir("R", clip, "solid") == verdict.cell_dir("R", ablations, "solid")
+  assert verdict.cell_dir("R", ablations, "sem_labels") != verdict.cell_dir("R", cat, "solid")
+  assert len({verdict.cell_dir("R", ablations, k) for k in ablations.rows}) == len(ablations.rows)
+
+
+def _fake_member(root, group, row, seed, ndcg):
+  """A finished member: config.json, results.json and the final stage's per-user file."""
+  workdir = os.path.join(verdict.cell_dir(root, group, row), f"seed_{seed}")
+  config = verdict.cell_config(group, row, max_epochs=100, patience=5)
+  stage = config.stages()[-1]
+  os.makedirs(os.path.join(workdir, stage))
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(TrainConfig.from_dict({**config.to_dict(), "seed": seed}).to_dict(), f)
+  users = np.arange(200, dtype=np.int32)
+  metrics = {m: float(ndcg.mean()) for m in ("ndcg@10", "hr@10", "ndcg@20")}
+  sampled = {m: 0.5 for m in verdict.SAMPLED}
+  result = {
+    "test_full": metrics,
+    "test": sampled,
+    "valid_full": metrics,
+    "valid": sampled,
+    "train_seconds": 60.0,
+    "train_samples_per_s": 1000.0,
+    "stages": {stage: {"selected_epoch": 3, "stopped_epoch": 8}},
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(result, f)
+  np.savez(
+    os.path.join(workdir, stage, loop.PER_USER_FILE.format(split="test")),
+    **{"full/user": users, "full/ndcg@10": ndcg},
+  )
+
+
+def test_the_report_tests_solid_against_its_bases(tmp_path):
+  group = verdict.GROUPS[0]
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.0, 0.4, size=200)
+  for seed in range(3):
+    noise = rng.normal(0, 0.01, size=200)
+    _fake_member(str(tmp_path), group, "duet", seed, base + noise)
+    _fake_member(str(tmp_path), group, "static", seed, base + 0.1 + noise)  # clearly better
+    _fake_member(str(tmp_path), group, "solid", seed, base + 0.002 * seed + noise)  # a tie
+  cells = {k: verdict.read_cell(str(tmp_path), group, k, [0, 1, 2]) for k in group.rows}
+  found = {(c["row"], c["base"]): c for c in verdict.comparisons(group, cells)}
+  assert found[("solid", "static")]["verdict"] == "loss"
+  assert found[("solid", "static")]["p"] < 0.001
+  assert found[("solid", "duet")]["verdict"] == "tie"
+  assert found[("solid", "duet")]["users"] == 200
+  assert math.isclose(
+    found[("solid", "duet")]["diff"],
+    np.mean([r["test_full"]["ndcg@10"] for r in cells["solid"]])
+    - np.mean([r["test_full"]["ndcg@10"] for r in cells["duet"]]),
+  )
+  text = verdict.render(str(tmp_path), verdict.GROUPS, [0, 1, 2], "--seeds=0,1,2")
+  assert text.startswith("# The SOLID verdict (PARTIAL:")
+  assert "| SOLID (DUET) vs static |" in text and "| loss |" in text
+  assert "**SOLID (DUET) vs static**: 0 wins; 0 ties; 1 loss" in text
+  assert "| APG | 0 | pending |" in text
+
+
+def test_fewer_than_two_seeds_are_undecided(tmp_path):
+  group = verdict.GROUPS[0]
+  values = np.linspace(0, 0.3, 200)
+  _fake_member(str(tmp_path), group, "duet", 0, values)
+  _fake_member(str(tmp_path), group, "solid", 0, values + 0.2)
+  cells = {k: verdict.read_cell(str(tmp_path), group, k, [0]) for k in group.rows}
+  (solid_vs_duet,) = verdict.comparisons(group, cells)
+  assert solid_vs_duet["verdict"].startswith("undecided")
