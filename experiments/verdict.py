@@ -6,11 +6,13 @@ r"""The SOLID verdict: converged runs over data sets, backbones and ablations ->
 
 Every cell of the report (a group: data set, backbone, settings; a row: a method or an ablation)
 trains its seeds as one population (``stages.run_population``: one vmapped step, every member an
-ordinary workdir ``ROOT/<group>/<row>/seed_<s>``), each stage until its validation full NDCG@10
-stops improving (``--patience``) or ``--max_epochs``. A killed sweep relaunched with the same
-command resumes the population under way from its checkpoints and reads finished cells back, so
-the sweep can run across several sittings; cells run in the priority order of ``GROUPS`` (tier i
-first, cheapest data set first), and the report marks a partial sweep as partial.
+ordinary workdir ``ROOT/<data set>/<row>-<config digest>/seed_<s>``), each stage until its
+validation full NDCG@10 stops improving (``--patience``) or ``--max_epochs``. A finished member is
+archived in ``--archive`` (``docs/verdict``, committed: its results and per-user test NDCG@10); the
+report is built from the archive alone. A killed sweep relaunched with the same command resumes the
+population under way from its checkpoints; a later sitting on another machine skips every archived
+cell. Cells run in the priority order of ``GROUPS`` (tier i first, cheapest data set first), and the
+report marks a partial sweep as partial.
 
 Report, per group: full-catalogue metrics first (test NDCG@10, HR@10, NDCG@20), then the SOLID
 paper's sampled ones (AUC, UAUC, NDCG@10, HR@10), mean +- sample std over seeds; the codebook's
@@ -50,6 +52,12 @@ ALPHA = 0.05
 def define_flags() -> None:
   """The launcher's flags (defined only when run as a program)."""
   flags.DEFINE_string("workdir_root", os.path.join(REPO, "runs", "verdict"), "parent of the runs")
+  flags.DEFINE_string(
+    "archive",
+    os.path.join(REPO, "docs", "verdict"),
+    "where every finished member's results and per-user test NDCG@10 are kept (committed: the "
+    "report and a later sitting read them from there)",
+  )
   flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every cell (one population)")
   flags.DEFINE_list("tiers", [], "only these tiers (i, ii, iii, iv); empty = all")
   flags.DEFINE_list("groups", [], "only these groups (names as in GROUPS); empty = all")
@@ -249,8 +257,11 @@ def cell_dir(root: str, group: Group, row_key: str) -> str:
   return os.path.join(root, group.dataset.replace("/", "_"), f"{row_key}-{digest}")
 
 
-def run_cell(root: str, group: Group, row_key: str, seeds: Sequence[int], **limits) -> None:
-  """Trains (or resumes) the cell's seeds as one population; finished members are read back."""
+def run_cell(
+  root: str, archive: str, group: Group, row_key: str, seeds: Sequence[int], **limits
+) -> None:
+  """Trains (or resumes) the cell's seeds as one population in ``root`` (finished members are
+  read back) and archives every member (`archive_member`) under ``archive``."""
   config = cell_config(group, row_key, **limits)
   members = stages.population_members(
     config, cell_dir(root, group, row_key), [str(s) for s in seeds], None
@@ -258,6 +269,8 @@ def run_cell(root: str, group: Group, row_key: str, seeds: Sequence[int], **limi
   start = time.perf_counter()
   results = stages.run_population([c for c, _ in members], [w for _, w in members])
   stages.write_population(cell_dir(root, group, row_key), members, results)
+  for s, (_, workdir) in zip(seeds, members):
+    archive_member(workdir, member_path(archive, group, row_key, s))
   logging.info(
     "%s / %s: %d seeds in %.1f min",
     group.name,
@@ -273,15 +286,34 @@ FULL = ("ndcg@10", "hr@10", "ndcg@20")
 SAMPLED = ("auc", "uauc", "ndcg@10", "hr@10")
 
 
-def read_cell(root: str, group: Group, row_key: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
-  """The finished members of a cell: their results.json, with ``"workdir"`` added."""
+def archive_member(workdir: str, path: str) -> None:
+  """Keeps what the report needs of a finished member in the repository: ``path + ".json"`` (its
+  results.json) and ``path + ".npz"`` (test users and their full NDCG@10, compressed), so that a
+  sweep spread over several machines and sittings needs no workdir of an earlier one."""
+  with open(os.path.join(workdir, stages.RESULTS_FILE)) as f:
+    result = json.load(f)
+  per_user = rescore.load_per_user(workdir, "test")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez_compressed(
+    path + ".npz",
+    **{k: per_user[k] for k in ("full/user", "full/ndcg@10")},
+  )
+  with open(path + ".json", "w") as f:
+    json.dump(result, f, indent=1, sort_keys=True)
+
+
+def member_path(archive: str, group: Group, row_key: str, seed: int) -> str:
+  return os.path.join(cell_dir(archive, group, row_key), f"seed_{seed}")
+
+
+def read_cell(archive: str, group: Group, row_key: str, seeds: Sequence[int]) -> list[dict]:
+  """The archived members of a cell: their results, with ``"per_user"`` (the .npz) added."""
   out = []
   for s in seeds:
-    workdir = os.path.join(cell_dir(root, group, row_key), f"seed_{s}")
-    path = os.path.join(workdir, stages.RESULTS_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append({**json.load(f), "workdir": workdir})
+    path = member_path(archive, group, row_key, s)
+    if os.path.exists(path + ".json") and os.path.exists(path + ".npz"):
+      with open(path + ".json") as f:
+        out.append({**json.load(f), "per_user": path + ".npz"})
   return out
 
 
@@ -296,7 +328,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def per_user_pooled(members: Sequence[Mapping[str, Any]], metric: str = "full/ndcg@10"):
   """(users int[U], metric float[U] averaged over the members) of the users every member has."""
-  tables = [rescore.load_per_user(m["workdir"], "test") for m in members]
+  tables = []
+  for m in members:
+    with np.load(m["per_user"]) as z:
+      tables.append({k: z[k] for k in z.files})
   user_key = metric.split("/")[0] + "/user"
   common = tables[0][user_key]
   for t in tables[1:]:
@@ -407,7 +442,9 @@ def summary(all_comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
   return lines or ["- no finished pair of cells yet"]
 
 
-def render(root: str, groups: Sequence[Group], seeds: Sequence[int], args: str) -> str:
+def render(archive: str, groups: Sequence[Group], seeds: Sequence[int], args: str) -> str:
+  """The report of every archived member under ``archive``."""
+  root = archive
   cells = {g.name: {k: read_cell(root, g, k, seeds) for k in g.rows} for g in groups}
   dirs = {cell_dir(root, g, k): cells[g.name][k] for g in groups for k in g.rows}
   total = len(dirs)
@@ -448,10 +485,10 @@ def render(root: str, groups: Sequence[Group], seeds: Sequence[int], args: str) 
     "metacode. Metrics: full-catalogue ranking over every item but the user's history "
     "(`sj.metrics.evaluate_full`) first, then the paper's sampled protocol (99 fixed negatives). "
     "Cells: mean ± sample std over the seeds (n = finished seeds); *codebook* = codes chosen at "
-    "least once and the perplexity of the choices over every test history; *train min* = "
-    "training wall time of all stages per seed; a cell's seeds train as one population (one "
-    "vmapped step), so wall time and samples/s are those of the population's step divided among "
-    "its members' records as the loop times them.",
+    "least once and the perplexity of the choices over every test history; a cell's seeds "
+    "train together as one population (one vmapped step), so *train min* (all stages) is the "
+    "wall time of the whole cell, all seeds at once, and *samples/s* the training rows of one "
+    "seed per second of that time (final stage).",
     "",
   ]
   for tier in ("i", "ii", "iii", "iv"):
@@ -511,20 +548,20 @@ def main(argv):
   start = time.time()
 
   def write_report():
-    report = keep_published(render(FLAGS.workdir_root, GROUPS, seeds, args), FLAGS.output)
+    report = keep_published(render(FLAGS.archive, GROUPS, seeds, args), FLAGS.output)
     with open(FLAGS.output, "w") as f:
       f.write(report)
 
   if not FLAGS.report_only:
     for g in groups:
       for key in g.rows:
-        if len(read_cell(FLAGS.workdir_root, g, key, seeds)) == len(seeds):
+        if len(read_cell(FLAGS.archive, g, key, seeds)) == len(seeds):
           continue
         if FLAGS.hours and time.time() - start > FLAGS.hours * 3600:
           logging.info("--hours=%s reached; stopping before %s / %s", FLAGS.hours, g.name, key)
           write_report()
           return
-        run_cell(FLAGS.workdir_root, g, key, seeds, **limits)
+        run_cell(FLAGS.workdir_root, FLAGS.archive, g, key, seeds, **limits)
         write_report()  # after every cell, so that a stop keeps what finished
   write_report()
   print(open(FLAGS.output).read())

@@ -39,8 +39,9 @@ def test_cells_that_train_the_same_thing_share_a_directory():
 
 
 def _fake_member(root, group, row, seed, ndcg):
-  """A finished member: config.json, results.json and the final stage's per-user file."""
-  workdir = os.path.join(verdict.cell_dir(root, group, row), f"seed_{seed}")
+  """A finished member's workdir (config.json, results.json, the final stage's per-user file),
+  archived under ``root`` as the sweep archives it."""
+  workdir = os.path.join(root, "runs", f"{group.name}_{row}_{seed}")
   config = verdict.cell_config(group, row, max_epochs=100, patience=5)
   stage = config.stages()[-1]
   os.makedirs(os.path.join(workdir, stage))
@@ -62,8 +63,9 @@ def _fake_member(root, group, row, seed, ndcg):
     json.dump(result, f)
   np.savez(
     os.path.join(workdir, stage, loop.PER_USER_FILE.format(split="test")),
-    **{"full/user": users, "full/ndcg@10": ndcg},
+    **{"full/user": users, "full/ndcg@10": ndcg, "full/hr@10": (ndcg > 0).astype(np.float32)},
   )
+  verdict.archive_member(workdir, verdict.member_path(root, group, row, seed))
 
 
 def test_the_report_tests_solid_against_its_bases(tmp_path):
