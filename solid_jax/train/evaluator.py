@@ -238,9 +238,19 @@ class CodebookUsage:
     split: the split's rows (``items``, ``semantics``, ``target``, ``target_semantic``, ...).
     batch_size: histories per batch.
     transform: optional batch rewrite (as the evaluators').
+    mesh: the data-parallel mesh the parameters are replicated over, if any (the batches are
+      then replicated over it too).
   """
 
-  def __init__(self, model, split, batch_size: int, *, transform: BatchTransform | None = None):
+  def __init__(
+    self,
+    model,
+    split,
+    batch_size: int,
+    *,
+    transform: BatchTransform | None = None,
+    mesh: Mesh | None = None,
+  ):
     g = rows_lib.candidate_groups(split) or 1
     rows = {k: np.asarray(split[k])[::g] for k in rows_lib.MODEL_KEYS if k in split}
     n = len(rows["items"])
@@ -248,8 +258,9 @@ class CodebookUsage:
     size = int(max(1, min(batch_size, n)))
     padded, _ = rows_lib.pad_rows(rows, size)
     padded["weight"][n:] = 0.0
-    self._batches = jax.device_put(
-      {k: v.reshape((-1, size) + v.shape[1:]) for k, v in padded.items()}
+    batches = {k: v.reshape((-1, size) + v.shape[1:]) for k, v in padded.items()}
+    self._batches = (
+      jax.device_put(batches) if mesh is None else parallel.replicate(batches, mesh)
     )
 
     def counts(params, batches):

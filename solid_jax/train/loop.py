@@ -501,7 +501,7 @@ class _Evaluation:
     if _reports_codebook(spec.model):
       codebook = {
         split: evaluator_lib.CodebookUsage(
-          spec.model, rows, settings.eval_batch_size, transform=spec.transform
+          spec.model, rows, settings.eval_batch_size, transform=spec.transform, mesh=mesh
         )
         for split, rows in (("valid", data.valid), ("test", data.test))
       }
