@@ -46,12 +46,12 @@ class _LayerProjection(nn.Module):
   n_out: int
   kind: str
   rank: int
+  scale: float = 1.0
 
   @nn.compact
   def __call__(self, z):
-    dense = lambda width, name: nn.Dense(  # noqa: E731
-      width, kernel_init=layers.fmod_normal(), bias_init=layers.fmod_normal(), name=name
-    )
+    init = layers.fmod_normal(self.scale)
+    dense = lambda width, name: nn.Dense(width, kernel_init=init, bias_init=init, name=name)  # noqa: E731
     b = z.shape[0]
     if self.kind == "duet":
       return {
@@ -65,11 +65,14 @@ class _Projections(nn.Module):
   specs: tuple[LayerSpec, ...]
   kind: str
   rank: int
+  scale: float = 1.0
 
   @nn.compact
   def __call__(self, z):
     return {
-      f"layer_{j}": _LayerProjection(n_in, n_out, self.kind, self.rank, name=f"layer_{j}")(z)
+      f"layer_{j}": _LayerProjection(
+        n_in, n_out, self.kind, self.rank, self.scale, name=f"layer_{j}"
+      )(z)
       for j, (n_in, n_out, _) in enumerate(self.specs)
     }
 
@@ -84,19 +87,21 @@ class Generator(nn.Module):
   Attributes:
     dim: d (the width of the input sequence and of z). specs: the dynamic layers.
     kind: "duet" or "apg". rank: K (APG).
+    init_scale: the projections start at ``init_scale * fmod(normal, 2)`` (1: the authors').
   """
 
   dim: int
   specs: tuple[LayerSpec, ...]
   kind: str = "duet"
   rank: int = 16
+  init_scale: float = 1.0
 
   def setup(self):
     if self.kind not in KINDS:
       raise ValueError(f"generator kind {self.kind!r}; expected one of {KINDS}")
     self.gru = gru.GRUWeights(self.dim)
     self.mlp = layers.MLP((self.dim, self.dim), ("tanh", None))
-    self.proj = _Projections(tuple(self.specs), self.kind, self.rank)
+    self.proj = _Projections(tuple(self.specs), self.kind, self.rank, self.init_scale)
 
   def gru_weights(self) -> Params:
     """This generator's GRU weights (created on first use)."""
@@ -198,7 +203,9 @@ class DuetHead(Head):
 
   def setup(self):
     specs = self.layer_specs()
-    self.generator = Generator(self.cfg.dim, specs, self.kind, self.cfg.apg_rank)
+    self.generator = Generator(
+      self.cfg.dim, specs, self.kind, self.cfg.apg_rank, self.cfg.generator_init_scale
+    )
     self.shared = DynamicLayers(specs, self.kind, self.cfg.apg_rank)
 
   def generate(self, seq_emb, batch, *, all_positions=False, key=None, train=False):

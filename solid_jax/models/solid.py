@@ -102,8 +102,9 @@ class SolidHead(Head):
   def setup(self):
     cfg = self.cfg
     d, kind, specs = cfg.dim, cfg.generator, self.layer_specs()
-    self.item_generator = Generator(d, specs, kind, cfg.apg_rank)
-    self.semantic_generator = Generator(d, specs, kind, cfg.apg_rank)
+    scale = cfg.generator_init_scale
+    self.item_generator = Generator(d, specs, kind, cfg.apg_rank, scale)
+    self.semantic_generator = Generator(d, specs, kind, cfg.apg_rank, scale)
     self.semantic_embedding = nn.Embed(
       cfg.num_semantics, d, embedding_init=layers.padded(layers.xavier_uniform())
     )

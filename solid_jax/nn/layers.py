@@ -72,11 +72,13 @@ def as_matrix(init: Initializer, fan_in_dims: int) -> Initializer:
   return apply
 
 
-def fmod_normal() -> Initializer:
-  """``fmod(normal(0, 1), 2)``: a standard normal folded into (-2, 2), the DUET projection init."""
+def fmod_normal(scale: float = 1.0) -> Initializer:
+  """``scale * fmod(normal(0, 1), 2)``: a standard normal folded into (-2, 2), the DUET projection
+  init (``scale = 1``, the authors')."""
 
   def apply(key, shape, dtype=jnp.float32):
-    return jnp.fmod(jax.random.normal(key, shape, dtype), 2.0)
+    out = jnp.fmod(jax.random.normal(key, shape, dtype), 2.0)
+    return out if scale == 1.0 else out * jnp.asarray(scale, dtype)
 
   return apply
 

@@ -259,9 +259,7 @@ class CodebookUsage:
     padded, _ = rows_lib.pad_rows(rows, size)
     padded["weight"][n:] = 0.0
     batches = {k: v.reshape((-1, size) + v.shape[1:]) for k, v in padded.items()}
-    self._batches = (
-      jax.device_put(batches) if mesh is None else parallel.replicate(batches, mesh)
-    )
+    self._batches = jax.device_put(batches) if mesh is None else parallel.replicate(batches, mesh)
 
     def counts(params, batches):
       def one(batch):

@@ -61,6 +61,7 @@ SHARED_MODEL_FIELDS = (
   "seq_len",
   "dim",
   "apg_rank",
+  "generator_init_scale",
   "paper_compat",
   "num_heads",
   "ff_dim",
@@ -175,6 +176,11 @@ class TrainConfig:
     "uniform share of the assignments (0 = none)",
   )
   apg_rank: int = _field(16, "K of the APG low-rank cores")
+  generator_init_scale: float = _field(
+    1.0,
+    "the generators' projections start at this times fmod(normal, 2) (1: the authors'; "
+    "DUET, APG and both SOLID branches)",
+  )
   paper_compat: bool = _field(
     False, "freeze the generators' final projections at their init, as the authors' code does"
   )

@@ -214,3 +214,18 @@ def test_random_semantics_deal_the_labels_to_other_items(tiny_config, tmp_path):
   assert results["semantics"]["source"] == "random"
   with pytest.raises(ValueError, match="num_clusters applies to k-means semantics only"):
     stages.run_experiment(dataclasses.replace(config, num_clusters=3), str(tmp_path / "other"))
+
+
+def test_the_generator_init_scale_scales_the_generated_weights_at_init():
+  base = ModelConfig(head="duet", num_items=60, num_semantics=6, dim=8, num_heads=2)
+  batch = {k: v for k, v in _batch(base).items() if k != "label"}
+  weights = {}
+  for scale in (1.0, 0.1):
+    model = sj.make_model(dataclasses.replace(base, generator_init_scale=scale))
+    weights[scale] = model.generate(model.init(jax.random.key(0)), batch)
+  # The same draws times the scale: every generated weight is linear in the projections.
+  for a, b in zip(jax.tree.leaves(weights[1.0]), jax.tree.leaves(weights[0.1])):
+    np.testing.assert_allclose(0.1 * np.asarray(a), b, rtol=1e-4, atol=1e-6)
+  config = TrainConfig(method="solid", generator_init_scale=0.1)
+  for stage in ("stage1", "stage2"):
+    assert config.model_config(stage, num_items=50, num_semantics=9).generator_init_scale == 0.1
