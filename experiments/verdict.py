@@ -42,7 +42,7 @@ import numpy as np
 from solid_jax.train import checkpoint
 from solid_jax.train import rescore
 from solid_jax.train import stages
-from solid_jax.train.train_config import TrainConfig
+from solid_jax.train.train_config import RUNTIME_FIELDS, TrainConfig
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,7 +292,11 @@ def cell_dir(root: str, group: Group, row_key: str) -> str:
   several groups that train the same thing (a data set's baselines, which do not depend on the
   semantics; tier i's SOLID rows that the ablations compare against) share one directory."""
   config = cell_config(group, row_key, max_epochs=0, patience=0).to_dict()
-  settings = {k: v for k, v in config.items() if k not in ("epochs", "patience", "seed")}
+  # Only the settings that differ from TrainConfig's defaults: a field added to TrainConfig later
+  # (with a default) leaves every existing cell's name as it is.
+  defaults = TrainConfig().to_dict()
+  skip = ("epochs", "patience", "seed") + RUNTIME_FIELDS
+  settings = {k: v for k, v in config.items() if k not in skip and v != defaults.get(k)}
   digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
   return os.path.join(root, group.dataset.replace("/", "_"), f"{row_key}-{digest}")
 

@@ -103,3 +103,18 @@ def test_fewer_than_two_seeds_are_undecided(tmp_path):
   cells = {k: verdict.read_cell(str(tmp_path), group, k, [0]) for k in group.rows}
   (solid_vs_duet,) = verdict.comparisons(group, cells)
   assert solid_vs_duet["verdict"].startswith("undecided")
+
+
+def test_a_cell_is_named_by_its_settings_that_differ_from_the_defaults(monkeypatch):
+  group = verdict.GROUPS[0]
+  before = verdict.cell_dir("R", group, "solid")
+  # Progress bars, TensorBoard and the like do not name a cell; a changed default would.
+  original = verdict.cell_config
+
+  def noisy(*args, **kwargs):
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    return dataclasses.replace(original(*args, **kwargs), progress=True, prefetch=5)
+
+  monkeypatch.setattr(verdict, "cell_config", noisy)
+  assert verdict.cell_dir("R", group, "solid") == before
