@@ -471,6 +471,9 @@ def comparisons(group: Group, cells: Mapping[str, list[dict[str, Any]]]) -> list
   return out
 
 
+PLURAL = {"win": "wins", "tie": "ties", "loss": "losses"}
+
+
 def summary(all_comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
   """Counts of wins / ties / losses per kind of comparison, with the groups of each."""
   lines = []
@@ -481,10 +484,19 @@ def summary(all_comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
     by = {v: [c["group"].name for c in items if c["verdict"] == v] for v in ("win", "tie", "loss")}
     lines.append(
       f"- **{ROWS[row].label} vs {ROWS[base].label}**: "
-      + "; ".join(f"{len(by[v])} {v}{'s' if len(by[v]) != 1 else ''}" for v in by)
+      + "; ".join(f"{len(by[v])} {v if len(by[v]) == 1 else PLURAL[v]}" for v in by)
       + "".join(f" ({v}: {', '.join(by[v])})" for v in by if by[v] and v != "tie")
     )
   return lines or ["- no finished pair of cells yet"]
+
+
+def findings(archive: str) -> list[str]:
+  """The hand-written reading of the evidence, ``<archive>/findings.md``, if there is one."""
+  path = os.path.join(archive, "findings.md")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [f.read().strip(), ""]
 
 
 def render(archive: str, groups: Sequence[Group], seeds: Sequence[int], args: str) -> str:
@@ -519,6 +531,7 @@ def render(archive: str, groups: Sequence[Group], seeds: Sequence[int], args: st
     "",
     *summary(list(reversed(unique.values()))),
     "",
+    *findings(archive),
     "## Protocol",
     "",
     "Leave-last-out by time (validation = second-to-last event, test = last). Every stage trains "

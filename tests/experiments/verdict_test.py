@@ -94,7 +94,8 @@ def test_the_report_tests_solid_against_its_bases(tmp_path):
   text = verdict.render(str(tmp_path), verdict.GROUPS, [0, 1, 2], "--seeds=0,1,2")
   assert text.startswith("# The SOLID verdict (PARTIAL:")
   assert "| SOLID (DUET) vs static |" in text and "| loss |" in text
-  assert "**SOLID (DUET) vs static**: 0 wins; 0 ties; 1 loss" in text
+  assert "**SOLID (DUET) vs static**: 0 wins; 0 ties; 1 loss (loss: i_scimm_clip)" in text
+  assert "**SOLID (DUET) vs DUET**: 0 wins; 1 tie; 0 losses" in text
   assert "| APG | 0 | pending |" in text
 
 
@@ -121,3 +122,10 @@ def test_a_cell_is_named_by_its_settings_that_differ_from_the_defaults(monkeypat
 
   monkeypatch.setattr(verdict, "cell_config", noisy)
   assert verdict.cell_dir("R", group, "solid") == before
+
+
+def test_the_hand_written_findings_go_under_the_summary(tmp_path):
+  (tmp_path / "findings.md").write_text("**Reading.** SOLID ties static here.\n")
+  text = verdict.render(str(tmp_path), verdict.GROUPS, [0, 1, 2], "")
+  summary, protocol = text.split("## Summary", 1)[1].split("## Protocol", 1)
+  assert "**Reading.** SOLID ties static here." in summary and "Reading" not in protocol
