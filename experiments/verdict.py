@@ -108,8 +108,8 @@ ABLATIONS = (
 
 ROWS: dict[str, Row] = {
   "static": Row("static", "static"),
-  "duet": Row("DUET", "duet"),
-  "apg": Row("APG", "apg"),
+  "duet": Row("DUET", "duet", base=("static",)),
+  "apg": Row("APG", "apg", base=("static",)),
   "solid": Row("SOLID (DUET)", "solid", base=("duet", "static")),
   "solid_apg": Row("SOLID-APG", "solid_apg", base=("apg", "static")),
   **{
