@@ -204,7 +204,15 @@ GROUPS: tuple[Group, ...] = (
     semantics=SCIMM_CLIP,
   ),
   Group("i_office", "i", "Office, SASRec; semantics = category path", "office", MAIN_ROWS),
+  Group("v_office", "v", "Explanations: Office, SASRec, category semantics", "office", FIX_ROWS),
   Group("i_ml100k", "i", "MovieLens-100K, SASRec; semantics = first genre", "ml-100k", MAIN_ROWS),
+  Group(
+    "v_ml100k",
+    "v",
+    "Explanations: MovieLens-100K, SASRec, first-genre semantics",
+    "ml-100k",
+    FIX_ROWS,
+  ),
   Group(
     "i_instruments", "i", "Instruments, SASRec; semantics = text codes", "instruments", MAIN_ROWS
   ),
