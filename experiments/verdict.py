@@ -509,16 +509,15 @@ def findings(archive: str) -> list[str]:
 
 def render(archive: str, groups: Sequence[Group], seeds: Sequence[int], args: str) -> str:
   """The report of every archived member under ``archive``."""
-  root = archive
-  cells = {g.name: {k: read_cell(root, g, k, seeds) for k in g.rows} for g in groups}
-  dirs = {cell_dir(root, g, k): cells[g.name][k] for g in groups for k in g.rows}
+  cells = {g.name: {k: read_cell(archive, g, k, seeds) for k in g.rows} for g in groups}
+  dirs = {cell_dir(archive, g, k): cells[g.name][k] for g in groups for k in g.rows}
   total = len(dirs)
   done = sum(1 for runs in dirs.values() if len(runs) == len(seeds))
   found = [c for g in groups for c in comparisons(g, cells[g.name])]
   # A pair of cells shared by several groups (tier i's SOLID and its bases, which the ablation
   # tables repeat) counts once in the summary.
   unique = {
-    (cell_dir(root, c["group"], c["row"]), cell_dir(root, c["group"], c["base"])): c
+    (cell_dir(archive, c["group"], c["row"]), cell_dir(archive, c["group"], c["base"])): c
     for c in reversed(found)
   }
   lines = [
