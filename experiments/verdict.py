@@ -61,6 +61,9 @@ def define_flags() -> None:
   flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of every cell (one population)")
   flags.DEFINE_list("tiers", [], "only these tiers (i, v, ii, iii, iv); empty = all")
   flags.DEFINE_list("groups", [], "only these groups (names as in GROUPS); empty = all")
+  flags.DEFINE_list(
+    "rows", [], "only these rows (keys as in ROWS) of the selected groups; empty = all"
+  )
   flags.DEFINE_integer("max_epochs", 100, "epoch limit of every stage")
   flags.DEFINE_integer("patience", 5, "stop a stage after this many epochs without improvement")
   flags.DEFINE_float("hours", 0.0, "stop starting new cells after this many hours (0 = no limit)")
@@ -591,16 +594,37 @@ def keep_published(report: str, path: str) -> str:
   return report
 
 
+def select(
+  groups: Sequence[Group],
+  tiers: Sequence[str] = (),
+  names: Sequence[str] = (),
+  rows: Sequence[str] = (),
+) -> list[tuple[Group, str]]:
+  """The (group, row key) cells to train, in the report's priority order; an empty filter keeps
+  everything. Unknown tier, group or row names are refused."""
+  for kind, given, known in (
+    ("tier", tiers, TIERS),
+    ("group", names, {g.name for g in groups}),
+    ("row", rows, ROWS),
+  ):
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+      raise ValueError(f"unknown {kind} {unknown}; known: {sorted(known)}")
+  return [
+    (g, key)
+    for g in groups
+    if (not tiers or g.tier in tiers) and (not names or g.name in names)
+    for key in g.rows
+    if not rows or key in rows
+  ]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   checkpoint.quiet_orbax_logging()
   seeds = [int(s) for s in FLAGS.seeds]
-  groups = [
-    g
-    for g in GROUPS
-    if (not FLAGS.tiers or g.tier in FLAGS.tiers) and (not FLAGS.groups or g.name in FLAGS.groups)
-  ]
+  cells = select(GROUPS, FLAGS.tiers, FLAGS.groups, FLAGS.rows)
   args = " ".join(
     f"--{name}={','.join(v) if isinstance(v, list) else v}"
     for name, v in (
@@ -618,16 +642,15 @@ def main(argv):
       f.write(report)
 
   if not FLAGS.report_only:
-    for g in groups:
-      for key in g.rows:
-        if len(read_cell(FLAGS.archive, g, key, seeds)) == len(seeds):
-          continue
-        if FLAGS.hours and time.time() - start > FLAGS.hours * 3600:
-          logging.info("--hours=%s reached; stopping before %s / %s", FLAGS.hours, g.name, key)
-          write_report()
-          return
-        run_cell(FLAGS.workdir_root, FLAGS.archive, g, key, seeds, **limits)
-        write_report()  # after every cell, so that a stop keeps what finished
+    for g, key in cells:
+      if len(read_cell(FLAGS.archive, g, key, seeds)) == len(seeds):
+        continue
+      if FLAGS.hours and time.time() - start > FLAGS.hours * 3600:
+        logging.info("--hours=%s reached; stopping before %s / %s", FLAGS.hours, g.name, key)
+        write_report()
+        return
+      run_cell(FLAGS.workdir_root, FLAGS.archive, g, key, seeds, **limits)
+      write_report()  # after every cell, so that a stop keeps what finished
   write_report()
   print(open(FLAGS.output).read())
 

@@ -5,6 +5,7 @@ import math
 import os
 
 import numpy as np
+import pytest
 
 from experiments import verdict
 from solid_jax.train import loop
@@ -129,3 +130,19 @@ def test_the_hand_written_findings_go_under_the_summary(tmp_path):
   text = verdict.render(str(tmp_path), verdict.GROUPS, [0, 1, 2], "")
   summary, protocol = text.split("## Summary", 1)[1].split("## Protocol", 1)
   assert "**Reading.** SOLID ties static here." in summary and "Reading" not in protocol
+
+
+def test_the_selection_filters_by_tier_group_and_row_in_priority_order():
+  everything = verdict.select(verdict.GROUPS)
+  assert len(everything) == sum(len(g.rows) for g in verdict.GROUPS)
+  picked = verdict.select(
+    verdict.GROUPS, names=["iv_scimm", "v_office"], rows=["solid", "no_codebook_apg"]
+  )
+  assert [(g.name, k) for g, k in picked] == [
+    ("v_office", "solid"),
+    ("iv_scimm", "solid"),
+    ("iv_scimm", "no_codebook_apg"),
+  ]
+  assert {g.tier for g, _ in verdict.select(verdict.GROUPS, tiers=["ii"])} == {"ii"}
+  with pytest.raises(ValueError, match="unknown row"):
+    verdict.select(verdict.GROUPS, rows=["no_such_row"])
