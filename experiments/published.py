@@ -420,12 +420,19 @@ def report(root: str, runs: list[Run]) -> str:
   return "\n".join(lines)
 
 
+def marked_section(text: str) -> str | None:
+  """The published-baselines section of ``text``, markers included (None where it has none)."""
+  if START not in text or END not in text.split(START, 1)[1]:
+    return None
+  return START + text.split(START, 1)[1].split(END, 1)[0] + END
+
+
 def splice(path: str, section: str) -> None:
   """Replaces the marked section of ``path`` (or appends it)."""
   text = open(path).read() if os.path.exists(path) else ""
-  if START in text and END in text:
-    head, rest = text.split(START, 1)
-    text = head + section + rest.split(END, 1)[1]
+  old = marked_section(text)
+  if old is not None:
+    text = text.replace(old, section, 1)
   else:
     text = text.rstrip("\n") + "\n\n" + section + "\n"
   with open(path + ".tmp", "w") as f:

@@ -588,9 +588,9 @@ def keep_published(report: str, path: str) -> str:
   if os.path.exists(path):
     with open(path) as f:
       old = f.read()
-    if published.START in old and published.END in old:
-      block = published.START + old.split(published.START, 1)[1].split(published.END, 1)[0]
-      report = report.rstrip("\n") + "\n\n" + block + published.END + "\n"
+    block = published.marked_section(old)
+    if block is not None:
+      report = report.rstrip("\n") + "\n\n" + block + "\n"
   return report
 
 

@@ -146,3 +146,14 @@ def test_the_selection_filters_by_tier_group_and_row_in_priority_order():
   assert {g.tier for g, _ in verdict.select(verdict.GROUPS, tiers=["ii"])} == {"ii"}
   with pytest.raises(ValueError, match="unknown row"):
     verdict.select(verdict.GROUPS, rows=["no_such_row"])
+
+
+def test_a_rewritten_report_keeps_the_published_baselines_section(tmp_path):
+  from experiments import published
+
+  doc = tmp_path / "RESULTS.md"
+  section = f"{published.START}\n## Published baselines\n| a | b |\n{published.END}"
+  doc.write_text(f"# old report\n\n{section}\n\ntrailing text of the old report\n")
+  new = verdict.keep_published("# new report\n", str(doc))
+  assert new == f"# new report\n\n{section}\n"
+  assert verdict.keep_published("# new\n", str(tmp_path / "absent.md")) == "# new\n"
