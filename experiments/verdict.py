@@ -137,9 +137,29 @@ ROWS.update(
   }
 )
 
+# Which of SOLID's branches the smaller init helps: each branch alone at x 0.01, against the whole
+# of SOLID at x 0.01 (at the published init the item branch alone is the generator alone, tier iv).
+BRANCH_FIXES = (
+  ("item", "item branch only"),
+  ("semantic", "semantic branch only"),
+)
+ROWS.update(
+  {
+    f"solid_{branch}_init0.01": Row(
+      f"SOLID, {what}, generator init x 0.01",
+      "solid",
+      {"solid_branches": branch, "generator_init_scale": 0.01},
+      ("solid_init0.01", "static"),
+    )
+    for branch, what in BRANCH_FIXES
+  }
+)
+
 MAIN_ROWS = ("static", "duet", "apg", "solid", "solid_apg")
-FIX_ROWS = ("static", "duet", "solid") + tuple(
-  f"{m}_{k}" for m in ("duet", "solid") for k, _, _ in FIXES
+FIX_ROWS = (
+  ("static", "duet", "solid")
+  + tuple(f"{m}_{k}" for m in ("duet", "solid") for k, _, _ in FIXES)
+  + tuple(f"solid_{branch}_init0.01" for branch, _ in BRANCH_FIXES)
 )
 # The ablation keys of every data set ("sem_labels" / "sem_text_image" where the group's own
 # semantics are another source and the data has that one).
@@ -170,7 +190,7 @@ TIERS = {
   "i": "SASRec with static, DUET, APG, SOLID and SOLID-APG on every data set (the SOLID paper's "
   "setting: d = 32, L = 10)",
   "v": "why DUET loses to the static head, and whether a smaller generator init or learning rate "
-  "fixes it (for DUET and for SOLID)",
+  "fixes it (for DUET, for SOLID and for each of SOLID's branches)",
   "ii": "static, DUET and SOLID on the calibrated SASRec (S3-Rec's settings)",
   "iii": "GRU4Rec, DIN and BERT4Rec with static, DUET and SOLID",
   "iv": "ablations of SOLID (both generators)",
