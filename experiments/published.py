@@ -422,9 +422,9 @@ def report(root: str, runs: list[Run]) -> str:
 
 def marked_section(text: str) -> str | None:
   """The published-baselines section of ``text``, markers included (None where it has none)."""
-  if START not in text or END not in text.split(START, 1)[1]:
-    return None
-  return START + text.split(START, 1)[1].split(END, 1)[0] + END
+  _, start, rest = text.partition(START)
+  body, end, _ = rest.partition(END)
+  return start + body + end if start and end else None
 
 
 def splice(path: str, section: str) -> None:

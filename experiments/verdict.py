@@ -143,23 +143,22 @@ BRANCH_FIXES = (
   ("item", "item branch only"),
   ("semantic", "semantic branch only"),
 )
-ROWS.update(
-  {
-    f"solid_{branch}_init0.01": Row(
-      f"SOLID, {what}, generator init x 0.01",
-      "solid",
-      {"solid_branches": branch, "generator_init_scale": 0.01},
-      ("solid_init0.01", "static"),
-    )
-    for branch, what in BRANCH_FIXES
-  }
-)
+BRANCH_ROWS = {
+  f"solid_{branch}_init0.01": Row(
+    f"SOLID, {what}, generator init x 0.01",
+    "solid",
+    {"solid_branches": branch, "generator_init_scale": 0.01},
+    ("solid_init0.01", "static"),
+  )
+  for branch, what in BRANCH_FIXES
+}
+ROWS.update(BRANCH_ROWS)
 
 MAIN_ROWS = ("static", "duet", "apg", "solid", "solid_apg")
 FIX_ROWS = (
   ("static", "duet", "solid")
   + tuple(f"{m}_{k}" for m in ("duet", "solid") for k, _, _ in FIXES)
-  + tuple(f"solid_{branch}_init0.01" for branch, _ in BRANCH_FIXES)
+  + tuple(BRANCH_ROWS)
 )
 # The ablation keys of every data set ("sem_labels" / "sem_text_image" where the group's own
 # semantics are another source and the data has that one).
