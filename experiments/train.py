@@ -9,10 +9,10 @@ resumes from the latest checkpoint; a finished workdir is only reported. SIGTERM
 checkpoint at the next step boundary and exit with status 75 (relaunch to resume); a workdir
 another launch is using is refused. See experiments/README.md.
 
-Populations: ``--seeds=0,1,2`` (and ``--population=lr=1e-3,3e-3``) train every combination as
-one member of a population, in one vmapped step per stage, each member an ordinary run in
-``WORKDIR/seed_<s>[-lr_<lr>]`` (resumable, and readable alone); ``WORKDIR/population.json``
-lists them with their metrics:
+Populations: ``--seeds=0,1,2`` (and ``--population='lr=1e-3,3e-3;clip_t=0.01,0.1'``) train every
+combination as one member of a population, in one vmapped step per stage, each member an
+ordinary run in ``WORKDIR/seed_<s>[-lr_<lr>][-clip_t_<t>]...`` (resumable, and readable alone);
+``WORKDIR/population.json`` lists them with their metrics:
 
   python -m experiments.train --dataset=ml-100k --method=solid --workdir=/tmp/pop --seeds=0,1,2
 """
@@ -47,8 +47,8 @@ flags.DEFINE_list(
 flags.DEFINE_string(
   "population",
   None,
-  "hyperparameter values of the population members, e.g. 'lr=1e-3,3e-3' (every combination "
-  "with --seeds; only lr may vary)",
+  "hyperparameter values of the population members, e.g. 'lr=1e-3,3e-3;clip_t=0.01,0.1' "
+  "(every combination with --seeds; lr, clip_t and consistency_weight may vary)",
 )
 
 

@@ -17,6 +17,10 @@ SOLID_BRANCHES = ("both", "item", "semantic")
 EMBEDDINGS = ("tanh_dense", "layer_norm")
 TARGET_TOWERS = ("mlp", "embedding")
 ACTIVATIONS = ("", "relu", "gelu")
+# Fields that ``Model.apply(..., hyper={name: value})`` may override at run time with float32
+# scalars, traced (so one vmapped step can train population members that differ in them): they
+# change no parameter's shape and no compiled structure.
+RUNTIME_FIELDS = ("clip_t", "consistency_weight")
 
 
 def _registries():
@@ -58,7 +62,8 @@ class ModelConfig:
       generated weights of a d = 32 head have a standard deviation of about 1.3 at init (measured;
       Xavier's for a 32 -> 32 layer is 0.18, and under 1% of them lie inside t = 0.01); the
       generated weights scale linearly with it (0.1: about 0.13).
-    clip_t: t, the item-branch weights are bounded by t.
+    clip_t: t, the item-branch weights are bounded by t (a run-time field, see
+      ``RUNTIME_FIELDS``).
     clip: how: ``"hard"`` (the paper's ``clip(x, -t, t)``; zero gradient outside the band) or
       ``"soft"`` (``t * tanh(x / t)``: the same bound, a gradient everywhere).
     quantize_space: what the codebook quantises: ``"sequence"`` (the authors': the item branch's
@@ -67,7 +72,7 @@ class ModelConfig:
       in).
     solid_branches: ``"both"`` (SOLID), or one branch alone for the ablations: ``"item"`` (W =
       the bounded item-branch weights) or ``"semantic"`` (W = the semantic-branch weights).
-    consistency_weight: lambda of the stage-2 consistency loss.
+    consistency_weight: lambda of the stage-2 consistency loss (a run-time field).
     commitment_weight: beta of the straight-through commitment loss.
     ema_decay: decay of the EMA codebook statistics.
     ema_dead_steps: in ``ema`` mode, a code selected by no query for this many

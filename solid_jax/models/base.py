@@ -31,6 +31,8 @@ Array = jax.Array
 Params = dict
 Batch = Mapping[str, Any]
 LayerSpec = tuple[int, int, "str | None"]
+# The Flax collection that carries ``Model.apply``'s run-time overrides (``hyper``) to the head.
+HYPER_COLLECTION = "hyper"
 
 
 def lengths_of(items: Array) -> Array:
@@ -238,6 +240,12 @@ class Head(nn.Module):
     """Whether ``generate`` takes the item table's rows (``Backbone.lookup``) instead of the
     backbone's sequence embeddings (``Backbone.embed``) as ``seq_emb``."""
     return False
+
+  def runtime(self, name: str):
+    """``cfg.<name>`` of a run-time field (`solid_jax.model_config.RUNTIME_FIELDS`), or the value
+    passed for it by ``Model.apply(..., hyper={name: value})`` (a float32 scalar, possibly
+    traced: the members of a vmapped population each see their own)."""
+    return self.get_variable(HYPER_COLLECTION, name, getattr(self.cfg, name))
 
   @classmethod
   def validate(cls, cfg: ModelConfig) -> None:

@@ -7,13 +7,14 @@ parameter tree and equations.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from solid_jax.model_config import ModelConfig
+from solid_jax.model_config import RUNTIME_FIELDS, ModelConfig
+from solid_jax.models.base import HYPER_COLLECTION
 from solid_jax.models.recommender import PACKING_KEYS, Recommender, example_batch
 from solid_jax.models.registry import BACKBONES, HEADS
 from solid_jax.nn import codebook as codebook_lib
@@ -38,7 +39,10 @@ class Model(NamedTuple):
       ``"codebook/perplexity"``, ``"codebook/usage"`` and, in ``ema`` mode, ``"codebook_state"``
       (the new codebook subtree). ``train`` turns dropout on (it then needs ``key``; the masks
       come from ``fold_in(key, 1)``); ``key`` also seeds the EMA
-      dead-code revival (None: derived from the state's seed and step).
+      dead-code revival (None: derived from the state's seed and step). ``hyper`` (optional)
+      maps run-time fields (``RUNTIME_FIELDS``: ``clip_t``, ``consistency_weight``) to float32
+      scalars that replace the config's values, traced (a vmapped population's members each
+      train with their own); heads that do not read a field ignore it.
     generate: ``generate(params, batch) -> weights``, the per-user dynamic weights, leading axis B
       (``{}`` for ``head="static"``).
     score: ``score(params, weights, batch) -> logits float32[B]``; recomputes the backbone and the
@@ -114,27 +118,55 @@ def make_model(cfg: ModelConfig, *, scan_unroll: int | bool = True) -> Model:
       params["head"] = {**params["head"], "codebook": table}
     return params
 
-  def _call(params: Params, method, *args, train: bool = False, key: Array | None = None, **kwargs):
-    """``module.apply`` with dropout drawn from ``fold_in(key, 1)`` when training."""
+  def _call(
+    params: Params,
+    method,
+    *args,
+    train: bool = False,
+    key: Array | None = None,
+    hyper: Mapping[str, Any] | None = None,
+    **kwargs,
+  ):
+    """``module.apply`` with dropout drawn from ``fold_in(key, 1)`` when training and the
+    run-time overrides ``hyper`` in the head's ``"hyper"`` collection."""
     train = bool(train and cfg.dropout)
     rngs = None
     if train:
       if key is None:
         raise ValueError("this model has dropout: apply(..., train=True) needs a PRNG key")
       rngs = {"dropout": jax.random.fold_in(key, 1)}
-    return module.apply(
-      {"params": params}, *args, method=method, rngs=rngs, train=train, key=key, **kwargs
-    )
+    variables = {"params": params}
+    if hyper:
+      unknown = sorted(set(hyper) - set(RUNTIME_FIELDS))
+      if unknown:
+        raise ValueError(
+          f"apply(..., hyper=...) overrides only the run-time fields {RUNTIME_FIELDS}, "
+          f"not {unknown}"
+        )
+      variables[HYPER_COLLECTION] = {
+        "head": {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
+      }
+    return module.apply(variables, *args, method=method, rngs=rngs, train=train, key=key, **kwargs)
 
   def apply(
-    params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
+    params: Params,
+    batch: Batch,
+    *,
+    train: bool = False,
+    key: Array | None = None,
+    hyper: Mapping[str, Any] | None = None,
   ) -> tuple[Array, dict]:
-    return _call(params, Recommender.__call__, batch, train=train, key=key)
+    return _call(params, Recommender.__call__, batch, train=train, key=key, hyper=hyper)
 
   def apply_positions(
-    params: Params, batch: Batch, *, train: bool = False, key: Array | None = None
+    params: Params,
+    batch: Batch,
+    *,
+    train: bool = False,
+    key: Array | None = None,
+    hyper: Mapping[str, Any] | None = None,
   ) -> tuple[Array, dict]:
-    return _call(params, Recommender.positions, batch, train=train, key=key)
+    return _call(params, Recommender.positions, batch, train=train, key=key, hyper=hyper)
 
   def generate(params: Params, batch: Batch) -> Params:
     return module.apply({"params": params}, batch, method=Recommender.generate)[0]

@@ -146,10 +146,10 @@ class SolidHead(Head):
       all_positions=all_positions,
     )
     with jax.named_scope("combine"):
-      weights = combine(w_item, w_sem, cfg.clip_t, cfg.clip, cfg.solid_branches)
+      weights = combine(w_item, w_sem, self.runtime("clip_t"), cfg.clip, cfg.solid_branches)
     consistency = masked_mse(sem, info["selected"], mask)
     aux = {
-      "aux_loss": cfg.consistency_weight * consistency
+      "aux_loss": self.runtime("consistency_weight") * consistency
       + info["codebook_loss"]
       + cfg.commitment_weight * info["commitment_loss"],
       "consistency_loss": consistency,

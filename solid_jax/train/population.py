@@ -1,12 +1,16 @@
-"""train_population: N models that differ only by seed (and optionally learning rate), trained as
-one ``jax.vmap``-ped step over stacked parameters.
+"""train_population: N models that differ only by seed (and optionally learning rate, lambda and
+t), trained as one ``jax.vmap``-ped step over stacked parameters.
 
 Every member is a stage of its own, as `loop.train_stage` would train it: its own directory,
 checkpoints, ``metrics.jsonl``, ``result.json``, data order, negatives, dropout keys and epoch
 selection. Only the optimizer step is shared: the members' parameters and optimizer states are
 stacked on a leading axis ``[N, ...]`` and one compiled step updates all of them from a stacked
-batch ``[N, B, ...]`` (each member's own batch). A member's result equals its solo
-`loop.train_stage` run to float tolerance (a vmapped matmul may sum in another order).
+batch ``[N, B, ...]`` (each member's own batch). Members may differ in the learning rate (their
+updates are scaled by their own) and in the model's run-time fields
+(`solid_jax.model_config.RUNTIME_FIELDS`: ``clip_t``, ``consistency_weight``), which the step
+passes to ``model.apply`` as traced per-member values; each member is evaluated with its own
+model. A member's result equals its solo `loop.train_stage` run to float tolerance (a vmapped
+matmul may sum in another order).
 
 Members move in lockstep while they are at the same position (epoch, step within the epoch). A
 member that stopped early (patience) or finished is frozen (``jnp.where`` keeps its parameters);
@@ -15,7 +19,8 @@ saves) are stepped alone, the others frozen, until every member is at the same p
 So a killed population relaunched with the same call ends where an uninterrupted one ends.
 
 Not supported: data parallelism over several devices (a population runs on the default device),
-packed rows (their shapes differ between members) and members with different model settings.
+packed rows (their shapes differ between members) and members whose model settings differ in
+anything but the run-time fields.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solid_jax.model_config import RUNTIME_FIELDS
 from solid_jax.train import checkpoint as checkpoint_lib
 from solid_jax.train import loop
 from solid_jax.train import optim as optim_lib
@@ -41,6 +47,8 @@ from solid_jax.train import writers
 
 # LoopSettings fields that may differ between the members of a population.
 MEMBER_FIELDS = ("seed", "lr")
+# ModelConfig fields that may differ between them (traced through ``apply(..., hyper=...)``).
+MEMBER_MODEL_FIELDS = RUNTIME_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +71,18 @@ def make_population_step(model, tx, *, transform=None, grouped: bool = False, sc
     scale_lr: multiply every member's updates by its own learning rate.
 
   Returns:
-    ``step(params, opt_state, batch, step, key, lr, active) -> (params, opt_state, scalars)``,
-    every argument stacked on a leading member axis [N]: ``step`` int32[N] global steps,
-    ``key`` the members' root keys (their ``"dropout"`` streams), ``lr`` float32[N], ``active``
+    ``step(params, opt_state, batch, step, key, lr, hyper, active) -> (params, opt_state,
+    scalars)``, every argument stacked on a leading member axis [N]: ``step`` int32[N] global
+    steps, ``key`` the members' root keys (their ``"dropout"`` streams), ``lr`` float32[N],
+    ``hyper`` None or ``{field: float32[N]}`` (the members' run-time model fields), ``active``
     bool[N] (inactive members keep their parameters and optimizer state). ``scalars`` are those
     of `step.make_train_step`, float32[N] each. ``params`` and ``opt_state`` are donated.
   """
   pure = step_lib.train_step_fn(model, tx, transform=transform, grouped=grouped)
 
-  def member(params, opt_state, batch, step, key, lr, active):
+  def member(params, opt_state, batch, step, key, lr, hyper, active):
     new_params, new_opt_state, scalars = pure(
-      params, opt_state, batch, step, key, lr if scale_lr else None
+      params, opt_state, batch, step, key, lr if scale_lr else None, hyper
     )
     keep = functools.partial(jnp.where, active)
     return (
@@ -95,6 +104,22 @@ def member_of(tree: Any, index: int) -> Any:
   return jax.tree.map(lambda x: x[index], tree)
 
 
+def _fixed_part(config):
+  """A model config with its run-time fields blanked (what members must share)."""
+  return dataclasses.replace(config, **{f: 1.0 for f in MEMBER_MODEL_FIELDS})
+
+
+def hyper_of(members: Sequence[Member]) -> dict[str, jax.Array] | None:
+  """``{field: float32[N]}`` of the run-time model fields in which the members differ (None
+  when they share them all: the step then runs with the configs' own values)."""
+  out = {}
+  for name in MEMBER_MODEL_FIELDS:
+    values = [getattr(m.spec.model.config, name) for m in members]
+    if len(set(values)) > 1:
+      out[name] = jnp.asarray(values, jnp.float32)
+  return out or None
+
+
 def _check_members(members: Sequence[Member]) -> None:
   if not members:
     raise ValueError("a population needs at least one member")
@@ -104,11 +129,11 @@ def _check_members(members: Sequence[Member]) -> None:
       raise ValueError(
         f"population members train different stages: {m.spec.name} vs {first.spec.name}"
       )
-    if m.spec.model.config != first.spec.model.config:
+    if _fixed_part(m.spec.model.config) != _fixed_part(first.spec.model.config):
       raise ValueError(
         f"{m.spec.name}: population members differ in their model settings "
         f"({m.spec.model.config} vs {first.spec.model.config}); only "
-        f"{', '.join(MEMBER_FIELDS)} may differ"
+        f"{', '.join(MEMBER_FIELDS + MEMBER_MODEL_FIELDS)} may differ"
       )
     if m.spec.transform is not first.spec.transform:
       raise ValueError(f"{m.spec.name}: population members rewrite their batches differently")
@@ -231,14 +256,15 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
   """Trains the members of a population as one vmapped step; resumes each from its checkpoints.
 
   Args:
-    members: the members (same stage, model and settings but for ``seed`` and ``lr``; each with
-      its own directory and data).
+    members: the members (same stage, model and settings but for ``seed``, ``lr`` and the
+      model's run-time fields; each with its own directory and data).
 
   Returns:
     ``[(result, params)]`` per member, as `loop.train_stage` returns them for that member alone.
 
   Raises:
-    ValueError: the members differ in more than seed and learning rate, share a directory, or
+    ValueError: the members differ in more than seed, learning rate and the run-time model
+      fields, share a directory, or
       their batches differ in shape (packed rows).
     loop.NonFiniteLossError: a member's loss became NaN/inf (the message names its directory).
     reliability.Preempted: SIGTERM/SIGINT: every member checkpointed at the next step boundary.
@@ -266,10 +292,14 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
     embedding_optimizer=settings0.embedding_optimizer,
     embedding_lr=settings0.embedding_lr,
   )
-  scorers = {}
+  # Compiled scorers are shared between members of one model config only (a member with its
+  # own clip_t is evaluated by its own model).
+  scorers: dict[Any, dict] = {}
   runners = []
   for i, m in enumerate(members):
-    evaluation = loop._Evaluation.build(m.spec, m.data, m.settings, None, scorers=scorers)  # pylint: disable=protected-access
+    evaluation = loop._Evaluation.build(  # pylint: disable=protected-access
+      m.spec, m.data, m.settings, None, scorers=scorers.setdefault(m.spec.model.config, {})
+    )
     runners.append(_Runner(i, m, evaluation, (inits[i], tx.init(inits[i]))))
   params = stack([r.params for r in runners])
   opt_state = stack([r.opt_state for r in runners])
@@ -277,6 +307,7 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
     r.params = r.opt_state = None  # the stacked copies are the live ones
   keys = jnp.stack([streams.key(m.settings.seed, m.spec.name, "dropout") for m in members])
   lr_arg = jnp.asarray(lrs, jnp.float32)
+  hyper = hyper_of(members)
   step_fns: dict[bool, Any] = {}
   watch = reliability.PreemptionWatch(sync_every=settings0.check_every_steps)
   fetch: list[tuple[dict[str, jax.Array], list[int]]] = []
@@ -332,7 +363,7 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
       mask[[r.index for r in active]] = True
       steps = np.asarray([r.state.global_step for r in runners], np.int32)
       params, opt_state, scalars = step_fns[grouped](
-        params, opt_state, stacked, steps, keys, lr_arg, mask
+        params, opt_state, stacked, steps, keys, lr_arg, hyper, mask
       )
       fetch.append((scalars, [r.index for r in active]))
       iteration += 1

@@ -9,6 +9,7 @@ import numpy as np
 from typing import Any, Mapping
 
 
+from solid_jax.model_config import RUNTIME_FIELDS
 from solid_jax.train.train_config import TrainConfig
 
 
@@ -81,21 +82,25 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def population_table(members: list[tuple[TrainConfig, str]], results: list[dict[str, Any]]) -> str:
-  """One line per member (seed, lr, test metrics), then the mean +- std over the members."""
+  """One line per member (seed, lr, the run-time fields the members vary in, test metrics), then
+  the mean +- std over the seeds of every hyperparameter combination."""
   keys = [("test_full", "ndcg@10"), ("test_full", "hr@10"), ("test", "ndcg@10"), ("test", "uauc")]
   keys = [k for k in keys if all(k[0] in r for r in results)]
-  head = ["seed", "lr"] + [f"{split}/{m}" for split, m in keys]
+  fields = ["lr"] + [f for f in RUNTIME_FIELDS if len({getattr(c, f) for c, _ in members}) > 1]
+  head = ["seed"] + fields + [f"{split}/{m}" for split, m in keys]
+  combo = lambda c: tuple(f"{getattr(c, f):g}" for f in fields)
   rows = [
-    [str(c.seed), f"{c.lr:g}"] + [f"{r[split][m]:.4f}" for split, m in keys]
+    [str(c.seed), *combo(c)] + [f"{r[split][m]:.4f}" for split, m in keys]
     for (c, _), r in zip(members, results)
   ]
-  values = np.asarray([[r[split][m] for split, m in keys] for r in results], float)
-  rows.append(
-    ["mean", "+-std"]
-    + [
-      f"{mu:.4f}+-{sd:.4f}"
-      for mu, sd in zip(values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])
-    ]
-  )
+  groups: dict[tuple[str, ...], list[list[float]]] = {}
+  for (c, _), r in zip(members, results):
+    groups.setdefault(combo(c), []).append([r[split][m] for split, m in keys])
+  for values, group in groups.items():
+    group = np.asarray(group, float)
+    spread = group.std(0, ddof=1) if len(group) > 1 else 0 * group[0]
+    rows.append(
+      ["mean", *values] + [f"{mu:.4f}+-{sd:.4f}" for mu, sd in zip(group.mean(0), spread)]
+    )
   widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
   return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in [head] + rows)

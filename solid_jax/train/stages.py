@@ -156,7 +156,8 @@ def run_experiment(
 
 
 def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict[str, Any]]:
-  """Runs several experiments that differ only by seed (and learning rate) as one population.
+  """Runs several experiments that differ only by seed (and learning rate, lambda, t) as one
+  population.
 
   Every member is an ordinary run in its own workdir (the same files, resumable, and readable
   by `run_experiment` alone); each stage trains all members that need it in one vmapped step
@@ -165,15 +166,15 @@ def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict
   uninterrupted one.
 
   Args:
-    configs: one TrainConfig per member (equal but for ``seed`` and ``lr``).
+    configs: one TrainConfig per member (equal but for ``seed`` and `POPULATION_FIELDS`).
     workdirs: one directory per member.
 
   Returns:
     The results dict of every member (`run_experiment`), in order.
 
   Raises:
-    ValueError: the configurations differ in more than seed and learning rate, or two members
-      share a workdir. Otherwise as `run_experiment`.
+    ValueError: the configurations differ in more than seed and `POPULATION_FIELDS`, or two
+      members share a workdir. Otherwise as `run_experiment`.
   """
   if len(configs) != len(workdirs):
     raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
@@ -182,10 +183,13 @@ def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict
   base = configs[0].to_dict()
   for c in configs[1:]:
     diff = sorted(
-      k for k, v in c.to_dict().items() if v != base[k] and k not in population.MEMBER_FIELDS
+      k for k, v in c.to_dict().items() if v != base[k] and k not in ("seed",) + POPULATION_FIELDS
     )
     if diff:
-      raise ValueError(f"population members may differ in seed and lr only, not in {diff}")
+      raise ValueError(
+        f"population members may differ in seed and {', '.join(POPULATION_FIELDS)} only, "
+        f"not in {diff}"
+      )
   with contextlib.ExitStack() as claims:
     dirs = [claims.enter_context(_claimed(w)) for w in workdirs]
     experiments = [_experiment(c, w) for c, w in zip(configs, dirs)]
@@ -214,8 +218,11 @@ def run_population(configs: list[TrainConfig], workdirs: list[str]) -> list[dict
 
 
 POPULATION_FILE = "population.json"
-# TrainConfig fields a population spec (``--population``) may vary besides the seed.
-POPULATION_FIELDS = tuple(f for f in population.MEMBER_FIELDS if f != "seed")
+# TrainConfig fields a population spec (``--population``) may vary besides the seed: the
+# learning rate and the model's run-time fields (lambda ``consistency_weight``, t ``clip_t``).
+POPULATION_FIELDS = tuple(f for f in population.MEMBER_FIELDS if f != "seed") + (
+  population.MEMBER_MODEL_FIELDS
+)
 
 
 def parse_population(spec: str | None) -> dict[str, list[float]]:
@@ -243,7 +250,7 @@ def population_members(
   config: TrainConfig, workdir: str, seeds: list[str] | None, spec: str | None
 ) -> list[tuple[TrainConfig, str]]:
   """(config, workdir) of every member: each seed (default ``config.seed``) times every
-  combination of the ``--population`` values, in ``workdir/seed_<s>[-lr_<v>]``."""
+  combination of the ``--population`` values, in ``workdir/seed_<s>[-<name>_<v>]...``."""
   seed_list = [int(s) for s in seeds] if seeds else [config.seed]
   if len(set(seed_list)) != len(seed_list):
     raise ValueError(f"--seeds lists a seed twice: {seeds}")
@@ -265,13 +272,14 @@ def population_members(
 def write_population(
   workdir: str, members: list[tuple[TrainConfig, str]], results: list[dict[str, Any]]
 ) -> str:
-  """Writes ``workdir/population.json``: one entry per member (seed, lr, its workdir, metrics)."""
+  """Writes ``workdir/population.json``: one entry per member (seed, the `POPULATION_FIELDS`,
+  its workdir, metrics)."""
   entries = []
   for (config, member_dir), result in zip(members, results):
     entries.append(
       {
         "seed": config.seed,
-        "lr": config.lr,
+        **{name: getattr(config, name) for name in POPULATION_FIELDS},
         "workdir": os.path.relpath(member_dir, workdir),
         **{k: result[k] for k in ("valid", "test", "valid_full", "test_full") if k in result},
         "selected_epoch": result["selected_epoch"],

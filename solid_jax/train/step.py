@@ -119,18 +119,22 @@ def train_step_fn(
   """The pure (not compiled) training step that `make_train_step` compiles.
 
   Returns:
-    ``step_fn(params, opt_state, batch, step, key, lr=None) -> (params, opt_state, scalars)``:
-    as `make_train_step`'s, with the root key ``key`` (the per-step key is
-    ``fold_in(key, step)``) and, when ``lr`` (a float32 scalar) is given, the optimizer's updates
-    multiplied by it (``tx`` then built with learning rate 1). Written for one model; the
-    population step (`solid_jax.train.population`) vmaps it over stacked members.
+    ``step_fn(params, opt_state, batch, step, key, lr=None, hyper=None) -> (params, opt_state,
+    scalars)``: as `make_train_step`'s, with the root key ``key`` (the per-step key is
+    ``fold_in(key, step)``), when ``lr`` (a float32 scalar) is given, the optimizer's updates
+    multiplied by it (``tx`` then built with learning rate 1), and ``hyper`` (a dict of float32
+    scalars) passed to ``model.apply`` as its run-time overrides (``clip_t``,
+    ``consistency_weight``). Written for one model; the population step
+    (`solid_jax.train.population`) vmaps it over stacked members.
   """
   if isinstance(tx, optim_lib.RowWiseOptimizer):
     return _rowwise_step_fn(model, tx, transform=transform, grouped=grouped)
   loss_fn = _loss_fn(model, transform, grouped)
 
-  def step_fn(params, opt_state, batch, step, key, lr=None):
-    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step, key)
+  def step_fn(params, opt_state, batch, step, key, lr=None, hyper=None):
+    (loss, (bce, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, batch, step, key, hyper
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     if lr is not None:
       updates = jax.tree.map(lambda u: u * jnp.asarray(lr, u.dtype), updates)
@@ -166,7 +170,7 @@ def _rowwise_step_fn(model, tx, *, transform, grouped):
   path = tx.table_path
   row_models: dict[int, Any] = {}
 
-  def step_fn(params, opt_state, batch, step, key, lr=None):
+  def step_fn(params, opt_state, batch, step, key, lr=None, hyper=None):
     view = transform(batch) if transform is not None else batch
     ids = jnp.concatenate(
       [jnp.zeros((1,), jnp.int32)]
@@ -188,7 +192,7 @@ def _rowwise_step_fn(model, tx, *, transform, grouped):
     loss_fn = _loss_fn(row_models[k], None, grouped)
 
     def loss_rows(rest, rows):
-      return loss_fn(optim_lib.merge_path(rest, path, rows), remapped, step, key)
+      return loss_fn(optim_lib.merge_path(rest, path, rows), remapped, step, key, hyper)
 
     rows = table.at[uniq].get(mode="fill", fill_value=0)
     (loss, (bce, aux)), (g_rest, g_rows) = jax.value_and_grad(
@@ -206,12 +210,15 @@ def _rowwise_step_fn(model, tx, *, transform, grouped):
 
 
 def _loss_fn(model, transform, grouped):
-  """``loss_fn(params, batch, step, key) -> (loss, (bce, aux))`` of one training batch."""
+  """``loss_fn(params, batch, step, key, hyper=None) -> (loss, (bce, aux))`` of one training
+  batch (``hyper``: the model's run-time overrides, passed to ``apply`` when given)."""
   takes_key = _accepts(model.apply, "key")
   takes_train = _accepts(model.apply, "train")
 
-  def loss_fn(params, batch, step, key):
+  def loss_fn(params, batch, step, key, hyper=None):
     kwargs = {}
+    if hyper:
+      kwargs["hyper"] = hyper
     if takes_train:
       kwargs["train"] = True
     if takes_key:

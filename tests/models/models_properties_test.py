@@ -208,3 +208,35 @@ def test_unrolled_default_equals_rolled_scan():
   want, want_aux = b.apply(b.params, batch)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(aux["aux_loss"], want_aux["aux_loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backbone,head,generator,mode", CASES[:2])
+def test_hyper_overrides_equal_a_model_built_with_those_values(backbone, head, generator, mode):
+  """``apply(..., hyper=...)``: a traced t and lambda give the outputs of a model whose config
+  holds them, each member of a vmap its own; unknown fields are refused."""
+  b = built(config(backbone, head, generator, mode))
+  batch = make_batch(21)
+  values = {"clip_t": 0.3, "consistency_weight": 2.0}
+  other = built(config(backbone, head, generator, mode, **values))
+  want, want_aux = other.apply(b.params, batch)
+  got, got_aux = jax.jit(b.model.apply)(b.params, batch, hyper=values)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got_aux["aux_loss"], want_aux["aux_loss"], rtol=1e-6)
+  default, _ = b.apply(b.params, batch)
+  assert np.max(np.abs(np.asarray(got) - np.asarray(default))) > 1e-4  # t changes the outputs
+  # Several values in one vmapped call, each equal to its own model.
+  ts = jnp.asarray([0.01, 0.3], jnp.float32)
+  stacked, aux = jax.jit(jax.vmap(lambda t: b.model.apply(b.params, batch, hyper={"clip_t": t})))(
+    ts
+  )
+  chex.assert_shape(stacked, (2, B))
+  np.testing.assert_allclose(stacked[0], default, rtol=1e-6, atol=1e-6)
+  single, _ = built(config(backbone, head, generator, mode, clip_t=0.3)).apply(b.params, batch)
+  np.testing.assert_allclose(stacked[1], single, rtol=1e-6, atol=1e-6)
+  # lambda is traced: d aux_loss / d lambda is the (unweighted) consistency loss.
+  grad = jax.grad(
+    lambda lam: b.model.apply(b.params, batch, hyper={"consistency_weight": lam})[1]["aux_loss"]
+  )(1.0)
+  np.testing.assert_allclose(grad, want_aux["consistency_loss"], rtol=1e-5)
+  with pytest.raises(ValueError, match="run-time fields"):
+    b.model.apply(b.params, batch, hyper={"dim": 8})

@@ -1,6 +1,6 @@
 """Populations: every member of a vmapped population equals its solo run (also after a kill and a
-resume with one member's checkpoints behind the others), learning rates per member, and the
-checks on what members may differ in."""
+resume with one member's checkpoints behind the others), learning rates, t and lambda per
+member, and the checks on what members may differ in."""
 
 import dataclasses
 import json
@@ -42,8 +42,12 @@ def toy(toy_dataset):
   return ds, model
 
 
-def _member(toy, directory, seed, *, lr=3e-3, batches=sj.data.batches, epochs=2, **settings):
+def _member(
+  toy, directory, seed, *, lr=3e-3, batches=sj.data.batches, epochs=2, model_fields=None, **settings
+):
   ds, model = toy
+  if model_fields:  # a member with its own run-time model fields (t, lambda)
+    model = sj.make_model(dataclasses.replace(model.config, **model_fields))
   # Every member has its own splits (negatives), data order and keys: all follow its seed.
   splits = sj.data.make_splits(ds, seq_len=10, train_negatives=2, eval_negatives=9, seed=seed)
   data = loop.StageData(
@@ -162,23 +166,60 @@ def test_members_with_their_own_learning_rates(toy, tmp_path):
     _assert_same_run(got, expected)
 
 
-def test_members_may_differ_in_seed_and_lr_only(toy, tmp_path):
+HYPER = ({"clip_t": 0.01, "consistency_weight": 0.1}, {"clip_t": 0.1, "consistency_weight": 1.0})
+
+
+def test_members_with_their_own_t_and_lambda_equal_their_solo_runs_after_a_kill(toy, tmp_path):
+  """Members that differ in t and lambda (traced through the vmapped step) each equal the solo
+  run of a model built with their values, also when the population is killed and resumed."""
+  want = []
+  for i, fields in enumerate(HYPER):
+    m = _member(toy, tmp_path / f"solo_{i}", 0, model_fields=fields)
+    want.append(loop.train_stage(m.spec, m.data, m.settings))
+  assert want[0][0]["history"][0]["train_loss"] != want[1][0]["history"][0]["train_loss"]
+  crash = _crashing_batches(epoch=1, after=4)
+  members = [
+    _member(toy, tmp_path / f"pop_{i}", 0, model_fields=f, checkpoint_every_steps=3, batches=crash)
+    for i, f in enumerate(HYPER)
+  ]
+  assert set(population.hyper_of(members)) == {"clip_t", "consistency_weight"}
+  with pytest.raises(Crash):
+    population.train_population(members)
+  members = [
+    dataclasses.replace(m, data=dataclasses.replace(m.data, batches=sj.data.batches))
+    for m in members
+  ]
+  for (got, params), (expected, expected_params) in zip(population.train_population(members), want):
+    _assert_same_run(got, expected, params, expected_params)
+
+
+def test_members_may_differ_in_seed_lr_t_and_lambda_only(toy, tmp_path):
   a = _member(toy, tmp_path / "a", 0)
   with pytest.raises(ValueError, match="batch_size"):
     population.train_population([a, _member(toy, tmp_path / "b", 1, batch_size=8)])
+  with pytest.raises(ValueError, match="model settings"):
+    population.train_population([a, _member(toy, tmp_path / "b", 1, model_fields={"dim": 16})])
   with pytest.raises(ValueError, match="own"):
     population.train_population([a, _member(toy, tmp_path / "a", 1)])
 
 
-def test_run_population_equals_solo_runs_stage_by_stage(tiny_config, tmp_path):
+@pytest.mark.parametrize(
+  "seeds,spec,names",
+  [
+    (["0", "1"], None, ["seed_0", "seed_1"]),
+    (["1"], "clip_t=0.01,0.1", ["seed_1-clip_t_0.01", "seed_1-clip_t_0.1"]),
+  ],
+)
+def test_run_population_equals_solo_runs_stage_by_stage(tiny_config, tmp_path, seeds, spec, names):
   """SOLID's stages through the launcher's entry point: every member's results.json equals its
-  solo run_experiment (stage 1, the metacode it hands on, stage 2)."""
+  solo run_experiment (stage 1, the metacode it hands on, stage 2); members of several seeds, or
+  of several t."""
   config = dataclasses.replace(tiny_config, method="solid", epochs=2)
-  members = stages.population_members(config, str(tmp_path / "pop"), ["0", "1"], None)
-  assert [os.path.basename(w) for _, w in members] == ["seed_0", "seed_1"]
+  members = stages.population_members(config, str(tmp_path / "pop"), seeds, spec)
+  assert [os.path.basename(w) for _, w in members] == names
   results = stages.run_population(*zip(*members))
   for (member_config, member_dir), got in zip(members, results):
-    solo_dir = str(tmp_path / f"solo_{member_config.seed}")
+    solo_dir = str(tmp_path / f"solo_{os.path.basename(member_dir)}")
     want = stages.run_experiment(member_config, solo_dir)
     for name in ("stage1", "stage2"):
       _assert_same_run(_stage(member_dir, name), _stage(solo_dir, name))
@@ -187,9 +228,10 @@ def test_run_population_equals_solo_runs_stage_by_stage(tiny_config, tmp_path):
   path = stages.write_population(str(tmp_path / "pop"), members, results)
   with open(path) as f:
     entries = json.load(f)["members"]
-  assert [e["seed"] for e in entries] == [0, 1] and entries[1]["workdir"] == "seed_1"
+  assert [(e["seed"], e["clip_t"]) for e in entries] == [(c.seed, c.clip_t) for c, _ in members]
+  assert entries[1]["workdir"] == names[1]
   table = stages.population_table(members, results)
-  assert "mean" in table and len(table.splitlines()) == 4
+  assert "mean" in table and len(table.splitlines()) == (4 if spec is None else 5)
 
 
 def _stage(workdir, stage):
@@ -206,10 +248,31 @@ def test_population_members_and_spec():
     (1, 1e-3, "/w/seed_1-lr_0.001"),
     (1, 3e-3, "/w/seed_1-lr_0.003"),
   ]
+  members = stages.population_members(
+    config, "/w", ["0"], "clip_t=0.01,0.1; consistency_weight=0.1,1"
+  )
+  assert [(c.clip_t, c.consistency_weight, w) for c, w in members] == [
+    (0.01, 0.1, "/w/seed_0-clip_t_0.01-consistency_weight_0.1"),
+    (0.01, 1.0, "/w/seed_0-clip_t_0.01-consistency_weight_1"),
+    (0.1, 0.1, "/w/seed_0-clip_t_0.1-consistency_weight_0.1"),
+    (0.1, 1.0, "/w/seed_0-clip_t_0.1-consistency_weight_1"),
+  ]
   assert [c.seed for c, _ in stages.population_members(config, "/w", None, None)] == [7]
   with pytest.raises(ValueError, match="NAME"):
     stages.parse_population("dim=8,16")
   with pytest.raises(ValueError, match="twice"):
     stages.population_members(config, "/w", ["1", "1"], None)
-  with pytest.raises(ValueError, match="seed and lr only"):
+  with pytest.raises(ValueError, match="seed and lr, clip_t, consistency_weight only"):
     stages.run_population([config, dataclasses.replace(config, dim=16)], ["/tmp/a", "/tmp/b"])
+
+
+def test_population_table_groups_the_seeds_of_every_combination():
+  config = sj.train.TrainConfig()
+  members = stages.population_members(config, "/w", ["0", "1"], "clip_t=0.01,0.1")
+  results = [{"test_full": {"ndcg@10": v, "hr@10": 2 * v}} for v in (0.1, 0.3, 0.2, 0.5)]
+  lines = stages.population_table(members, results).splitlines()
+  assert lines[0].split()[:3] == ["seed", "lr", "clip_t"]
+  # 4 members, then one mean row per t over its two seeds: (0.1, 0.2) and (0.3, 0.5).
+  assert len(lines) == 7
+  assert lines[5].split()[:4] == ["mean", "0.001", "0.01", "0.1500+-0.0707"]
+  assert lines[6].split()[:4] == ["mean", "0.001", "0.1", "0.4000+-0.1414"]
