@@ -71,16 +71,16 @@ def make_population_step(model, tx, *, transform=None, grouped: bool = False, sc
     scale_lr: multiply every member's updates by its own learning rate.
 
   Returns:
-    ``step(params, opt_state, batch, step, key, lr, hyper, active) -> (params, opt_state,
+    ``step(params, opt_state, batch, step, key, lr, active, hyper=None) -> (params, opt_state,
     scalars)``, every argument stacked on a leading member axis [N]: ``step`` int32[N] global
     steps, ``key`` the members' root keys (their ``"dropout"`` streams), ``lr`` float32[N],
-    ``hyper`` None or ``{field: float32[N]}`` (the members' run-time model fields), ``active``
-    bool[N] (inactive members keep their parameters and optimizer state). ``scalars`` are those
+    ``active`` bool[N] (inactive members keep their parameters and optimizer state), ``hyper``
+    None or ``{field: float32[N]}`` (the members' run-time model fields). ``scalars`` are those
     of `step.make_train_step`, float32[N] each. ``params`` and ``opt_state`` are donated.
   """
   pure = step_lib.train_step_fn(model, tx, transform=transform, grouped=grouped)
 
-  def member(params, opt_state, batch, step, key, lr, hyper, active):
+  def member(params, opt_state, batch, step, key, lr, active, hyper=None):
     new_params, new_opt_state, scalars = pure(
       params, opt_state, batch, step, key, lr if scale_lr else None, hyper
     )
@@ -363,7 +363,7 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
       mask[[r.index for r in active]] = True
       steps = np.asarray([r.state.global_step for r in runners], np.int32)
       params, opt_state, scalars = step_fns[grouped](
-        params, opt_state, stacked, steps, keys, lr_arg, hyper, mask
+        params, opt_state, stacked, steps, keys, lr_arg, mask, hyper
       )
       fetch.append((scalars, [r.index for r in active]))
       iteration += 1
