@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import jax
@@ -252,6 +252,42 @@ class _Runner:
       self.writer.close()
 
 
+def stack_batches(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """The members' batches of one step stacked on a new leading axis: ``[M, ...]``.
+
+  Packed batches (``sj.data.pack_rows``: they carry ``segment``) hold as many rows as packing the
+  member's users needed, which differs between members that draw different users; the shorter
+  ones get all-empty rows appended (segment 0, weight 0: the rows ``pack_rows`` itself appends
+  when it rounds the row count up), which changes neither the loss nor the other rows' dropout
+  masks. Any other difference in shape is an error.
+
+  Raises:
+    ValueError: the batches have different keys, or differ in shape other than in the rows of
+      packed batches.
+  """
+  keys = set(batches[0])
+  if any(set(b) != keys for b in batches):
+    raise ValueError(f"population members' batches differ in keys: {[sorted(b) for b in batches]}")
+  if "segment" in keys:
+    rows = max(np.shape(b["segment"])[0] for b in batches)
+    batches = [
+      {k: _pad_rows(np.asarray(v), rows) for k, v in b.items()} if len(b["segment"]) < rows else b
+      for b in batches
+    ]
+  out = {}
+  for k in batches[0]:
+    shapes = {np.shape(b[k]) for b in batches}
+    if len(shapes) > 1:
+      raise ValueError(f"population members' batches differ in the shape of {k!r}: {shapes}")
+    out[k] = np.stack([b[k] for b in batches])
+  return out
+
+
+def _pad_rows(value: np.ndarray, rows: int) -> np.ndarray:
+  pad = [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
+  return np.pad(value, pad)
+
+
 def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], Any]]:
   """Trains the members of a population as one vmapped step; resumes each from its checkpoints.
 
@@ -352,9 +388,7 @@ def train_population(members: Sequence[Member]) -> list[tuple[dict[str, Any], An
         raise ValueError(f"{first.spec.name}: population members batch differently: {plans}")
       grouped = active[0].plan.group > 1
       filler = batches[active[0].index]
-      stacked = {
-        k: np.stack([batches.get(i, filler)[k] for i in range(len(runners))]) for k in filler
-      }
+      stacked = stack_batches([batches.get(i, filler) for i in range(len(runners))])
       if grouped not in step_fns:
         step_fns[grouped] = make_population_step(
           model, tx, transform=first.spec.transform, grouped=grouped, scale_lr=scale_lr

@@ -3,6 +3,7 @@ resume with one member's checkpoints behind the others), learning rates, t and l
 member, and the checks on what members may differ in."""
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -276,3 +277,54 @@ def test_population_table_groups_the_seeds_of_every_combination():
   assert len(lines) == 7
   assert lines[5].split()[:4] == ["mean", "0.001", "0.01", "0.1500+-0.0707"]
   assert lines[6].split()[:4] == ["mean", "0.001", "0.1", "0.4000+-0.1414"]
+
+
+def test_stack_batches_pads_packed_rows_and_rejects_other_differences():
+  a = sj.data.pack_rows({"items": np.array([[1, 2, 3, 0], [4, 0, 0, 0]])}, row_multiple=1)
+  b = sj.data.pack_rows({"items": np.array([[1, 2, 3, 0], [4, 5, 6, 0]])}, row_multiple=1)
+  assert a["segment"].shape == (1, 4) and b["segment"].shape == (2, 4)
+  stacked = population.stack_batches([a, b])
+  assert stacked["items"].shape == (2, 2, 4)
+  np.testing.assert_array_equal(stacked["items"][0], [[1, 2, 3, 4], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(stacked["weight"][0, 1], 0)
+  np.testing.assert_array_equal(stacked["segment"][0, 1], 0)
+  with pytest.raises(ValueError, match="shape of 'items'"):
+    population.stack_batches([{"items": np.zeros((2, 4))}, {"items": np.zeros((3, 4))}])
+  with pytest.raises(ValueError, match="keys"):
+    population.stack_batches([{"items": np.zeros(2)}, {"label": np.zeros(2)}])
+
+
+def test_packed_members_of_different_row_counts_equal_their_solo_runs(
+  tiny_config, tmp_path, monkeypatch
+):
+  """Packed batches hold as many rows as their users need, so members that draw different users
+  step on batches of different row counts (one row multiple: every count occurs); each member
+  still equals its solo run."""
+  monkeypatch.setattr(
+    sj.data, "packed_batches", functools.partial(sj.data.packed_batches, row_multiple=1)
+  )
+  config = dataclasses.replace(
+    tiny_config,
+    backbone="sasrec",
+    method="static",
+    objective="positions",
+    pack_sequences=True,
+    causal=True,
+    dropout_hidden=0.2,
+    batch_size=8,
+    epochs=2,
+  )
+  shapes = []
+  stack = population.stack_batches
+  monkeypatch.setattr(
+    population,
+    "stack_batches",
+    lambda batches: shapes.append({len(b["segment"]) for b in batches}) or stack(batches),
+  )
+  members = stages.population_members(config, str(tmp_path / "pop"), ["0", "1"], None)
+  stages.run_population(*zip(*members))
+  assert any(len(s) > 1 for s in shapes), shapes  # the members' row counts did differ
+  for member_config, member_dir in members:
+    solo_dir = str(tmp_path / f"solo_{os.path.basename(member_dir)}")
+    stages.run_experiment(member_config, solo_dir)
+    _assert_same_run(_stage(member_dir, "main"), _stage(solo_dir, "main"))
