@@ -26,11 +26,14 @@ from solid_jax.train.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_list("backbones", ["sasrec", "gru4rec", "din", "bert4rec"], "backbones to measure")
-flags.DEFINE_list("scales", ["1", "0.1", "0.01"], "DUET generator init scales")
-flags.DEFINE_integer("num_items", 5000, "item vocabulary (incl. padding)")
-flags.DEFINE_integer("batch", 512, "histories scored")
-flags.DEFINE_integer("seed", 0, "PRNG seed of the parameters and the batch")
+
+def define_flags() -> None:
+  """Defined only when run as a script: other experiments define flags of the same names."""
+  flags.DEFINE_list("backbones", ["sasrec", "gru4rec", "din", "bert4rec"], "backbones to measure")
+  flags.DEFINE_list("scales", ["1", "0.1", "0.01"], "DUET generator init scales")
+  flags.DEFINE_integer("num_items", 5000, "item vocabulary (incl. padding)")
+  flags.DEFINE_integer("batch", 512, "histories scored")
+  flags.DEFINE_integer("seed", 0, "PRNG seed of the parameters and the batch")
 
 
 def random_batch(key: jax.Array, batch: int, seq_len: int, num_items: int, num_semantics: int):
@@ -76,4 +79,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
