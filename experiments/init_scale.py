@@ -22,9 +22,11 @@ from absl import app
 from absl import flags
 
 from solid_jax import make_model
+from solid_jax.train.step import weighted_bce
 from solid_jax.train.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
+NUM_SEMANTICS = 25  # semantic vocabulary incl. padding; the scale does not depend on it
 
 
 def define_flags() -> None:
@@ -50,15 +52,15 @@ def random_batch(key: jax.Array, batch: int, seq_len: int, num_items: int, num_s
 def measure(backbone: str, method: str, scale: float, *, num_items: int, batch: int, seed: int):
   """One model's scale at init (see the module docstring)."""
   config = TrainConfig(backbone=backbone, method=method, generator_init_scale=scale)
-  cfg = config.model_config("main", num_items=num_items, num_semantics=25)
+  cfg = config.model_config("main", num_items=num_items, num_semantics=NUM_SEMANTICS)
   model = make_model(cfg)
   k_params, k_batch = jax.random.split(jax.random.key(seed))
   params = model.init(k_params)
-  b = random_batch(k_batch, batch, cfg.seq_len, num_items, 25)
+  b = random_batch(k_batch, batch, cfg.seq_len, num_items, NUM_SEMANTICS)
   logits, _ = model.apply(params, b)
   generated = model.generate(params, b)
   labels = (jnp.arange(batch) < batch // 2).astype(jnp.float32)
-  bce = jnp.mean(jnp.logaddexp(0.0, logits) - labels * logits)
+  bce = weighted_bce(logits, labels, jnp.ones_like(labels))  # the training loss
   return {
     "backbone": backbone,
     "method": method,
