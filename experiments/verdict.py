@@ -153,11 +153,12 @@ BRANCH_ROWS = {
   for branch, what in BRANCH_FIXES
 }
 # Whether the item branch alone fails because t caps it: with branches="item" every generated
-# weight is bound(w, t), |w| <= t; t = 1 lifts that cap and changes nothing else.
+# weight is bound(w, t), |w| <= t; the item row with t = 1 lifts that cap and changes nothing else.
+_item = BRANCH_ROWS["solid_item_init0.01"]
 BRANCH_ROWS["solid_item_init0.01_t1"] = Row(
-  "SOLID, item branch only, generator init x 0.01, t = 1",
-  "solid",
-  {"solid_branches": "item", "generator_init_scale": 0.01, "clip_t": 1.0},
+  f"{_item.label}, t = 1",
+  _item.method,
+  {**_item.overrides, "clip_t": 1.0},
   ("solid_item_init0.01", "static"),
 )
 ROWS.update(BRANCH_ROWS)
