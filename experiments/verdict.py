@@ -109,6 +109,10 @@ ABLATIONS = (
   ),
 )
 
+# Ablations also tested against the plain generator (DUET / APG): the item branch alone (is it
+# the generator alone?) and random semantic ids (do meaningless semantics still help?).
+AGAINST_GENERATOR = ("no_semantic", "sem_random")
+
 ROWS: dict[str, Row] = {
   "static": Row("static", "static"),
   "duet": Row("DUET", "duet", base=("static",)),
@@ -116,9 +120,17 @@ ROWS: dict[str, Row] = {
   "solid": Row("SOLID (DUET)", "solid", base=("duet", "static")),
   "solid_apg": Row("SOLID-APG", "solid_apg", base=("apg", "static")),
   **{
-    f"{key}{suffix}": Row(f"{label}, {what}", method, overrides, (method,))
+    f"{key}{suffix}": Row(
+      f"{label}, {what}",
+      method,
+      overrides,
+      (method, generator) if key in AGAINST_GENERATOR else (method,),
+    )
     for key, what, overrides in ABLATIONS
-    for suffix, label, method in (("", "SOLID", "solid"), ("_apg", "SOLID-APG", "solid_apg"))
+    for suffix, label, method, generator in (
+      ("", "SOLID", "solid", "duet"),
+      ("_apg", "SOLID-APG", "solid_apg", "apg"),
+    )
   },
 }
 

@@ -157,3 +157,11 @@ def test_a_rewritten_report_keeps_the_published_baselines_section(tmp_path):
   new = verdict.keep_published("# new report\n", str(doc))
   assert new == f"# new report\n\n{section}\n"
   assert verdict.keep_published("# new\n", str(tmp_path / "absent.md")) == "# new\n"
+
+
+def test_the_item_branch_alone_and_random_semantics_are_also_tested_against_the_generator():
+  assert verdict.ROWS["no_semantic"].base == ("solid", "duet")
+  assert verdict.ROWS["no_semantic_apg"].base == ("solid_apg", "apg")
+  assert verdict.ROWS["sem_random"].base == ("solid", "duet")
+  assert verdict.ROWS["sem_random_apg"].base == ("solid_apg", "apg")
+  assert verdict.ROWS["no_codebook"].base == ("solid",)
