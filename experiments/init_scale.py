@@ -5,7 +5,8 @@ r"""The scale of a dynamic head at initialisation: generated weights, logits and
 
 For each backbone it initialises the main-stage model of the static head and of DUET at each
 ``--generator_init_scale`` (TrainConfig's defaults otherwise: d = 32, L = 10), scores a batch of
-random histories (random lengths 1..L, random ids) against random targets, and prints one JSON line
+synthetic histories (`benchmarks.synthetic`: MovieLens-100K's history lengths, Zipf item
+popularity) against their positive and one uniform negative target each, and prints one JSON line
 per model: the standard deviation of the generated weights per layer, of the logits, and the
 binary cross-entropy of those logits with half the labels positive (chance: log 2 = 0.693).
 Untrained embeddings: this is the state training starts from, not a trained model.
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 
+from benchmarks import synthetic
 from solid_jax import make_model
 from solid_jax.train.step import weighted_bce
 from solid_jax.train.train_config import TrainConfig
@@ -38,29 +40,18 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "PRNG seed of the parameters and the batch")
 
 
-def random_batch(key: jax.Array, batch: int, seq_len: int, num_items: int, num_semantics: int):
-  """Right-padded random histories: int32[batch, seq_len] with lengths 1..seq_len."""
-  k_len, k_items, k_target = jax.random.split(key, 3)
-  lengths = jax.random.randint(k_len, (batch,), 1, seq_len + 1)
-  items = jax.random.randint(k_items, (batch, seq_len), 1, num_items)
-  items = jnp.where(jnp.arange(seq_len)[None] < lengths[:, None], items, 0)
-  target = jax.random.randint(k_target, (batch,), 1, num_items)
-  sem = lambda x: jnp.where(x > 0, 1 + x % (num_semantics - 1), 0)  # noqa: E731
-  return {"items": items, "semantics": sem(items), "target": target, "target_semantic": sem(target)}
-
-
 def measure(backbone: str, method: str, scale: float, *, num_items: int, batch: int, seed: int):
   """One model's scale at init (see the module docstring)."""
   config = TrainConfig(backbone=backbone, method=method, generator_init_scale=scale)
   cfg = config.model_config("main", num_items=num_items, num_semantics=NUM_SEMANTICS)
   model = make_model(cfg)
-  k_params, k_batch = jax.random.split(jax.random.key(seed))
-  params = model.init(k_params)
-  b = random_batch(k_batch, batch, cfg.seq_len, num_items, NUM_SEMANTICS)
+  params = model.init(jax.random.key(seed))
+  catalog = synthetic.make_catalog(num_items, NUM_SEMANTICS, cfg.seq_len, seed=seed)
+  # One negative per positive: half the labels are positive.
+  b = synthetic.make_batch(catalog, batch, seed, negatives=1)
   logits, _ = model.apply(params, b)
   generated = model.generate(params, b)
-  labels = (jnp.arange(batch) < batch // 2).astype(jnp.float32)
-  bce = weighted_bce(logits, labels, jnp.ones_like(labels))  # the training loss
+  bce = weighted_bce(logits, jnp.asarray(b["label"]), jnp.asarray(b["weight"]))  # the training loss
   return {
     "backbone": backbone,
     "method": method,
