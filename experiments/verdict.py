@@ -91,6 +91,7 @@ ABLATIONS = (
   ("no_codebook", "no codebook", {"codebook": "none"}),
   ("no_semantic", "item branch only", {"solid_branches": "item"}),
   ("no_item", "semantic branch only", {"solid_branches": "semantic"}),
+  ("no_semantic_t1", "item branch only, t = 1", {"solid_branches": "item", "clip_t": 1.0}),
   ("soft_clip", "soft clip", {"clip": "soft"}),
   ("t_0.001", "t = 0.001", {"clip_t": 0.001}),
   ("t_0.1", "t = 0.1", {"clip_t": 0.1}),
@@ -109,9 +110,15 @@ ABLATIONS = (
   ),
 )
 
-# Ablations also tested against the plain generator (DUET / APG): the item branch alone (is it
-# the generator alone?) and random semantic ids (do meaningless semantics still help?).
-AGAINST_GENERATOR = ("no_semantic", "sem_random")
+# Bases beyond SOLID with the same generator, "generator" standing for the plain generator (DUET /
+# APG): is the item branch alone the generator alone, and do meaningless semantic ids still help?
+# The item branch alone with t = 1 is also tested against the same branch at the published t:
+# whether the bound |w| <= t is what holds that branch below its generator.
+EXTRA_BASES = {
+  "no_semantic": ("generator",),
+  "no_semantic_t1": ("generator", "no_semantic"),
+  "sem_random": ("generator",),
+}
 
 ROWS: dict[str, Row] = {
   "static": Row("static", "static"),
@@ -124,7 +131,8 @@ ROWS: dict[str, Row] = {
       f"{label}, {what}",
       method,
       overrides,
-      (method, generator) if key in AGAINST_GENERATOR else (method,),
+      (method,)
+      + tuple(generator if b == "generator" else b + suffix for b in EXTRA_BASES.get(key, ())),
     )
     for key, what, overrides in ABLATIONS
     for suffix, label, method, generator in (

@@ -159,9 +159,12 @@ def test_a_rewritten_report_keeps_the_published_baselines_section(tmp_path):
   assert verdict.keep_published("# new\n", str(tmp_path / "absent.md")) == "# new\n"
 
 
-def test_the_item_branch_alone_and_random_semantics_are_also_tested_against_the_generator():
+def test_some_ablations_are_also_tested_against_the_generator_or_another_ablation():
   assert verdict.ROWS["no_semantic"].base == ("solid", "duet")
   assert verdict.ROWS["no_semantic_apg"].base == ("solid_apg", "apg")
   assert verdict.ROWS["sem_random"].base == ("solid", "duet")
   assert verdict.ROWS["sem_random_apg"].base == ("solid_apg", "apg")
   assert verdict.ROWS["no_codebook"].base == ("solid",)
+  assert verdict.ROWS["no_semantic_t1"].base == ("solid", "duet", "no_semantic")
+  assert verdict.ROWS["no_semantic_t1_apg"].base == ("solid_apg", "apg", "no_semantic_apg")
+  assert verdict.ROWS["no_semantic_t1"].overrides == {"solid_branches": "item", "clip_t": 1.0}
