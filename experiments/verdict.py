@@ -315,6 +315,16 @@ GROUPS: tuple[Group, ...] = (
     "beauty",
     ablation_rows(),
   ),
+  # GRU4Rec on Beauty is the tier iii cell where SOLID (DUET) beats DUET: do its semantic ids
+  # matter there (random ids of the same C and class sizes), and does its codebook?
+  Group(
+    "iv_gru4rec_beauty",
+    "iv",
+    "Ablations: Beauty, GRU4Rec, first-attribute semantics (SOLID (DUET) only)",
+    "beauty",
+    ("static", "duet", "solid", "no_codebook", "sem_random"),
+    backbone="gru4rec",
+  ),
 )
 
 
