@@ -225,8 +225,8 @@ class ModelConfig:
   @property
   def packable(self) -> bool:
     """Whether ``apply_positions`` takes packed rows (``solid_jax.data.pack_rows``): a
-    positionwise backbone with a head that allows it (the static head; the dynamic heads'
-    generators pool over the whole row, so they train unpacked)."""
+    positionwise backbone with a head that allows it (``Head.packable``: the static head, and
+    the DUET, APG and SOLID heads, whose generators' GRU states are reset at segment starts)."""
     return self.positionwise and _registries()[1][self.head].packable
 
   @property

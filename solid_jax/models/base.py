@@ -40,6 +40,15 @@ def lengths_of(items: Array) -> Array:
   return jnp.sum(items != 0, axis=-1).astype(jnp.int32)
 
 
+def segment_starts(segments: Array | None) -> Array | None:
+  """bool[B, L], True at the first slot of every segment of packed rows (where a GRU state is
+  reset: ``solid_jax.data.pack_rows`` lays each user's slots out contiguously); None for None."""
+  if segments is None:
+    return None
+  segments = jnp.asarray(segments)
+  return segments != jnp.pad(segments[:, :-1], ((0, 0), (1, 0)))
+
+
 def last_index(lengths: Array) -> Array:
   """The index ``max(n - 1, 0)`` where the user state is read: int[B] -> int32[B]."""
   return jnp.maximum(lengths - 1, 0).astype(jnp.int32)
@@ -231,8 +240,8 @@ class Head(nn.Module):
 
   # Whether ``generate`` reads the sequence (False: static weights, ``generate`` returns {}).
   dynamic: ClassVar[bool] = True
-  # Whether packed rows (several users per row) may be trained: only heads whose weights do not
-  # pool over the whole row.
+  # Whether packed rows (several users per row, ``batch["segment"]``) may be trained: the head's
+  # ``generate(..., all_positions=True)`` then keeps every user's prefixes to its own segment.
   packable: ClassVar[bool] = False
 
   @classmethod
@@ -284,7 +293,9 @@ class Head(nn.Module):
     Args:
       seq_emb: float[B, L, d], the backbone's sequence embeddings.
       batch: ``"items"`` int[B, L] (for the mask and n) and whatever else the head reads
-        (SOLID: ``"semantics"`` int[B, L]; an optional ``"weight"`` float[B]).
+        (SOLID: ``"semantics"`` int[B, L]; an optional ``"weight"`` float[B], or float[B, L]
+        per slot in packed rows); packed rows also carry ``"segment"``/``"slot"``/``"span"``
+        int[B, L] (``solid_jax.data.pack_rows``).
       all_positions: weights for every prefix (leading axis B * L, user-major).
       key: PRNG key of state updates (SOLID's EMA dead-code revival); None derives one.
       train: dropout on.

@@ -3,9 +3,7 @@ the last real item. The GRU is the hand-written one of ``solid_jax.nn.gru`` (cus
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
-from solid_jax.models.base import EmbeddingBackbone, lengths_of
+from solid_jax.models.base import EmbeddingBackbone, lengths_of, segment_starts
 from solid_jax.models.registry import BACKBONES
 from solid_jax.nn import gru
 
@@ -29,6 +27,6 @@ class GRU4Rec(EmbeddingBackbone):
     weights = self.gru(seq_emb.shape[-1])
     if all_positions:
       # In packed rows a user's segment starts where the previous one's slots end.
-      resets = None if segments is None else segments != jnp.pad(segments[:, :-1], ((0, 0), (1, 0)))
+      resets = segment_starts(segments)
       return gru.gru_all_states([weights], [seq_emb], unroll=self.scan_unroll, resets=resets)[0]
     return gru.gru_last_state(weights, seq_emb, lengths_of(items), unroll=self.scan_unroll)

@@ -70,7 +70,7 @@ class Recommender(nn.Module):
       if HEADS[self.cfg.head].reads_item_rows(self.cfg):
         seq_emb = self.backbone.lookup(items)
       else:
-        seq_emb = self.backbone.embed(items, train=train)
+        seq_emb = self.backbone.embed(items, layout=_layout(batch), train=train)
     return self.head.generate(seq_emb, batch, all_positions=all_positions, key=key, train=train)
 
   def head_input(
@@ -84,7 +84,7 @@ class Recommender(nn.Module):
     items = jnp.asarray(batch["items"])
     if self.cfg.cloze and not all_positions:  # the state is read at an appended [MASK]
       items = append_mask(items, self.cfg)
-    layout = {k: batch[k] for k in PACKING_KEYS} if "segment" in batch else None
+    layout = _layout(batch)
     with jax.named_scope("backbone"):
       seq_emb = self.backbone.embed(items, layout=layout, train=train)
       return self.backbone.encode(
@@ -126,9 +126,9 @@ class Recommender(nn.Module):
   ) -> tuple[Array, dict]:
     if "segment" in batch and not self.cfg.packable:
       raise ValueError(
-        f"packed rows need a positionwise backbone with a head whose weights do "
-        f"not pool over the row (the static head), not backbone="
-        f"{self.cfg.backbone!r} head={self.cfg.head!r}"
+        f"packed rows need a positionwise backbone with a head that keeps every user to its "
+        f"own segment (Head.packable), not backbone={self.cfg.backbone!r} "
+        f"head={self.cfg.head!r}"
       )
     weights, aux = self.generate(batch, train=train, key=key, all_positions=True)
     users = self.user_vectors(weights, batch, train=train, all_positions=True)  # [B, L, d]
@@ -141,6 +141,11 @@ class Recommender(nn.Module):
 
   def items(self, ids: Array) -> Array:
     return self.backbone.tower(jnp.asarray(ids))
+
+
+def _layout(batch: Batch) -> dict[str, Any] | None:
+  """The ``segment``/``slot``/``span`` of packed rows, None for unpacked ones."""
+  return {k: batch[k] for k in PACKING_KEYS} if "segment" in batch else None
 
 
 def example_batch(cfg: ModelConfig) -> dict[str, Any]:

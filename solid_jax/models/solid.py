@@ -18,6 +18,8 @@ APG generators, ``shared``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,7 +69,9 @@ class SolidHead(Head):
   """SOLID (``cfg.generator``: "duet" or "apg" for both branches; ``cfg.codebook``: the mode).
 
   ``generate(seq_emb, batch)`` reads ``batch["items"]``, ``batch["semantics"]`` int[B, L] and an
-  optional ``batch["weight"]`` float[B] (row weights of the losses). ``aux`` holds
+  optional ``batch["weight"]`` float[B] (row weights of the losses; float[B, L] per slot in packed
+  rows, where ``batch["slot"]`` gives the semantic branch its positions and every GRU state is
+  reset at a segment start). ``aux`` holds
   ``"aux_loss"``, the unweighted ``"consistency_loss"``, ``"codebook_loss"``,
   ``"commitment_loss"``, ``"codebook/counts"`` float32[C] (this batch's selections),
   ``"codebook/perplexity"``, ``"codebook/usage"`` (none of the three with ``codebook="none"``)
@@ -75,6 +79,10 @@ class SolidHead(Head):
   ``update_state``). The options of the ablations (``clip``, ``quantize_space``,
   ``solid_branches``, ``codebook="none"``) are described in `solid_jax.ModelConfig`.
   """
+
+  # Every loss and codebook statistic is a weighted sum over real positions, and every prefix's
+  # weights come from GRU states reset at segment starts: packed rows train as unpacked ones.
+  packable: ClassVar[bool] = True
 
   @classmethod
   def validate(cls, cfg):
@@ -125,7 +133,8 @@ class SolidHead(Head):
     items = jnp.asarray(batch["items"])
     mask = (items != 0).astype(jnp.float32)
     if "weight" in batch:
-      mask = mask * jnp.asarray(batch["weight"], jnp.float32)[:, None]
+      weight = jnp.asarray(batch["weight"], jnp.float32)
+      mask = mask * (weight if weight.ndim == 2 else weight[:, None])
     with jax.named_scope("codebook"):
       if cfg.codebook == "none":
         quant, info = seq_emb, unquantised(seq_emb)
@@ -136,7 +145,8 @@ class SolidHead(Head):
     with jax.named_scope("semantic_embedding"):
       semantics = jnp.asarray(batch["semantics"])
       sem = self.semantic_embedding(semantics)
-      sem = sem + self.semantic_position_embedding(jnp.arange(semantics.shape[-1]))
+      slots = batch["slot"] if "segment" in batch else jnp.arange(semantics.shape[-1])
+      sem = sem + self.semantic_position_embedding(jnp.asarray(slots, jnp.int32))
       sem = jnp.tanh(self.semantic_seq_trans(sem))
     w_item, w_sem = generate_weights(
       [self.item_generator, self.semantic_generator],
@@ -144,6 +154,7 @@ class SolidHead(Head):
       lengths_of(items),
       unroll=self.scan_unroll,
       all_positions=all_positions,
+      segments=batch.get("segment"),
     )
     with jax.named_scope("combine"):
       weights = combine(w_item, w_sem, self.runtime("clip_t"), cfg.clip, cfg.solid_branches)

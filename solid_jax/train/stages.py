@@ -395,7 +395,7 @@ def _experiment(config: TrainConfig, workdir: str):
     model = sj.make_model(model_cfg)
     data = dataclasses.replace(data, train_rows=functools.partial(data.train_rows, stage=name))
     if config.pack_sequences:
-      if model_cfg.packable and transform is None:
+      if model_cfg.packable:  # stage 1's semantic_view reads the packed semantics alike
         data = dataclasses.replace(data, batches=sj_data.packed_batches)
       else:
         logging.info(

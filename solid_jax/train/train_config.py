@@ -320,8 +320,8 @@ class TrainConfig:
     "with --objective=positions, lay the users of a batch end "
     "to end in rows of seq_len slots, attention kept within a user "
     "(the same users and loss; far fewer padding slots on short "
-    "histories). Stages whose model cannot take packed rows (GRU4Rec, "
-    "the dynamic heads) train unpacked",
+    "histories). Stages whose model cannot take packed rows (a backbone "
+    "that is not positionwise, e.g. DIN) train unpacked",
   )
   embedding_optimizer: str = _field(
     "adam",

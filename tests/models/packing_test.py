@@ -1,5 +1,7 @@
 """Packed position rows (``sj.data.pack_rows``): the layout, and that a packed batch trains as the
-unpacked one does (same logits at every real position, same loss, same gradients)."""
+unpacked one does (same logits at every real position, same loss, same gradients), for the static
+head and for the dynamic heads (DUET, APG, SOLID), whose generators' GRUs restart at every
+segment."""
 
 import jax
 import jax.numpy as jnp
@@ -102,43 +104,75 @@ def test_packed_batches_are_the_same_users_as_batches():
     assert sorted(a["items"][kept].tolist()) == sorted(b["items"][b["items"] != 0].tolist())
 
 
-def _loss(model, params, batch):
-  logits, _ = model.apply_positions(params, rows_lib.model_batch(batch, None, with_weight=True))
+def _loss(model, params, batch, transform=None):
+  """BCE over the real positions plus the head's auxiliary losses (SOLID's codebook terms)."""
+  logits, aux = model.apply_positions(
+    params, rows_lib.model_batch(batch, transform, with_weight=True)
+  )
   weights = jnp.broadcast_to(step_lib._position_weights(batch)[:, :, None], logits.shape)
-  return step_lib.weighted_bce(
-    logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1)
-  ), logits
+  bce = step_lib.weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
+  return bce + aux["aux_loss"], (logits, aux)
 
 
 GRU4REC = dict(embedding="layer_norm", target_tower="embedding")
+# (backbone, head, generator, codebook, options); dropout is 0, so both layouts see one function.
+PACKABLE = {
+  "sasrec_end": ("sasrec", "static", "duet", "straight_through", PUBLISHED),
+  "sasrec_start": (
+    "sasrec",
+    "static",
+    "duet",
+    "straight_through",
+    {**PUBLISHED, "position_alignment": "start"},
+  ),
+  "gru4rec": ("gru4rec", "static", "duet", "straight_through", GRU4REC),
+  "sasrec_duet": ("sasrec", "duet", "duet", "straight_through", PUBLISHED),
+  "sasrec_apg": ("sasrec", "apg", "apg", "straight_through", PUBLISHED),
+  "sasrec_solid": ("sasrec", "solid", "duet", "straight_through", PUBLISHED),
+  "sasrec_solid_apg_ema": ("sasrec", "solid", "apg", "ema", PUBLISHED),
+  "sasrec_solid_embedding_space": (
+    "sasrec",
+    "solid",
+    "duet",
+    "frozen",
+    {**PUBLISHED, "quantize_space": "embedding"},
+  ),
+  "gru4rec_solid": ("gru4rec", "solid", "duet", "straight_through", GRU4REC),
+}
 
 
-@pytest.mark.parametrize(
-  "backbone,options",
-  [
-    ("sasrec", PUBLISHED),
-    ("sasrec", {**PUBLISHED, "position_alignment": "start"}),
-    ("gru4rec", GRU4REC),
-  ],
-  ids=["sasrec_end", "sasrec_start", "gru4rec"],
-)
-def test_packed_batch_scores_and_trains_as_unpacked(backbone, options):
-  cfg = config(backbone, "static", "duet", **options, seq_len=SEQ_LEN)
+@pytest.mark.parametrize("name", list(PACKABLE))
+def test_packed_batch_scores_and_trains_as_unpacked(name):
+  backbone, head, generator, codebook, options = PACKABLE[name]
+  cfg = config(backbone, head, generator, codebook, **options, seq_len=SEQ_LEN)
   assert cfg.packable
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
   rows = _rows(3)
   packed = sj.data.pack_rows(rows)
-  (loss_a, logits_a), grad_a = jax.value_and_grad(lambda p: _loss(model, p, rows), has_aux=True)(
-    params
-  )
-  (loss_b, logits_b), grad_b = jax.value_and_grad(lambda p: _loss(model, p, packed), has_aux=True)(
-    params
-  )
+  (loss_a, (logits_a, aux_a)), grad_a = jax.value_and_grad(
+    lambda p: _loss(model, p, rows), has_aux=True
+  )(params)
+  (loss_b, (logits_b, aux_b)), grad_b = jax.value_and_grad(
+    lambda p: _loss(model, p, packed), has_aux=True
+  )(params)
   np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+  np.testing.assert_allclose(aux_b["aux_loss"], aux_a["aux_loss"], rtol=1e-5, atol=1e-7)
+  if head == "solid":  # the codebook sees the same real positions
+    assert float(aux_a["aux_loss"]) > 0
+    np.testing.assert_array_equal(aux_b["codebook/counts"], aux_a["codebook/counts"])
+  if codebook == "ema" and head == "solid":
+    jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      aux_b["codebook_state"],
+      aux_a["codebook_state"],
+    )
   chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)  # noqa: E731
   jax.tree_util.tree_map(chex_close, grad_b, grad_a)
   assert float(optax.global_norm(grad_a)) > 0
+  if head != "static":  # the generators learn from packed rows too
+    generators = {k: v for k, v in grad_b["head"].items() if "generator" in k}
+    assert generators and all(float(optax.global_norm(g)) > 0 for g in generators.values())
   # Every real position's logits are where pack_rows put it.
   for row, col in zip(*np.nonzero(packed["items"])):
     s = packed["segment"][row, col]
@@ -159,8 +193,10 @@ def test_packed_batch_scores_and_trains_as_unpacked(backbone, options):
     )
 
 
-def test_train_step_on_packed_rows_matches_unpacked():
-  cfg = config("sasrec", "static", "duet", **PUBLISHED, seq_len=SEQ_LEN)
+@pytest.mark.parametrize("name", ["sasrec_end", "sasrec_solid_apg_ema"])
+def test_train_step_on_packed_rows_matches_unpacked(name):
+  backbone, head, generator, codebook, options = PACKABLE[name]
+  cfg = config(backbone, head, generator, codebook, **options, seq_len=SEQ_LEN)
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
   tx = optim_lib.make_optimizer(model, params, 1e-2)
@@ -180,12 +216,23 @@ def test_train_step_on_packed_rows_matches_unpacked():
   )
 
 
-@pytest.mark.parametrize(
-  "backbone,head,options", [("sasrec", "duet", PUBLISHED), ("gru4rec", "solid", GRU4REC)]
-)
-def test_models_that_cannot_take_packed_rows_say_so(backbone, head, options):
-  cfg = config(backbone, head, "duet", **options, seq_len=SEQ_LEN)
-  assert not cfg.packable
+@pytest.fixture
+def unpackable_head():
+  """A plugin head that declines packed rows (a DUET whose ``packable`` is False)."""
+
+  @sj.models.HEADS.register("unpackable_duet_test", replace=True)
+  class UnpackableDuet(sj.models.HEADS["duet"]):
+    packable = False
+
+  yield "unpackable_duet_test"
+  sj.models.HEADS.unregister("unpackable_duet_test")
+
+
+def test_models_that_cannot_take_packed_rows_say_so(unpackable_head):
+  # A backbone that is not positionwise has no apply_positions at all.
+  assert not config("din", "solid", "duet", seq_len=SEQ_LEN).packable
+  cfg = config("sasrec", unpackable_head, "duet", **PUBLISHED, seq_len=SEQ_LEN)
+  assert cfg.positionwise and not cfg.packable
   model = sj.make_model(cfg)
   params = model.init(jax.random.key(0))
   packed = sj.data.pack_rows(_rows(5))

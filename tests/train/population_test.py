@@ -328,3 +328,38 @@ def test_packed_members_of_different_row_counts_equal_their_solo_runs(
     solo_dir = str(tmp_path / f"solo_{os.path.basename(member_dir)}")
     stages.run_experiment(member_config, solo_dir)
     _assert_same_run(_stage(member_dir, "main"), _stage(solo_dir, "main"))
+
+
+def test_packed_solid_population_trains_both_stages_packed_and_equals_solo_runs(
+  tiny_config, tmp_path, monkeypatch
+):
+  """SOLID's stage 1 (the semantic view of the rows) and stage 2 (the dynamic head) both train on
+  packed rows, and each member of a packed population still equals its solo run."""
+  calls = []
+  packed_batches = functools.partial(sj.data.packed_batches, row_multiple=1)
+  monkeypatch.setattr(
+    sj.data,
+    "packed_batches",
+    lambda rows, *a, **k: calls.append(rows["items"].shape) or packed_batches(rows, *a, **k),
+  )
+  config = dataclasses.replace(
+    tiny_config,
+    backbone="sasrec",
+    method="solid",
+    objective="positions",
+    pack_sequences=True,
+    causal=True,
+    batch_size=8,
+    epochs=1,
+  )
+  members = stages.population_members(config, str(tmp_path / "pop"), ["0", "1"], None)
+  stages.run_population(*zip(*members))
+  assert calls, "no stage drew packed batches"
+  for member_config, member_dir in members:
+    for stage in ("stage1", "stage2"):
+      assert np.isfinite(_stage(member_dir, stage)["history"][-1]["train_loss"])
+    solo_dir = str(tmp_path / f"solo_{os.path.basename(member_dir)}")
+    calls.clear()
+    stages.run_experiment(member_config, solo_dir)
+    assert len(calls) >= 2, "stage 1 and stage 2 each draw packed batches"
+    _assert_same_run(_stage(member_dir, "stage2"), _stage(solo_dir, "stage2"))
