@@ -104,11 +104,9 @@ def test_packed_batches_are_the_same_users_as_batches():
     assert sorted(a["items"][kept].tolist()) == sorted(b["items"][b["items"] != 0].tolist())
 
 
-def _loss(model, params, batch, transform=None):
+def _loss(model, params, batch):
   """BCE over the real positions plus the head's auxiliary losses (SOLID's codebook terms)."""
-  logits, aux = model.apply_positions(
-    params, rows_lib.model_batch(batch, transform, with_weight=True)
-  )
+  logits, aux = model.apply_positions(params, rows_lib.model_batch(batch, None, with_weight=True))
   weights = jnp.broadcast_to(step_lib._position_weights(batch)[:, :, None], logits.shape)
   bce = step_lib.weighted_bce(logits.reshape(-1), batch["label"].reshape(-1), weights.reshape(-1))
   return bce + aux["aux_loss"], (logits, aux)
@@ -150,12 +148,9 @@ def test_packed_batch_scores_and_trains_as_unpacked(name):
   params = model.init(jax.random.key(0))
   rows = _rows(3)
   packed = sj.data.pack_rows(rows)
-  (loss_a, (logits_a, aux_a)), grad_a = jax.value_and_grad(
-    lambda p: _loss(model, p, rows), has_aux=True
-  )(params)
-  (loss_b, (logits_b, aux_b)), grad_b = jax.value_and_grad(
-    lambda p: _loss(model, p, packed), has_aux=True
-  )(params)
+  loss_and_grad = jax.value_and_grad(lambda p, b: _loss(model, p, b), has_aux=True)
+  (loss_a, (logits_a, aux_a)), grad_a = loss_and_grad(params, rows)
+  (loss_b, (logits_b, aux_b)), grad_b = loss_and_grad(params, packed)
   np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
   np.testing.assert_allclose(aux_b["aux_loss"], aux_a["aux_loss"], rtol=1e-5, atol=1e-7)
   if head == "solid":  # the codebook sees the same real positions
