@@ -67,6 +67,15 @@ from solid_jax.train.workdir import CONFIG_FILE, DATASET_FILE, RESULTS_FILE  # n
 from solid_jax.train.workdir import DatasetError, WorkdirError, continues, load_data  # noqa: E402,F401
 
 
+def full_sample(config: TrainConfig, split: str) -> int:
+  """The users of ``split`` ("valid" / "test") that the full-catalogue protocol ranks: a fixed
+  sample of this many (`solid_jax.data.full_ranking_users`), 0 = every user. Validation takes
+  ``valid_full_users`` when set, so that selection can run on a sample while test ranks all."""
+  if split == "valid" and config.valid_full_users:
+    return config.valid_full_users
+  return config.full_eval_users
+
+
 def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> loop.StageData:
   """The evaluation rows of a run and ``train_rows(epoch, *, stage)`` (each stage draws its
   negatives from a stream of its own, `streams`; ``run_stage`` binds the stage)."""
@@ -86,7 +95,7 @@ def _stage_data(splits, ds, table: np.ndarray, batches, config: TrainConfig) -> 
   if config.eval_protocol in ("full", "both"):
     full = {
       f"{split}_full": with_semantics(
-        sj_data.full_ranking_users(ds, splits, split, sample=config.full_eval_users), table
+        sj_data.full_ranking_users(ds, splits, split, sample=full_sample(config, split)), table
       )
       for split in ("valid", "test")
     }

@@ -291,6 +291,12 @@ class TrainConfig:
     "each split (the same users in valid and test and in every epoch, drawn "
     "from --seed); 0 = every user",
   )
+  valid_full_users: int = _field(
+    0,
+    "rank the full catalogue of the validation split (epoch selection and "
+    "early stopping) for a fixed random sample of this many users instead; "
+    "the test split keeps --full_eval_users; 0 = as --full_eval_users",
+  )
   patience: int = _field(
     0,
     "stop a stage after this many epochs without improvement of the "
@@ -427,12 +433,15 @@ class TrainConfig:
     for name in (
       "patience",
       "full_eval_users",
+      "valid_full_users",
       "sasrec_layers",
       "bert_layers",
       "num_heads",
       "ff_dim",
     ):
-      if getattr(self, name) < (0 if name in ("patience", "full_eval_users") else 1):
+      if getattr(self, name) < (
+        0 if name in ("patience", "full_eval_users", "valid_full_users") else 1
+      ):
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")
     for name in ("weight_decay", "grad_clip_norm"):
       if getattr(self, name) < 0:

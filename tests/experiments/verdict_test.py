@@ -168,3 +168,36 @@ def test_some_ablations_are_also_tested_against_the_generator_or_another_ablatio
   assert verdict.ROWS["no_semantic_t1"].base == ("solid", "duet", "no_semantic")
   assert verdict.ROWS["no_semantic_t1_apg"].base == ("solid_apg", "apg", "no_semantic_apg")
   assert verdict.ROWS["no_semantic_t1"].overrides == {"solid_branches": "item", "clip_t": 1.0}
+
+
+def test_every_archived_cell_is_still_named_by_its_group_and_row():
+  # A setting added to a group or TrainConfig must not rename the cells already in the archive.
+  archive = os.path.join(verdict.REPO, "docs", "verdict")
+  names = {verdict.cell_dir(archive, g, k) for g in verdict.GROUPS for k in g.rows}
+  archived = {
+    os.path.join(archive, data, cell)
+    for data in os.listdir(archive)
+    if os.path.isdir(os.path.join(archive, data))
+    for cell in os.listdir(os.path.join(archive, data))
+  }
+  assert archived and archived <= names, sorted(archived - names)
+
+
+def test_din_on_beauty_selects_on_a_validation_sample_and_says_so(tmp_path):
+  by_name = {g.name: g for g in verdict.GROUPS}
+  din = by_name["iii_din_beauty"]
+  for row in din.rows:
+    config = verdict.cell_config(din, row, max_epochs=100, patience=5)
+    assert config.valid_full_users == 5000 and config.full_eval_users == 0
+  assert verdict.cell_dir("R", din, "static") != verdict.cell_dir(
+    "R", by_name["ii_beauty"], "static"
+  )
+  for group in verdict.GROUPS:
+    if group is not din:
+      assert not group.overrides and not group.note
+      for row in group.rows:
+        assert verdict.cell_config(group, row, max_epochs=100, patience=5).valid_full_users == 0
+  text = verdict.render(str(tmp_path), verdict.GROUPS, [0, 1, 2], "")
+  section = text.split("### Beauty, DIN", 1)[1].split("###", 1)[0]
+  assert "5,000 validation users" in section and "every test user" in section
+  assert text.count("`--valid_full_users=") == 1

@@ -13,6 +13,7 @@ from solid_jax import semantics
 from solid_jax.train import checkpoint
 from solid_jax.train import loop
 from solid_jax.train import stages
+from solid_jax.train.train_config import TrainConfig
 
 METRIC_KEYS = {"auc", "uauc", "logloss", "ndcg@5", "hr@5", "ndcg@10", "hr@10", "ndcg@20", "hr@20"}
 
@@ -228,3 +229,26 @@ def test_feature_semantics_and_test_selection(tiny_config, toy_features_dataset,
   truth = np.arange(30) % 3
   pairs = set(zip(table[1:].tolist(), truth.tolist()))
   assert len(pairs) == 3
+
+
+def test_validation_can_rank_a_sample_while_test_ranks_every_user(tiny_config, tmp_path):
+  config = dataclasses.replace(tiny_config, method="static", epochs=1, valid_full_users=7)
+  assert (stages.full_sample(config, "valid"), stages.full_sample(config, "test")) == (7, 0)
+  both = dataclasses.replace(config, full_eval_users=11)
+  assert (stages.full_sample(both, "valid"), stages.full_sample(both, "test")) == (7, 11)
+  stages.run_experiment(config, str(tmp_path / "run"))
+  ds = stages.load_data(config)
+  splits = sj.data.make_splits(
+    ds, seq_len=config.seq_len, eval_negatives=config.eval_negatives, seed=config.seed
+  )
+  everyone = sj.data.full_ranking_users(ds, splits, "test")["user"]
+  sample = sj.data.full_ranking_users(ds, splits, "valid", sample=7)["user"]
+  assert 7 < everyone.size
+  users = {}
+  for split in ("valid", "test"):
+    with np.load(tmp_path / "run" / "main" / loop.PER_USER_FILE.format(split=split)) as z:
+      users[split] = np.sort(z["full/user"])
+  np.testing.assert_array_equal(users["valid"], np.sort(sample))
+  np.testing.assert_array_equal(users["test"], np.sort(everyone))
+  with pytest.raises(ValueError, match="valid_full_users"):
+    TrainConfig(valid_full_users=-1)
