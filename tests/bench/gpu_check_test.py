@@ -38,8 +38,14 @@ def test_gpu_check_cpu_path(tmp_path):
   assert summary["device"] == "cpu" and summary["tiny"] == 1 and summary["data"] == "ml-100k"
   status = {s["step"]: s["status"] for s in summary["steps"]}
   assert tuple(status) == STEPS
-  failed = {k: (tmp_path / f"{k}.log").read_text()[-2000:] for k, v in status.items() if v != "ok"}
-  assert not failed, failed
+  # A step skipped for the time budget has no log: say so (a loaded machine compiles slowly).
+  logs = {k: tmp_path / f"{k}.log" for k in status}
+  failed = {
+    k: (v, logs[k].read_text()[-2000:] if logs[k].exists() else "no log")
+    for k, v in status.items()
+    if v != "ok"
+  }
+  assert not failed, (failed, f"{summary['seconds']} s of a {summary['budget_s']} s budget")
   for step in STEPS:
     record = json.loads((tmp_path / f"{step}.json").read_text())
     assert record, step
