@@ -231,8 +231,6 @@ TIERS = {
 SCIMM_CLIP = {"semantics": "text_image", "num_clusters": 24}
 SCIMM_CAT = {"semantics": "labels", "category_depth": 2}
 
-# In priority order: a partial sweep covers tier i on the cheapest data sets first, a data set's
-# tier v (it explains tier i's DUET) right after it, then tiers ii, iii and iv.
 # DIN is not factorised: its full-catalogue ranking runs the head once per (user, item) pair. On
 # Beauty (22,363 users x 12,102 items) one validation pass takes about 3 min per seed on 2 cores,
 # against about 15 s of training per epoch, so these cells select their epoch (and stop early) on a
@@ -256,6 +254,8 @@ def selection_sample(backbone: str, dataset: str) -> dict[str, Any]:
   }
 
 
+# In priority order: a partial sweep covers tier i on the cheapest data sets first, a data set's
+# tier v (it explains tier i's DUET) right after it, then tiers ii, iii and iv.
 GROUPS: tuple[Group, ...] = (
   Group(
     "i_scimm_clip",
