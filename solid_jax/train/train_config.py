@@ -97,6 +97,37 @@ SOLID_MODEL_FIELDS = (
 )
 
 
+# The smallest value of each integer field that has one; ``TrainConfig`` checks them all.
+_INTEGER_LOWER_BOUNDS = {
+  0: (
+    "patience",
+    "full_eval_users",
+    "valid_full_users",
+    "epochs",
+    "stage0_epochs",
+    "stage1_epochs",
+    "num_clusters",
+    "category_depth",
+    "train_negatives",
+    "checkpoint_every_steps",
+    "prefetch",
+  ),
+  1: (
+    "sasrec_layers",
+    "bert_layers",
+    "num_heads",
+    "ff_dim",
+    "seq_len",
+    "dim",
+    "batch_size",
+    "eval_batch_size",
+    "kmeans_iters",
+    "eval_negatives",
+    "check_every_steps",
+  ),
+}
+
+
 def _field(default, help_text: str, **kwargs):
   return dataclasses.field(default=default, metadata={"help": help_text, **kwargs})
 
@@ -430,41 +461,13 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.din_hidden={self.din_hidden!r}: expected widths like '128,64'")
     if self.num_codes == 1 or self.num_codes < 0:
       raise ValueError(f"TrainConfig.num_codes={self.num_codes}: 0 (the metacode's size) or >= 2")
-    for name in (
-      "patience",
-      "full_eval_users",
-      "valid_full_users",
-      "sasrec_layers",
-      "bert_layers",
-      "num_heads",
-      "ff_dim",
-    ):
-      if getattr(self, name) < (
-        0 if name in ("patience", "full_eval_users", "valid_full_users") else 1
-      ):
-        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} is out of range")
+    for bound, names in _INTEGER_LOWER_BOUNDS.items():
+      for name in names:
+        if getattr(self, name) < bound:
+          raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= {bound}")
     for name in ("weight_decay", "grad_clip_norm"):
       if getattr(self, name) < 0:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
-    for name in ("seq_len", "dim", "batch_size", "eval_batch_size", "kmeans_iters"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
-    for name in (
-      "epochs",
-      "stage0_epochs",
-      "stage1_epochs",
-      "num_clusters",
-      "category_depth",
-      "train_negatives",
-      "checkpoint_every_steps",
-      "prefetch",
-    ):
-      if getattr(self, name) < 0:
-        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
-    if self.eval_negatives < 1:
-      raise ValueError(f"TrainConfig.eval_negatives={self.eval_negatives} must be >= 1")
-    if self.check_every_steps < 1:
-      raise ValueError(f"TrainConfig.check_every_steps={self.check_every_steps} must be >= 1")
     if not self.lr > 0:
       raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
 

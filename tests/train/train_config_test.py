@@ -35,6 +35,18 @@ def test_invalid_values_are_rejected(field, value):
     TrainConfig(**{field: value})
 
 
+def test_each_bounded_integer_field_is_checked_once_at_its_bound():
+  names = [n for group in config_lib._INTEGER_LOWER_BOUNDS.values() for n in group]
+  assert len(names) == len(set(names))
+  fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+  for bound, group in config_lib._INTEGER_LOWER_BOUNDS.items():
+    for name in group:
+      assert fields[name].type in (int, "int"), name
+      with pytest.raises(ValueError, match=rf"TrainConfig\.{name}={bound - 1} must be >= {bound}"):
+        TrainConfig(**{name: bound - 1})
+      TrainConfig(**{name: bound})
+
+
 @pytest.mark.parametrize(
   "method,semantics,stages",
   [
